@@ -1,0 +1,158 @@
+// CPU kernels of linear_scan / leaky_integrate (math in scan_math.h).
+//
+// Work is split over (batch, block of channels) with at::parallel_for; each task
+// walks time sequentially with its block's state in a small local array. The
+// channel loop is innermost and unit-stride, so the compiler vectorizes it, and
+// each task streams rows of its operands in time order (prefetcher-friendly).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+
+#include "scan_math.h"
+#include "scan_ops.h"
+
+namespace mts {
+namespace {
+
+constexpr int64_t kMaxBlock = 512;  // channels per task: 2 KiB of float state, stays in L1
+constexpr int64_t kMinBlock = 64;
+
+// Wide blocks keep each task's accesses sequential; narrow them only when there
+// would otherwise be too few tasks to occupy every thread.
+int64_t channel_block(int64_t B, int64_t D) {
+  int64_t blk = std::min(D, kMaxBlock);
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  while (blk > kMinBlock && B * ((D + blk - 1) / blk) < want) blk /= 2;
+  return std::max<int64_t>(blk, 1);
+}
+
+template <typename T>
+const T* cptr(const BTDView& v) { return static_cast<const T*>(v.ptr); }
+template <typename T>
+T* mptr(const BTDView& v) { return static_cast<T*>(v.ptr); }
+
+template <typename scalar_t, bool LEAKY>
+void fwd_kernel(int64_t B, int64_t T, int64_t D, BTDView a, BTDView x, const scalar_t* h0,
+                int64_t h0_sb, BTDView h) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t blk = channel_block(B, D);
+  const int64_t nblk = (D + blk - 1) / blk;
+  at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+    std::array<acc_t, kMaxBlock> state;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nblk;
+      const int64_t d0 = (task % nblk) * blk;
+      const int64_t n = std::min(blk, D - d0);
+      for (int64_t j = 0; j < n; ++j)
+        state[j] = h0 ? static_cast<acc_t>(h0[b * h0_sb + d0 + j]) : acc_t(0);
+      const scalar_t* ap = cptr<scalar_t>(a) + b * a.sb + d0;
+      const scalar_t* xp = cptr<scalar_t>(x) + b * x.sb + d0;
+      scalar_t* hp = mptr<scalar_t>(h) + b * h.sb + d0;
+      for (int64_t k = 0; k < T; ++k) {
+        const scalar_t* __restrict__ ak = ap + k * a.st;
+        const scalar_t* __restrict__ xk = xp + k * x.st;
+        scalar_t* __restrict__ hk = hp + k * h.st;
+        for (int64_t j = 0; j < n; ++j) {
+          state[j] = scan_step<LEAKY, acc_t>(static_cast<acc_t>(ak[j]), static_cast<acc_t>(xk[j]),
+                                             state[j]);
+          hk[j] = static_cast<scalar_t>(state[j]);
+        }
+      }
+    }
+  });
+}
+
+// da_rows: per-channel decay only; (B, D) rows of float partial sums, one row per
+// batch element, so tasks never share an accumulator and the sum is deterministic.
+template <typename scalar_t, bool LEAKY>
+void bwd_kernel(int64_t B, int64_t T, int64_t D, BTDView g, BTDView a, BTDView x, BTDView h,
+                const scalar_t* h0, int64_t h0_sb, BTDView dx, BTDView da,
+                at::opmath_type<scalar_t>* da_rows, scalar_t* dh0) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t blk = channel_block(B, D);
+  const int64_t nblk = (D + blk - 1) / blk;
+  at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+    std::array<acc_t, kMaxBlock> carry;
+    std::array<acc_t, kMaxBlock> hinit;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nblk;
+      const int64_t d0 = (task % nblk) * blk;
+      const int64_t n = std::min(blk, D - d0);
+      for (int64_t j = 0; j < n; ++j) {
+        carry[j] = acc_t(0);
+        hinit[j] = h0 ? static_cast<acc_t>(h0[b * h0_sb + d0 + j]) : acc_t(0);
+      }
+      acc_t* rowp = da_rows ? da_rows + b * D + d0 : nullptr;
+      const scalar_t* gp = cptr<scalar_t>(g) + b * g.sb + d0;
+      const scalar_t* ap = cptr<scalar_t>(a) + b * a.sb + d0;
+      const scalar_t* xp = LEAKY ? cptr<scalar_t>(x) + b * x.sb + d0 : nullptr;
+      const scalar_t* hp = cptr<scalar_t>(h) + b * h.sb + d0;
+      scalar_t* dxp = mptr<scalar_t>(dx) + b * dx.sb + d0;
+      scalar_t* dap = rowp ? nullptr : mptr<scalar_t>(da) + b * da.sb + d0;
+      for (int64_t k = T - 1; k >= 0; --k) {
+        const scalar_t* __restrict__ gk = gp + k * g.st;
+        const scalar_t* __restrict__ ak = ap + k * a.st;
+        const scalar_t* __restrict__ hprev = k > 0 ? hp + (k - 1) * h.st : nullptr;
+        scalar_t* __restrict__ dxk = dxp + k * dx.st;
+        for (int64_t j = 0; j < n; ++j) {
+          const acc_t ak_j = static_cast<acc_t>(ak[j]);
+          const acc_t delta = static_cast<acc_t>(gk[j]) + carry[j];
+          const acc_t hp_j = hprev ? static_cast<acc_t>(hprev[j]) : hinit[j];
+          const acc_t xk_j = LEAKY ? static_cast<acc_t>(xp[k * x.st + j]) : acc_t(0);
+          dxk[j] = static_cast<scalar_t>(scan_grad_input<LEAKY, acc_t>(ak_j, delta));
+          const acc_t dak = scan_grad_decay<LEAKY, acc_t>(delta, hp_j, xk_j);
+          if (rowp)
+            rowp[j] += dak;
+          else
+            dap[k * da.st + j] = static_cast<scalar_t>(dak);
+          carry[j] = ak_j * delta;
+        }
+      }
+      for (int64_t j = 0; j < n; ++j) dh0[b * D + d0 + j] = static_cast<scalar_t>(carry[j]);
+    }
+  });
+}
+
+struct CpuBackend {
+  static void fwd(ScanFwd& f, bool reverse, bool leaky) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "scan_fwd_cpu", [&] {
+      const scalar_t* h0p = f.h0.defined() ? f.h0.const_data_ptr<scalar_t>() : nullptr;
+      auto run = [&](auto leaky_tag) {
+        fwd_kernel<scalar_t, decltype(leaky_tag)::value>(f.B, f.T, f.D, btd_view(f.a, reverse),
+                                                         btd_view(f.x, reverse), h0p, f.D,
+                                                         btd_view(f.h, reverse));
+      };
+      if (leaky) run(std::true_type{}); else run(std::false_type{});
+    });
+  }
+
+  static at::Tensor bwd(ScanBwd& p, bool reverse, bool leaky) {
+    const auto acc_type = at::toOpMathType(p.h.scalar_type());
+    at::Tensor da_rows =
+        p.per_channel ? at::zeros({p.B, p.D}, p.h.options().dtype(acc_type)) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.h.scalar_type(), "scan_bwd_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* h0p = p.h0.defined() ? p.h0.const_data_ptr<scalar_t>() : nullptr;
+      const BTDView xv = p.x.defined() ? btd_view(p.x, reverse) : BTDView{nullptr, 0, 0};
+      const BTDView dav = p.da.defined() ? btd_view(p.da, reverse) : BTDView{nullptr, 0, 0};
+      acc_t* rows = p.per_channel ? da_rows.mutable_data_ptr<acc_t>() : nullptr;
+      auto run = [&](auto leaky_tag) {
+        bwd_kernel<scalar_t, decltype(leaky_tag)::value>(
+            p.B, p.T, p.D, btd_view(p.g, reverse), btd_view(p.a, reverse), xv,
+            btd_view(p.h, reverse), h0p, p.D, btd_view(p.dx, reverse), dav, rows,
+            p.dh0.mutable_data_ptr<scalar_t>());
+      };
+      if (leaky) run(std::true_type{}); else run(std::false_type{});
+    });
+    return p.per_channel ? da_rows.sum(0).to(p.a.scalar_type()) : at::Tensor();
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mts_kernels, CPU, m) { ScanOps<CpuBackend>::register_impls(m); }
+
+}  // namespace mts

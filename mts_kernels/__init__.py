@@ -1,0 +1,23 @@
+"""mts_kernels: fused kernels for multiple-time-scale recurrent networks.
+
+    mts_kernels.linear_scan(a, x, h0=None, *, reverse=False, batch_first=True, backend=None)
+    mts_kernels.leaky_integrate(v, alpha, h0=None, *, reverse=False, batch_first=True, backend=None)
+
+`mts_kernels.reference` holds the plain PyTorch loops every kernel is tested
+against. `python -m mts_kernels info` says what was built and which backends run.
+"""
+
+import torch  # noqa: F401  (the compiled ops need torch loaded first)
+
+from mts_kernels import _extension, reference
+from mts_kernels.ops import BACKENDS, BackendUnavailableError, leaky_integrate, linear_scan
+
+__version__ = (_extension.BUILD_INFO or {}).get("version", "0.1.0")
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "leaky_integrate",
+    "linear_scan",
+    "reference",
+]

@@ -1,0 +1,6 @@
+"""Functional API of mts_kernels, and the registration of every op."""
+
+from mts_kernels.ops._backend import BACKENDS, BackendUnavailableError
+from mts_kernels.ops.scan import leaky_integrate, linear_scan
+
+__all__ = ["BACKENDS", "BackendUnavailableError", "leaky_integrate", "linear_scan"]
