@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 
+#include "../cpu_alloc.h"
 #include "scan_math.h"
 #include "scan_ops.h"
 
@@ -65,9 +66,32 @@ void fwd_kernel(int64_t B, int64_t T, int64_t D, BTDView a, BTDView x, const sca
   });
 }
 
-// da_rows: per-channel decay only; (B, D) rows of float partial sums, one row per
-// batch element, so tasks never share an accumulator and the sum is deterministic.
-template <typename scalar_t, bool LEAKY>
+// One backward step over a block of n channels, branch-free so it vectorizes.
+// PER_CHANNEL: the decay gradient is accumulated into `da_row` (float partial sums,
+// one row per batch element, so tasks never share an accumulator and the sum is
+// deterministic) instead of written per step.
+template <typename scalar_t, bool LEAKY, bool PER_CHANNEL, typename hprev_t>
+inline void bwd_step(int64_t n, const scalar_t* __restrict__ gk, const scalar_t* __restrict__ ak,
+                     const scalar_t* __restrict__ xk, const hprev_t* __restrict__ hprev,
+                     scalar_t* __restrict__ dxk, scalar_t* __restrict__ dak,
+                     at::opmath_type<scalar_t>* __restrict__ da_row,
+                     at::opmath_type<scalar_t>* __restrict__ carry) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t a = static_cast<acc_t>(ak[j]);
+    const acc_t delta = static_cast<acc_t>(gk[j]) + carry[j];
+    const acc_t x = LEAKY ? static_cast<acc_t>(xk[j]) : acc_t(0);
+    dxk[j] = static_cast<scalar_t>(scan_grad_input<LEAKY, acc_t>(a, delta));
+    const acc_t da = scan_grad_decay<LEAKY, acc_t>(delta, static_cast<acc_t>(hprev[j]), x);
+    if constexpr (PER_CHANNEL)
+      da_row[j] += da;
+    else
+      dak[j] = static_cast<scalar_t>(da);
+    carry[j] = a * delta;
+  }
+}
+
+template <typename scalar_t, bool LEAKY, bool PER_CHANNEL>
 void bwd_kernel(int64_t B, int64_t T, int64_t D, BTDView g, BTDView a, BTDView x, BTDView h,
                 const scalar_t* h0, int64_t h0_sb, BTDView dx, BTDView da,
                 at::opmath_type<scalar_t>* da_rows, scalar_t* dh0) {
@@ -85,38 +109,28 @@ void bwd_kernel(int64_t B, int64_t T, int64_t D, BTDView g, BTDView a, BTDView x
         carry[j] = acc_t(0);
         hinit[j] = h0 ? static_cast<acc_t>(h0[b * h0_sb + d0 + j]) : acc_t(0);
       }
-      acc_t* rowp = da_rows ? da_rows + b * D + d0 : nullptr;
+      acc_t* row = PER_CHANNEL ? da_rows + b * D + d0 : nullptr;
       const scalar_t* gp = cptr<scalar_t>(g) + b * g.sb + d0;
       const scalar_t* ap = cptr<scalar_t>(a) + b * a.sb + d0;
       const scalar_t* xp = LEAKY ? cptr<scalar_t>(x) + b * x.sb + d0 : nullptr;
       const scalar_t* hp = cptr<scalar_t>(h) + b * h.sb + d0;
       scalar_t* dxp = mptr<scalar_t>(dx) + b * dx.sb + d0;
-      scalar_t* dap = rowp ? nullptr : mptr<scalar_t>(da) + b * da.sb + d0;
-      for (int64_t k = T - 1; k >= 0; --k) {
-        const scalar_t* __restrict__ gk = gp + k * g.st;
-        const scalar_t* __restrict__ ak = ap + k * a.st;
-        const scalar_t* __restrict__ hprev = k > 0 ? hp + (k - 1) * h.st : nullptr;
-        scalar_t* __restrict__ dxk = dxp + k * dx.st;
-        for (int64_t j = 0; j < n; ++j) {
-          const acc_t ak_j = static_cast<acc_t>(ak[j]);
-          const acc_t delta = static_cast<acc_t>(gk[j]) + carry[j];
-          const acc_t hp_j = hprev ? static_cast<acc_t>(hprev[j]) : hinit[j];
-          const acc_t xk_j = LEAKY ? static_cast<acc_t>(xp[k * x.st + j]) : acc_t(0);
-          dxk[j] = static_cast<scalar_t>(scan_grad_input<LEAKY, acc_t>(ak_j, delta));
-          const acc_t dak = scan_grad_decay<LEAKY, acc_t>(delta, hp_j, xk_j);
-          if (rowp)
-            rowp[j] += dak;
-          else
-            dap[k * da.st + j] = static_cast<scalar_t>(dak);
-          carry[j] = ak_j * delta;
-        }
-      }
+      scalar_t* dap = PER_CHANNEL ? nullptr : mptr<scalar_t>(da) + b * da.sb + d0;
+      auto step = [&](int64_t k, const auto* hprev) {
+        bwd_step<scalar_t, LEAKY, PER_CHANNEL>(
+            n, gp + k * g.st, ap + k * a.st, LEAKY ? xp + k * x.st : nullptr, hprev,
+            dxp + k * dx.st, PER_CHANNEL ? nullptr : dap + k * da.st, row, carry.data());
+      };
+      for (int64_t k = T - 1; k >= 1; --k) step(k, hp + (k - 1) * h.st);
+      step(0, hinit.data());  // h_{-1} is the initial state
       for (int64_t j = 0; j < n; ++j) dh0[b * D + d0 + j] = static_cast<scalar_t>(carry[j]);
     }
   });
 }
 
 struct CpuBackend {
+  static at::Tensor empty_like(const at::Tensor& t) { return empty_like_cpu(t); }
+
   static void fwd(ScanFwd& f, bool reverse, bool leaky) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "scan_fwd_cpu", [&] {
       const scalar_t* h0p = f.h0.defined() ? f.h0.const_data_ptr<scalar_t>() : nullptr;
@@ -139,13 +153,16 @@ struct CpuBackend {
       const BTDView xv = p.x.defined() ? btd_view(p.x, reverse) : BTDView{nullptr, 0, 0};
       const BTDView dav = p.da.defined() ? btd_view(p.da, reverse) : BTDView{nullptr, 0, 0};
       acc_t* rows = p.per_channel ? da_rows.mutable_data_ptr<acc_t>() : nullptr;
-      auto run = [&](auto leaky_tag) {
-        bwd_kernel<scalar_t, decltype(leaky_tag)::value>(
+      auto run = [&](auto leaky_tag, auto per_channel_tag) {
+        bwd_kernel<scalar_t, decltype(leaky_tag)::value, decltype(per_channel_tag)::value>(
             p.B, p.T, p.D, btd_view(p.g, reverse), btd_view(p.a, reverse), xv,
             btd_view(p.h, reverse), h0p, p.D, btd_view(p.dx, reverse), dav, rows,
             p.dh0.mutable_data_ptr<scalar_t>());
       };
-      if (leaky) run(std::true_type{}); else run(std::false_type{});
+      auto with_leak = [&](auto per_channel_tag) {
+        if (leaky) run(std::true_type{}, per_channel_tag); else run(std::false_type{}, per_channel_tag);
+      };
+      if (p.per_channel) with_leak(std::true_type{}); else with_leak(std::false_type{});
     });
     return p.per_channel ? da_rows.sum(0).to(p.a.scalar_type()) : at::Tensor();
   }

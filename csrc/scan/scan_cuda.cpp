@@ -30,6 +30,8 @@ at::Tensor zeroed_workspace(int64_t bytes, const at::Tensor& like) {
 }
 
 struct CudaBackend {
+  static at::Tensor empty_like(const at::Tensor& t) { return at::empty_like(t); }
+
   static void fwd(ScanFwd& f, bool reverse, bool leaky) {
     const c10::cuda::CUDAGuard guard(f.x.device());
     ScanFwdParams p{};

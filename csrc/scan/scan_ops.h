@@ -77,13 +77,14 @@ struct ScanFwd {
   int64_t B, T, D;
 };
 
-inline ScanFwd prepare_fwd(const at::Tensor& decay, const at::Tensor& x_in,
-                           const c10::optional<at::Tensor>& h0) {
+template <class Backend>
+ScanFwd prepare_fwd(const at::Tensor& decay, const at::Tensor& x_in,
+                    const c10::optional<at::Tensor>& h0) {
   ScanFwd f;
   f.x = d_contiguous(x_in);
   f.a = decay.dim() == 1 ? decay.contiguous() : d_contiguous(decay);
   f.h0 = h0.has_value() ? h0->contiguous() : at::Tensor();
-  f.h = at::empty_like(f.x);
+  f.h = Backend::empty_like(f.x);
   f.B = f.x.size(0);
   f.T = f.x.size(1);
   f.D = f.x.size(2);
@@ -97,8 +98,9 @@ struct ScanBwd {
   int64_t B, T, D;
 };
 
-inline ScanBwd prepare_bwd(const at::Tensor& g, const at::Tensor& decay, const at::Tensor& x,
-                           const at::Tensor& h, const c10::optional<at::Tensor>& h0) {
+template <class Backend>
+ScanBwd prepare_bwd(const at::Tensor& g, const at::Tensor& decay, const at::Tensor& x,
+                    const at::Tensor& h, const c10::optional<at::Tensor>& h0) {
   ScanBwd p;
   p.g = d_contiguous(g);
   p.h = d_contiguous(h);
@@ -106,8 +108,8 @@ inline ScanBwd prepare_bwd(const at::Tensor& g, const at::Tensor& decay, const a
   p.per_channel = decay.dim() == 1;
   p.a = p.per_channel ? decay.contiguous() : d_contiguous(decay);
   p.h0 = h0.has_value() ? h0->contiguous() : at::Tensor();
-  p.dx = at::empty_like(p.x.defined() ? p.x : p.h);
-  p.da = p.per_channel ? at::Tensor() : at::empty_like(p.a);
+  p.dx = Backend::empty_like(p.x.defined() ? p.x : p.h);
+  p.da = p.per_channel ? at::Tensor() : Backend::empty_like(p.a);
   p.dh0 = at::empty({p.h.size(0), p.h.size(2)}, p.h.options());
   p.B = p.h.size(0);
   p.T = p.h.size(1);
@@ -115,14 +117,15 @@ inline ScanBwd prepare_bwd(const at::Tensor& g, const at::Tensor& decay, const a
   return p;
 }
 
-// Backend: static void fwd(ScanFwd&, bool reverse, bool leaky);
+// Backend: static at::Tensor empty_like(const at::Tensor&) with at::empty_like's layout rule;
+//          static void fwd(ScanFwd&, bool reverse, bool leaky);
 //          static at::Tensor bwd(ScanBwd&, bool reverse, bool leaky) -> the per-channel
 //          decay gradient (D,) when p.per_channel, else undefined (p.da is filled).
 template <class Backend>
 struct ScanOps {
   static at::Tensor run_fwd(const at::Tensor& decay, const at::Tensor& x,
                             const c10::optional<at::Tensor>& h0, bool reverse, bool leaky) {
-    ScanFwd f = prepare_fwd(decay, x, h0);
+    ScanFwd f = prepare_fwd<Backend>(decay, x, h0);
     if (f.h.numel() > 0) Backend::fwd(f, reverse, leaky);
     return f.h;
   }
@@ -131,7 +134,7 @@ struct ScanOps {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> run_bwd(
       const at::Tensor& g, const at::Tensor& decay, const at::Tensor& x, const at::Tensor& h,
       const c10::optional<at::Tensor>& h0, bool reverse, bool leaky) {
-    ScanBwd p = prepare_bwd(g, decay, x, h, h0);
+    ScanBwd p = prepare_bwd<Backend>(g, decay, x, h, h0);
     if (p.h.numel() == 0) {
       p.dh0.zero_();
       return {p.dx, p.per_channel ? at::zeros_like(p.a) : p.da, p.dh0};

@@ -1,0 +1,47 @@
+// Forward CUDA scan: host entry points of scan_launch.h and the dtype / leaky
+// dispatch. Kernels and the algorithm heuristic are in scan_cuda_kernels.cuh.
+#include "scan_cuda_kernels.cuh"
+
+namespace mts {
+namespace {
+
+using namespace scan_cuda;
+
+template <typename T, bool LEAKY>
+cudaError_t launch_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t stream) {
+  if (!use_chunked_scan(p.B, p.T, p.D)) {
+    scan_fwd_seq_kernel<T, LEAKY><<<seq_blocks(p.B * p.D), kSeqThreads, 0, stream>>>(p);
+  } else {
+    const ChunkGeom geo = chunk_geom(p.B, p.T, p.D, kFwdChunk);
+    if (geo.tiles > INT_MAX || workspace == nullptr) return cudaErrorInvalidValue;
+    scan_fwd_chunked_kernel<T, LEAKY><<<static_cast<unsigned int>(geo.tiles), kFwdWarps * kWarp,
+                                        0, stream>>>(p, geo, tile_status(workspace, geo));
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_fwd(const ScanFwdParams& p, bool leaky, void* workspace, cudaStream_t stream) {
+  return leaky ? launch_fwd<T, true>(p, workspace, stream)
+               : launch_fwd<T, false>(p, workspace, stream);
+}
+
+}  // namespace
+
+int64_t scan_fwd_cuda_workspace_bytes(int64_t B, int64_t T, int64_t D) {
+  if (B <= 0 || T <= 0 || D <= 0 || !scan_cuda::use_chunked_scan(B, T, D)) return 0;
+  return scan_cuda::status_bytes(scan_cuda::chunk_geom(B, T, D, scan_cuda::kFwdChunk));
+}
+
+cudaError_t scan_fwd_cuda(const ScanFwdParams& p, ScanDtype dtype, bool leaky, void* workspace,
+                          cudaStream_t stream) {
+  if (p.B <= 0 || p.T <= 0 || p.D <= 0) return cudaSuccess;
+  switch (dtype) {
+    case ScanDtype::kFloat32: return launch_fwd<float>(p, leaky, workspace, stream);
+    case ScanDtype::kFloat16: return launch_fwd<__half>(p, leaky, workspace, stream);
+    case ScanDtype::kBFloat16: return launch_fwd<__nv_bfloat16>(p, leaky, workspace, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace mts
