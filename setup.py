@@ -31,19 +31,26 @@ def _truthy(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _is_toolkit(root):
+    return bool(root) and all(
+        os.path.exists(os.path.join(root, *parts))
+        for parts in (("bin", "nvcc"), ("include", "cuda_runtime_api.h"))
+    )
+
+
 def _find_cuda_home():
     """The CUDA toolkit root, or None. Set before torch.utils.cpp_extension is
-    imported: its own guess (/usr/local when nvcc is not on PATH) is wrong on
-    machines where the toolkit lives in /usr/local/cuda only."""
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-        return home
+    imported: its own guess (the parent of the nvcc on PATH) is /usr/local where
+    /usr/local/bin/nvcc is a wrapper script, which has no CUDA headers."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            if _is_toolkit(os.environ[var]):
+                return os.environ[var]
+            sys.exit(f"{var}={os.environ[var]} is not a CUDA toolkit (no bin/nvcc and include/)")
     nvcc = shutil.which("nvcc")
-    if nvcc:
-        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    if os.path.exists("/usr/local/cuda/bin/nvcc"):
-        return "/usr/local/cuda"
-    return None
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates.append("/usr/local/cuda")
+    return next((c for c in candidates if _is_toolkit(c)), None)
 
 
 CUDA_HOME = _find_cuda_home()

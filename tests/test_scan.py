@@ -256,3 +256,13 @@ def test_unavailable_backend_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr(_backend, "_TRITON_INSTALLED", False)
     with pytest.raises(mts_kernels.BackendUnavailableError, match="pip install triton"):
         mts_kernels.linear_scan(torch.rand(3), x, backend="triton")
+
+
+@pytest.mark.parametrize("op_name", OPS)
+def test_cpu_large_outputs_reused_blocks(op_name):
+    """Outputs of 4 MiB and more come from the huge-page block cache
+    (csrc/cpu_alloc.h); freed blocks are handed out again, so repeated calls
+    must still match the reference exactly."""
+    for seed in range(3):
+        _check(op_name, "cpu", "cpu", torch.float64, (2, 2048, 300), per_channel=seed == 1,
+               batch_first=seed != 2, with_h0=True, reverse=seed == 2, seed=seed)
