@@ -26,4 +26,20 @@ TORCH_LIBRARY(mts_kernels, m) {
   m.def(
       "leaky_integrate_bwd(Tensor grad_h, Tensor v, Tensor alpha, Tensor h, Tensor? h0,"
       " bool reverse) -> (Tensor, Tensor, Tensor)");
+
+  // One layer and direction of the dense leaky recurrence (csrc/rnn/):
+  //   z_t = p_t + W_hh h_{t-d} [+ W_skip h_{t-s}],  u_t = phi(z_t),
+  //   h_t = alpha * h_{t-d} + (1 - alpha) * u_t       (alpha None: h_t = u_t)
+  // p: (T, B, H) input projection with both biases; h_tau = h0 for tau <= 0.
+  // skip = 0 means no skip connection (weight_skip None). The forward returns u
+  // for the backward (an empty tensor when alpha is None: then u = h).
+  m.def(
+      "leaky_rnn_fwd(Tensor p, Tensor weight_hh, Tensor? h0, Tensor? alpha, Tensor? weight_skip,"
+      " int skip, int dilation, str nonlinearity, bool reverse) -> (Tensor, Tensor)");
+  // -> (dp, dweight_hh, dh0, dalpha, dweight_skip); dalpha / dweight_skip are empty
+  // tensors when alpha / weight_skip are None.
+  m.def(
+      "leaky_rnn_bwd(Tensor grad_h, Tensor weight_hh, Tensor h, Tensor u, Tensor? h0,"
+      " Tensor? alpha, Tensor? weight_skip, int skip, int dilation, str nonlinearity,"
+      " bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -41,3 +41,32 @@ def leaky_integrate(v: Tensor, alpha: Tensor, h0: Optional[Tensor] = None, *,
                     reverse: bool = False, batch_first: bool = True) -> Tensor:
     """h_t = alpha_t * h_{t-1} + (1 - alpha_t) * v_t, h_0 = h0 (zeros when None)."""
     return _scan_loop(alpha, v, h0, reverse, batch_first, leaky=True)
+
+
+def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
+              alpha: Optional[Tensor] = None, weight_skip: Optional[Tensor] = None,
+              skip: Optional[int] = None, dilation: int = 1, nonlinearity: str = "tanh",
+              reverse: bool = False, batch_first: bool = False) -> Tensor:
+    """One layer and direction of the dense leaky recurrence:
+
+        z_t = p_t + W_hh h_{t-d} [+ W_skip h_{t-s}],   h_t = alpha * h_{t-d} + (1 - alpha) * phi(z_t)
+
+    p: (T, B, H) (or (B, T, H) batch_first), the input projection with both
+    biases; h_tau = h0 (zeros when None) for tau <= 0; alpha None means 0.
+    """
+    steps = p.unbind(1 if batch_first else 0)
+    T = len(steps)
+    phi = torch.tanh if nonlinearity == "tanh" else torch.relu
+    h_init = torch.zeros_like(steps[0]) if h0 is None else h0
+    order = list(range(T - 1, -1, -1)) if reverse else list(range(T))
+    hs = []  # in processing order
+    for k, t in enumerate(order):
+        hd = hs[k - dilation] if k >= dilation else h_init
+        z = steps[t] + hd @ weight_hh.t()
+        if skip:
+            z = z + (hs[k - skip] if k >= skip else h_init) @ weight_skip.t()
+        u = phi(z)
+        hs.append(u if alpha is None else alpha * hd + (1 - alpha) * u)
+    if reverse:
+        hs = hs[::-1]
+    return torch.stack(hs, 1 if batch_first else 0)

@@ -25,6 +25,12 @@ class BackendUnavailableError(RuntimeError):
 
 
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+# Forward ops that have a Triton implementation (registered by mts_kernels/ops/*).
+_TRITON_OPS: set = set()
+
+
+def register_triton(op: str) -> None:
+    _TRITON_OPS.add(op)
 
 
 def triton_available() -> bool:
@@ -66,6 +72,8 @@ def why_unavailable(backend: str, op: str, device: torch.device, dtype: torch.dt
                     "(MTS_KERNELS_FORCE_CUDA=1 makes a CPU-only build an error)")
         return None
     if backend == "triton":
+        if op not in _TRITON_OPS:
+            return f"there is no Triton kernel for {op.removesuffix('_fwd')}"
         if not triton_available():
             return "backend='triton' needs the triton package: `pip install triton`"
         if device.type == "cpu" and not triton_interpreted():

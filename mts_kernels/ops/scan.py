@@ -138,6 +138,8 @@ def _register_leaky_integrate(suffix: str) -> None:
 
 _register_linear_scan("_triton")
 _register_leaky_integrate("_triton")
+_backend.register_triton("linear_scan_fwd")
+_backend.register_triton("leaky_integrate_fwd")
 if _extension.COMPILED:
     _register_linear_scan("")
     _register_leaky_integrate("")

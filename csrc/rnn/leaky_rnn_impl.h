@@ -1,0 +1,179 @@
+#pragma once
+// Fused forward and backward of one layer and direction of the dense leaky
+// recurrence, written once over ATen so the same code drives the CPU (BLAS) and
+// CUDA (cuBLAS) registrations:
+//
+//   z_t = p_t + W_hh h_{t-d} [+ W_skip h_{t-s}],   u_t = phi(z_t)
+//   h_t = alpha * h_{t-d} + (1 - alpha) * u_t        (alpha None: h_t = u_t)
+//
+// p_t already holds W_ih x_t + b_ih + b_hh (one large GEMM before the loop, by the
+// caller). The time loop runs here, in C++: one GEMM per step (two with skip),
+// in-place pointwise work, no host synchronisation (CUDA-graph capturable).
+// Backward (DESIGN-NOTES §3), with delta_t = dL/dh_t accumulated in place:
+//   e_t = (1 - alpha) * phi'(z_t) * delta_t              (= dL/dp_t)
+//   delta_{t-d} += alpha * delta_t + W_hh^T e_t,  delta_{t-s} += W_skip^T e_t
+//   dW_hh = sum_t e_t h_{t-d}^T,  dW_skip = sum_t e_t h_{t-s}^T   (one GEMM each, after)
+//   dalpha = sum_{t,b} delta_t * (h_{t-d} - u_t)
+// A delay reaching before the sequence start lands in dh0 (h_tau = h0, tau <= 0).
+// float16/bfloat16 run in float32 (state and accumulation), stored in the input dtype.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+#include <tuple>
+
+namespace mts {
+namespace rnn {
+
+enum class Phi { kTanh, kRelu };
+
+inline Phi parse_phi(const std::string& s) {
+  TORCH_CHECK(s == "tanh" || s == "relu",
+              "leaky_rnn: nonlinearity must be 'tanh' or 'relu', got '", s, "'");
+  return s == "tanh" ? Phi::kTanh : Phi::kRelu;
+}
+
+struct Shape {
+  int64_t T, B, H;
+};
+
+inline Shape check_args(const at::Tensor& p, const at::Tensor& w,
+                        const c10::optional<at::Tensor>& h0,
+                        const c10::optional<at::Tensor>& alpha,
+                        const c10::optional<at::Tensor>& w_skip, int64_t skip, int64_t dilation) {
+  TORCH_CHECK(p.dim() == 3, "leaky_rnn: p must be 3-D (T, B, H), got shape ", p.sizes());
+  TORCH_CHECK(at::isFloatingType(p.scalar_type()), "leaky_rnn: p must be floating point, got ",
+              p.scalar_type());
+  const int64_t T = p.size(0), B = p.size(1), H = p.size(2);
+  TORCH_CHECK(T > 0, "leaky_rnn: p needs at least one time step");
+  auto same = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+    TORCH_CHECK(t.sizes() == shape, "leaky_rnn: ", name, " must have shape ", shape, ", got ",
+                t.sizes());
+    TORCH_CHECK(t.scalar_type() == p.scalar_type() && t.device() == p.device(), "leaky_rnn: ",
+                name, " must be ", p.scalar_type(), " on ", p.device(), ", got ", t.scalar_type(),
+                " on ", t.device());
+  };
+  same(w, "weight_hh", {H, H});
+  if (h0) same(*h0, "h0", {B, H});
+  if (alpha) same(*alpha, "alpha", {H});
+  TORCH_CHECK(dilation >= 1, "leaky_rnn: dilation must be >= 1, got ", dilation);
+  TORCH_CHECK(skip >= 0, "leaky_rnn: skip must be >= 1 (or 0 for none), got ", skip);
+  TORCH_CHECK((skip > 0) == w_skip.has_value(),
+              "leaky_rnn: weight_skip must be given exactly when skip > 0");
+  if (w_skip) same(*w_skip, "weight_skip", {H, H});
+  return {T, B, H};
+}
+
+inline at::Tensor compute(const at::Tensor& t) {
+  return t.to(at::toOpMathType(t.scalar_type()));
+}
+inline at::Tensor compute(const c10::optional<at::Tensor>& t) {
+  return t ? compute(*t) : at::Tensor();
+}
+
+// Time index of processing step k.
+inline int64_t time_of(int64_t k, int64_t T, bool reverse) { return reverse ? T - 1 - k : k; }
+
+// For each time t, the state `delay` processing steps back (h0 before the start),
+// in time order: the right-hand operand of the weight-gradient GEMMs.
+inline at::Tensor delayed(const at::Tensor& h, const at::Tensor& h0, int64_t delay, bool reverse) {
+  const int64_t T = h.size(0);
+  const int64_t n0 = std::min(delay, T);
+  at::Tensor pad = h0.unsqueeze(0).expand({n0, h.size(1), h.size(2)});
+  if (n0 == T) return pad.contiguous();
+  return reverse ? at::cat({h.slice(0, delay), pad}) : at::cat({pad, h.slice(0, 0, T - delay)});
+}
+
+inline std::tuple<at::Tensor, at::Tensor> leaky_rnn_fwd(
+    const at::Tensor& p_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& h0_in,
+    const c10::optional<at::Tensor>& alpha_in, const c10::optional<at::Tensor>& w_skip_in,
+    int64_t skip, int64_t dilation, c10::string_view nonlinearity, bool reverse) {
+  const Shape s = check_args(p_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
+  const Phi phi = parse_phi(std::string(nonlinearity));
+  const at::Tensor p = compute(p_in).contiguous();
+  const at::Tensor wt = compute(w_in).t();
+  const at::Tensor wst = w_skip_in ? compute(*w_skip_in).t() : at::Tensor();
+  const at::Tensor h0 = h0_in ? compute(*h0_in) : at::zeros({s.B, s.H}, p.options());
+  const bool leak = alpha_in.has_value();
+  const at::Tensor alpha = compute(alpha_in);
+  const at::Tensor one_minus_alpha = leak ? 1 - alpha : at::Tensor();
+  at::Tensor h = at::empty({s.T, s.B, s.H}, p.options());
+  at::Tensor u = leak ? at::empty_like(h) : at::Tensor();
+  for (int64_t k = 0; k < s.T; ++k) {
+    const int64_t t = time_of(k, s.T, reverse);
+    const at::Tensor hd = k >= dilation ? h[time_of(k - dilation, s.T, reverse)] : h0;
+    at::Tensor z = leak ? u[t] : h[t];  // pre-activation, then u_t, in place
+    at::addmm_out(z, p[t], hd, wt);
+    if (skip > 0) z.addmm_(k >= skip ? h[time_of(k - skip, s.T, reverse)] : h0, wst);
+    if (phi == Phi::kTanh) z.tanh_(); else z.relu_();
+    if (leak) {
+      at::Tensor ht = h[t];
+      at::mul_out(ht, hd, alpha);
+      ht.addcmul_(z, one_minus_alpha);
+    }
+  }
+  const auto dtype = p_in.scalar_type();
+  return {h.to(dtype), leak ? u.to(dtype) : at::empty({0}, p_in.options())};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> leaky_rnn_bwd(
+    const at::Tensor& grad_h, const at::Tensor& w_in, const at::Tensor& h_in,
+    const at::Tensor& u_in, const c10::optional<at::Tensor>& h0_in,
+    const c10::optional<at::Tensor>& alpha_in, const c10::optional<at::Tensor>& w_skip_in,
+    int64_t skip, int64_t dilation, c10::string_view nonlinearity, bool reverse) {
+  const Shape s = check_args(h_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
+  TORCH_CHECK(grad_h.sizes() == h_in.sizes(), "leaky_rnn_bwd: grad_h must have shape ",
+              h_in.sizes(), ", got ", grad_h.sizes());
+  const bool leak = alpha_in.has_value();
+  TORCH_CHECK(!leak || u_in.sizes() == h_in.sizes(), "leaky_rnn_bwd: u must have shape ",
+              h_in.sizes(), " when alpha is given, got ", u_in.sizes());
+  const Phi phi = parse_phi(std::string(nonlinearity));
+  const at::Tensor w = compute(w_in);
+  const at::Tensor w_skip = compute(w_skip_in);
+  const at::Tensor h = compute(h_in).contiguous();
+  const at::Tensor u = leak ? compute(u_in).contiguous() : h;
+  const at::Tensor h0 = h0_in ? compute(*h0_in) : at::zeros({s.B, s.H}, h.options());
+  const at::Tensor alpha = compute(alpha_in);
+  const at::Tensor one_minus_alpha = leak ? 1 - alpha : at::Tensor();
+  // delta_t, completed in place as later steps are processed (a private copy).
+  at::Tensor delta = grad_h.to(h.scalar_type(), /*non_blocking=*/false, /*copy=*/true)
+                         .contiguous();
+  at::Tensor dh0 = at::zeros({s.B, s.H}, h.options());
+  at::Tensor e_all = at::empty_like(h);
+  for (int64_t k = s.T - 1; k >= 0; --k) {
+    const int64_t t = time_of(k, s.T, reverse);
+    const at::Tensor dt = delta[t];
+    at::Tensor e = e_all[t];
+    if (phi == Phi::kTanh)
+      at::tanh_backward_out(e, dt, u[t]);
+    else
+      at::threshold_backward_out(e, dt, u[t], 0);
+    if (leak) e.mul_(one_minus_alpha);
+    at::Tensor target = k >= dilation ? delta[time_of(k - dilation, s.T, reverse)] : dh0;
+    if (leak) target.addcmul_(dt, alpha);
+    target.addmm_(e, w);
+    if (skip > 0) {
+      at::Tensor target_s = k >= skip ? delta[time_of(k - skip, s.T, reverse)] : dh0;
+      target_s.addmm_(e, w_skip);
+    }
+  }
+  const int64_t n = s.T * s.B;
+  const at::Tensor e2 = e_all.view({n, s.H});
+  const at::Tensor hd = delayed(h, h0, dilation, reverse);
+  at::Tensor dw = e2.t().mm(hd.view({n, s.H}));
+  at::Tensor dw_skip = skip > 0 ? e2.t().mm(delayed(h, h0, skip, reverse).view({n, s.H}))
+                                : at::empty({0}, w_in.options());
+  at::Tensor dalpha = leak ? (delta * (hd - u)).sum({0, 1}) : at::empty({0}, w_in.options());
+  const auto dtype = h_in.scalar_type();
+  return {e_all.to(dtype), dw.to(dtype), dh0.to(dtype), dalpha.to(dtype), dw_skip.to(dtype)};
+}
+
+inline void register_impls(torch::Library& m) {
+  m.impl("leaky_rnn_fwd", &leaky_rnn_fwd);
+  m.impl("leaky_rnn_bwd", &leaky_rnn_bwd);
+}
+
+}  // namespace rnn
+}  // namespace mts
