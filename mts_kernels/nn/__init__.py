@@ -1,0 +1,5 @@
+"""nn.Modules built on the fused ops."""
+
+from mts_kernels.nn.leaky_rnn import LeakyRNN
+
+__all__ = ["LeakyRNN"]

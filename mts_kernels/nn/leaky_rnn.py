@@ -1,0 +1,217 @@
+"""LeakyRNN: a drop-in for torch.nn.RNN with leaky units, skip connections
+through time and dilation, running the fused leaky_rnn op per layer and direction.
+
+For each layer and direction:
+
+    z_t = W_ih x_t + b_ih + W_hh h_{t-d} + b_hh  [+ W_skip h_{t-s}]
+    h_t = alpha * h_{t-d} + (1 - alpha) * phi(z_t),      h_tau = h_0 for tau <= 0
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mts_kernels.ops.leaky_rnn import NONLINEARITIES, leaky_rnn
+
+
+class LeakyRNN(nn.Module):
+    """Multi-layer Elman RNN with leaky units, skip connections and dilation.
+
+    Shapes, conventions and parameter names are those of torch.nn.RNN
+    (`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, `..._reverse`), so
+    with leak=None, skip=None, dilation=1 it is torch.nn.RNN and loads its
+    state_dict. Extra features add their own parameters:
+
+    - leak=None: alpha = 0. leak=float in [0, 1): a fixed alpha for every unit.
+      leak="learned": alpha = exp(-1/tau) per unit with tau = exp(`log_tau_l{k}`)
+      learnable, initialised log-uniformly over tau_range: a spectrum of time
+      scales in one layer.
+    - skip=s: an extra recurrent connection from s steps back, `weight_skip_l{k}`.
+    - dilation=d: the recurrent connection reaches d steps back (d > 1 removes the
+      length-one connections: d interleaved chains).
+
+    `backend` (attribute, default None: automatic) selects the kernel backend
+    as for every mts_kernels op.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False,
+                 leak: Union[None, float, str] = None, tau_range: Tuple[float, float] = (1.0, 1000.0),
+                 skip: Optional[int] = None, dilation: int = 1, device=None, dtype=None) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LeakyRNN: {name} must be an int >= 1, got {value!r}")
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"LeakyRNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError(f"LeakyRNN: dropout must be a number in [0, 1], got {dropout!r}")
+        if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
+            raise ValueError(f"LeakyRNN: dilation must be an int >= 1, got {dilation!r}")
+        if skip is not None and (not isinstance(skip, int) or isinstance(skip, bool) or skip < 1):
+            raise ValueError(f"LeakyRNN: skip must be None or an int >= 1, got {skip!r}")
+        if leak is not None and leak != "learned":
+            if not isinstance(leak, (int, float)) or isinstance(leak, bool) or not 0 <= leak < 1:
+                raise ValueError(f"LeakyRNN: leak must be None, a float in [0, 1) or 'learned', got {leak!r}")
+        lo_hi = tuple(tau_range) if isinstance(tau_range, (tuple, list)) else None
+        if (lo_hi is None or len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi)
+                or not 0 < lo_hi[0] < lo_hi[1]):
+            raise ValueError(f"LeakyRNN: tau_range must be (low, high) with 0 < low < high, got {tau_range!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.nonlinearity = nonlinearity
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.leak = leak
+        self.tau_range = (float(lo_hi[0]), float(lo_hi[1]))
+        self.skip = skip
+        self.dilation = dilation
+        self.backend: Optional[str] = None
+        kw = dict(device=device, dtype=dtype)
+        num_dirs = 2 if bidirectional else 1
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else hidden_size * num_dirs
+            for suffix in self._suffixes():
+                name = f"l{layer}{suffix}"
+                setattr(self, f"weight_ih_{name}", nn.Parameter(torch.empty(hidden_size, layer_in, **kw)))
+                setattr(self, f"weight_hh_{name}", nn.Parameter(torch.empty(hidden_size, hidden_size, **kw)))
+                if bias:
+                    setattr(self, f"bias_ih_{name}", nn.Parameter(torch.empty(hidden_size, **kw)))
+                    setattr(self, f"bias_hh_{name}", nn.Parameter(torch.empty(hidden_size, **kw)))
+                if skip is not None:
+                    setattr(self, f"weight_skip_{name}", nn.Parameter(torch.empty(hidden_size, hidden_size, **kw)))
+                if leak == "learned":
+                    setattr(self, f"log_tau_{name}", nn.Parameter(torch.empty(hidden_size, **kw)))
+        self.reset_parameters()
+
+    def _suffixes(self):
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    def reset_parameters(self) -> None:
+        """As torch.nn.RNN: every weight and bias uniform in ±1/sqrt(hidden_size);
+        log tau uniform over log(tau_range)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        lo, hi = (math.log(v) for v in self.tau_range)
+        for name, param in self.named_parameters():
+            with torch.no_grad():
+                if name.startswith("log_tau_"):
+                    param.uniform_(lo, hi)
+                else:
+                    param.uniform_(-bound, bound)
+
+    @classmethod
+    def from_torch(cls, rnn: nn.RNN, **extra) -> "LeakyRNN":
+        """A LeakyRNN with the configuration and weights of `rnn` (extra features
+        may be switched on through `extra`, e.g. leak="learned"; their parameters
+        are freshly initialised)."""
+        if not isinstance(rnn, nn.RNN):
+            raise TypeError(f"LeakyRNN.from_torch: expected a torch.nn.RNN, got {type(rnn).__name__}")
+        if getattr(rnn, "proj_size", 0):
+            raise ValueError("LeakyRNN.from_torch: proj_size is not supported")
+        ref = next(rnn.parameters())
+        model = cls(rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.nonlinearity, rnn.bias,
+                    rnn.batch_first, rnn.dropout, rnn.bidirectional, device=ref.device,
+                    dtype=ref.dtype, **extra)
+        model.load_state_dict(rnn.state_dict(), strict=not extra)
+        return model
+
+    def _alpha(self, name: str, like: Tensor) -> Optional[Tensor]:
+        if self.leak is None:
+            return None
+        if self.leak == "learned":
+            log_tau = getattr(self, f"log_tau_{name}")
+            return torch.exp(-torch.exp(-log_tau))  # exp(-1 / tau)
+        return like.new_full((self.hidden_size,), float(self.leak))
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        if isinstance(input, nn.utils.rnn.PackedSequence):
+            raise TypeError("LeakyRNN: PackedSequence input is not supported; pass a padded tensor")
+        if not isinstance(input, Tensor):
+            raise TypeError(f"LeakyRNN: input must be a torch.Tensor, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"LeakyRNN: input must be 2-D (unbatched) or 3-D, got shape {tuple(input.shape)}")
+        if input.size(-1) != self.input_size:
+            raise ValueError(f"LeakyRNN: input.size(-1) must be equal to input_size. "
+                             f"Expected {self.input_size}, got {input.size(-1)}")
+        weight = self.weight_hh_l0
+        if input.dtype != weight.dtype:
+            raise TypeError(f"LeakyRNN: input has dtype {input.dtype} but the parameters are {weight.dtype}")
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1 if not self.batch_first else 0)
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        T, B = x.size(0), x.size(1)
+        num_dirs = 2 if self.bidirectional else 1
+        expected = (self.num_layers * num_dirs, B, self.hidden_size)
+        if hx is not None:
+            if not isinstance(hx, Tensor):
+                raise TypeError(f"LeakyRNN: hx must be a torch.Tensor or None, got {type(hx).__name__}")
+            h_in = hx if batched else (hx.unsqueeze(1) if hx.dim() == 2 else hx)
+            if tuple(h_in.shape) != expected:
+                shown = expected if batched else (expected[0], expected[2])
+                raise ValueError(f"LeakyRNN: hx must have shape {shown}, got {tuple(hx.shape)}")
+            if h_in.dtype != x.dtype or h_in.device != x.device:
+                raise TypeError(f"LeakyRNN: hx must be {x.dtype} on {x.device}, got {h_in.dtype} on {h_in.device}")
+        else:
+            h_in = None
+        finals = []
+        for layer in range(self.num_layers):
+            outs = []
+            for direction, suffix in enumerate(self._suffixes()):
+                name = f"l{layer}{suffix}"
+                b = None
+                if self.bias:
+                    b = getattr(self, f"bias_ih_{name}") + getattr(self, f"bias_hh_{name}")
+                p = F.linear(x, getattr(self, f"weight_ih_{name}"), b)  # all steps: one GEMM
+                h = leaky_rnn(
+                    p, getattr(self, f"weight_hh_{name}"),
+                    None if h_in is None else h_in[layer * num_dirs + direction],
+                    alpha=self._alpha(name, p),
+                    weight_skip=getattr(self, f"weight_skip_{name}") if self.skip else None,
+                    skip=self.skip, dilation=self.dilation, nonlinearity=self.nonlinearity,
+                    reverse=direction == 1, backend=self.backend)
+                finals.append(h[0] if direction == 1 else h[-1])
+                outs.append(h)
+            x = torch.cat(outs, -1) if num_dirs == 2 else outs[0]
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        output = x.transpose(0, 1) if self.batch_first else x
+        h_n = torch.stack(finals, 0)
+        if not batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            h_n = h_n.squeeze(1)
+        return output, h_n
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.nonlinearity != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self.leak is not None:
+            s += f", leak={self.leak!r}"
+            if self.leak == "learned":
+                s += f", tau_range={self.tau_range}"
+        if self.skip is not None:
+            s += f", skip={self.skip}"
+        if self.dilation != 1:
+            s += f", dilation={self.dilation}"
+        return s
