@@ -264,3 +264,25 @@ def test_dilation_is_interleaved_chains():
     for j in range(d):
         chain = mts_kernels.leaky_rnn(p[j::d].contiguous(), w, h0)
         torch.testing.assert_close(h[j::d], chain)
+
+
+@pytest.mark.parametrize("B,H", [(2, 20), (9, 130)], ids=["small_step_loop", "blas_step_loop"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd_time", "rev_time"])
+def test_cpu_loops_match_reference(B, H, reverse):
+    """The CPU kernel has a raw loop for small steps and a BLAS loop for large
+    ones (csrc/rnn/leaky_rnn_cpu.cpp); both against the reference, every feature on."""
+    gen = torch.Generator().manual_seed(B + H)
+    T = 9
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=gen, dtype=torch.float64) * scale).requires_grad_()  # noqa: E731
+    p, w, ws, h0 = r(T, B, H), r(H, H, scale=H ** -0.5), r(H, H, scale=H ** -0.5), r(B, H)
+    a = torch.rand(H, generator=gen, dtype=torch.float64).requires_grad_()
+    for alpha, skip, dilation, nl in [(None, None, 1, "tanh"), (a, 2, 3, "relu"), (a, 1, 2, "tanh")]:
+        kw = dict(alpha=alpha, weight_skip=ws if skip else None, skip=skip, dilation=dilation,
+                  nonlinearity=nl, reverse=reverse)
+        inputs = [t for t in (p, w, h0, alpha, kw["weight_skip"]) if t is not None]
+        h = mts_kernels.leaky_rnn(p, w, h0, backend="cpu", **kw)
+        h_ref = reference.leaky_rnn(p, w, h0, **kw)
+        g = torch.randn(h.shape, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-10)
+        for x, y in zip(torch.autograd.grad(h, inputs, g), torch.autograd.grad(h_ref, inputs, g)):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)

@@ -66,6 +66,7 @@ inline Shape check_args(const at::Tensor& p, const at::Tensor& w,
   return {T, B, H};
 }
 
+// The dtype the recurrence runs in: float32 for float16/bfloat16 inputs.
 inline at::Tensor compute(const at::Tensor& t) {
   return t.to(at::toOpMathType(t.scalar_type()));
 }
@@ -86,39 +87,100 @@ inline at::Tensor delayed(const at::Tensor& h, const at::Tensor& h0, int64_t del
   return reverse ? at::cat({h.slice(0, delay), pad}) : at::cat({pad, h.slice(0, 0, T - delay)});
 }
 
-inline std::tuple<at::Tensor, at::Tensor> leaky_rnn_fwd(
+// Operands of one call, in the compute dtype (float32 for float16/bfloat16),
+// contiguous (T, B, H) / (B, H) / (H, H), with the time loop left to a Loop
+// policy: AtenLoop below (any device), or the CPU's small-size loop.
+struct Problem {
+  Shape s;
+  Phi phi;
+  int64_t skip, dilation;
+  bool reverse, leak;
+  at::Tensor w, w_skip, h0, alpha, one_minus_alpha;  // w_skip / alpha undefined when absent
+};
+
+inline Problem make_problem(const Shape& s, c10::string_view nonlinearity, const at::Tensor& w_in,
+                            const c10::optional<at::Tensor>& h0_in,
+                            const c10::optional<at::Tensor>& alpha_in,
+                            const c10::optional<at::Tensor>& w_skip_in, int64_t skip,
+                            int64_t dilation, bool reverse, const at::TensorOptions& opts) {
+  Problem pr{s, parse_phi(std::string(nonlinearity)), skip, dilation, reverse,
+             alpha_in.has_value(), compute(w_in).contiguous(), compute(w_skip_in), {}, {}, {}};
+  if (pr.w_skip.defined()) pr.w_skip = pr.w_skip.contiguous();
+  pr.h0 = h0_in ? compute(*h0_in).contiguous() : at::zeros({s.B, s.H}, opts);
+  if (pr.leak) {
+    pr.alpha = compute(*alpha_in).contiguous();
+    pr.one_minus_alpha = 1 - pr.alpha;
+  }
+  return pr;
+}
+
+// The time loops over ATen ops: one (cu)BLAS GEMM per step (two with skip) and
+// in-place pointwise ops; no host synchronisation, so CUDA-graph capturable.
+struct AtenLoop {
+  // Fills h (and u when leaky) from p.
+  static void fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
+    const Shape& s = pr.s;
+    const at::Tensor wt = pr.w.t();
+    const at::Tensor wst = pr.skip > 0 ? pr.w_skip.t() : at::Tensor();
+    for (int64_t k = 0; k < s.T; ++k) {
+      const int64_t t = time_of(k, s.T, pr.reverse);
+      const at::Tensor hd = k >= pr.dilation ? h[time_of(k - pr.dilation, s.T, pr.reverse)] : pr.h0;
+      at::Tensor z = pr.leak ? u[t] : h[t];  // pre-activation, then u_t, in place
+      at::addmm_out(z, p[t], hd, wt);
+      if (pr.skip > 0) z.addmm_(k >= pr.skip ? h[time_of(k - pr.skip, s.T, pr.reverse)] : pr.h0, wst);
+      if (pr.phi == Phi::kTanh) z.tanh_(); else z.relu_();
+      if (pr.leak) {
+        at::Tensor ht = h[t];
+        at::mul_out(ht, hd, pr.alpha);
+        ht.addcmul_(z, pr.one_minus_alpha);
+      }
+    }
+  }
+
+  // Completes delta (dL/dh, in place) and writes e = dL/dp into e_all and the
+  // part of dL/dh0 that flows through the recurrence into dh0.
+  static void bwd(const Problem& pr, const at::Tensor& u, at::Tensor& delta, at::Tensor& e_all,
+                  at::Tensor& dh0) {
+    const Shape& s = pr.s;
+    for (int64_t k = s.T - 1; k >= 0; --k) {
+      const int64_t t = time_of(k, s.T, pr.reverse);
+      const at::Tensor dt = delta[t];
+      at::Tensor e = e_all[t];
+      if (pr.phi == Phi::kTanh)
+        at::tanh_backward_out(e, dt, u[t]);
+      else
+        at::threshold_backward_out(e, dt, u[t], 0);
+      if (pr.leak) e.mul_(pr.one_minus_alpha);
+      at::Tensor target = k >= pr.dilation ? delta[time_of(k - pr.dilation, s.T, pr.reverse)] : dh0;
+      if (pr.leak) target.addcmul_(dt, pr.alpha);
+      target.addmm_(e, pr.w);
+      if (pr.skip > 0) {
+        at::Tensor target_s = k >= pr.skip ? delta[time_of(k - pr.skip, s.T, pr.reverse)] : dh0;
+        target_s.addmm_(e, pr.w_skip);
+      }
+    }
+  }
+};
+
+// Loop: a policy with static fwd/bwd as AtenLoop (it may pick among loops per call).
+template <class Loop>
+std::tuple<at::Tensor, at::Tensor> leaky_rnn_fwd(
     const at::Tensor& p_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& h0_in,
     const c10::optional<at::Tensor>& alpha_in, const c10::optional<at::Tensor>& w_skip_in,
     int64_t skip, int64_t dilation, c10::string_view nonlinearity, bool reverse) {
   const Shape s = check_args(p_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
-  const Phi phi = parse_phi(std::string(nonlinearity));
   const at::Tensor p = compute(p_in).contiguous();
-  const at::Tensor wt = compute(w_in).t();
-  const at::Tensor wst = w_skip_in ? compute(*w_skip_in).t() : at::Tensor();
-  const at::Tensor h0 = h0_in ? compute(*h0_in) : at::zeros({s.B, s.H}, p.options());
-  const bool leak = alpha_in.has_value();
-  const at::Tensor alpha = compute(alpha_in);
-  const at::Tensor one_minus_alpha = leak ? 1 - alpha : at::Tensor();
+  const Problem pr = make_problem(s, nonlinearity, w_in, h0_in, alpha_in, w_skip_in, skip,
+                                  dilation, reverse, p.options());
   at::Tensor h = at::empty({s.T, s.B, s.H}, p.options());
-  at::Tensor u = leak ? at::empty_like(h) : at::Tensor();
-  for (int64_t k = 0; k < s.T; ++k) {
-    const int64_t t = time_of(k, s.T, reverse);
-    const at::Tensor hd = k >= dilation ? h[time_of(k - dilation, s.T, reverse)] : h0;
-    at::Tensor z = leak ? u[t] : h[t];  // pre-activation, then u_t, in place
-    at::addmm_out(z, p[t], hd, wt);
-    if (skip > 0) z.addmm_(k >= skip ? h[time_of(k - skip, s.T, reverse)] : h0, wst);
-    if (phi == Phi::kTanh) z.tanh_(); else z.relu_();
-    if (leak) {
-      at::Tensor ht = h[t];
-      at::mul_out(ht, hd, alpha);
-      ht.addcmul_(z, one_minus_alpha);
-    }
-  }
+  at::Tensor u = pr.leak ? at::empty_like(h) : at::Tensor();
+  Loop::fwd(pr, p, h, u);
   const auto dtype = p_in.scalar_type();
-  return {h.to(dtype), leak ? u.to(dtype) : at::empty({0}, p_in.options())};
+  return {h.to(dtype), pr.leak ? u.to(dtype) : at::empty({0}, p_in.options())};
 }
 
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> leaky_rnn_bwd(
+template <class Loop>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> leaky_rnn_bwd(
     const at::Tensor& grad_h, const at::Tensor& w_in, const at::Tensor& h_in,
     const at::Tensor& u_in, const c10::optional<at::Tensor>& h0_in,
     const c10::optional<at::Tensor>& alpha_in, const c10::optional<at::Tensor>& w_skip_in,
@@ -126,53 +188,35 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> le
   const Shape s = check_args(h_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
   TORCH_CHECK(grad_h.sizes() == h_in.sizes(), "leaky_rnn_bwd: grad_h must have shape ",
               h_in.sizes(), ", got ", grad_h.sizes());
-  const bool leak = alpha_in.has_value();
-  TORCH_CHECK(!leak || u_in.sizes() == h_in.sizes(), "leaky_rnn_bwd: u must have shape ",
-              h_in.sizes(), " when alpha is given, got ", u_in.sizes());
-  const Phi phi = parse_phi(std::string(nonlinearity));
-  const at::Tensor w = compute(w_in);
-  const at::Tensor w_skip = compute(w_skip_in);
+  TORCH_CHECK(!alpha_in.has_value() || u_in.sizes() == h_in.sizes(),
+              "leaky_rnn_bwd: u must have shape ", h_in.sizes(), " when alpha is given, got ",
+              u_in.sizes());
   const at::Tensor h = compute(h_in).contiguous();
-  const at::Tensor u = leak ? compute(u_in).contiguous() : h;
-  const at::Tensor h0 = h0_in ? compute(*h0_in) : at::zeros({s.B, s.H}, h.options());
-  const at::Tensor alpha = compute(alpha_in);
-  const at::Tensor one_minus_alpha = leak ? 1 - alpha : at::Tensor();
+  const Problem pr = make_problem(s, nonlinearity, w_in, h0_in, alpha_in, w_skip_in, skip,
+                                  dilation, reverse, h.options());
+  const at::Tensor u = pr.leak ? compute(u_in).contiguous() : h;
   // delta_t, completed in place as later steps are processed (a private copy).
-  at::Tensor delta = grad_h.to(h.scalar_type(), /*non_blocking=*/false, /*copy=*/true)
-                         .contiguous();
+  at::Tensor delta =
+      grad_h.to(h.scalar_type(), /*non_blocking=*/false, /*copy=*/true).contiguous();
   at::Tensor dh0 = at::zeros({s.B, s.H}, h.options());
   at::Tensor e_all = at::empty_like(h);
-  for (int64_t k = s.T - 1; k >= 0; --k) {
-    const int64_t t = time_of(k, s.T, reverse);
-    const at::Tensor dt = delta[t];
-    at::Tensor e = e_all[t];
-    if (phi == Phi::kTanh)
-      at::tanh_backward_out(e, dt, u[t]);
-    else
-      at::threshold_backward_out(e, dt, u[t], 0);
-    if (leak) e.mul_(one_minus_alpha);
-    at::Tensor target = k >= dilation ? delta[time_of(k - dilation, s.T, reverse)] : dh0;
-    if (leak) target.addcmul_(dt, alpha);
-    target.addmm_(e, w);
-    if (skip > 0) {
-      at::Tensor target_s = k >= skip ? delta[time_of(k - skip, s.T, reverse)] : dh0;
-      target_s.addmm_(e, w_skip);
-    }
-  }
+  Loop::bwd(pr, u, delta, e_all, dh0);
+  // Weight gradients: one large GEMM each over all steps.
   const int64_t n = s.T * s.B;
   const at::Tensor e2 = e_all.view({n, s.H});
-  const at::Tensor hd = delayed(h, h0, dilation, reverse);
+  const at::Tensor hd = delayed(h, pr.h0, dilation, reverse);
   at::Tensor dw = e2.t().mm(hd.view({n, s.H}));
-  at::Tensor dw_skip = skip > 0 ? e2.t().mm(delayed(h, h0, skip, reverse).view({n, s.H}))
+  at::Tensor dw_skip = skip > 0 ? e2.t().mm(delayed(h, pr.h0, skip, reverse).view({n, s.H}))
                                 : at::empty({0}, w_in.options());
-  at::Tensor dalpha = leak ? (delta * (hd - u)).sum({0, 1}) : at::empty({0}, w_in.options());
+  at::Tensor dalpha = pr.leak ? (delta * (hd - u)).sum({0, 1}) : at::empty({0}, w_in.options());
   const auto dtype = h_in.scalar_type();
   return {e_all.to(dtype), dw.to(dtype), dh0.to(dtype), dalpha.to(dtype), dw_skip.to(dtype)};
 }
 
-inline void register_impls(torch::Library& m) {
-  m.impl("leaky_rnn_fwd", &leaky_rnn_fwd);
-  m.impl("leaky_rnn_bwd", &leaky_rnn_bwd);
+template <class Loop>
+void register_impls(torch::Library& m) {
+  m.impl("leaky_rnn_fwd", &leaky_rnn_fwd<Loop>);
+  m.impl("leaky_rnn_bwd", &leaky_rnn_bwd<Loop>);
 }
 
 }  // namespace rnn
