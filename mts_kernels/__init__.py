@@ -5,6 +5,8 @@
     mts_kernels.leaky_rnn(p, weight_hh, h0=None, *, alpha=None, weight_skip=None, skip=None,
                           dilation=1, nonlinearity="tanh", reverse=False, batch_first=False)
     mts_kernels.LeakyRNN(input_size, hidden_size, ...)   # drop-in for torch.nn.RNN
+    mts_kernels.clockwork_rnn(p, weight_hh, h0=None, *, periods, module_sizes, alpha=None, ...)
+    mts_kernels.ClockworkRNN(input_size, hidden_size, periods=None, module_sizes=None, ...)
 
 `mts_kernels.reference` holds the plain PyTorch loops every kernel is tested
 against. `python -m mts_kernels info` says what was built and which backends run.
@@ -13,15 +15,24 @@ against. `python -m mts_kernels info` says what was built and which backends run
 import torch  # noqa: F401  (the compiled ops need torch loaded first)
 
 from mts_kernels import _extension, reference
-from mts_kernels.nn import LeakyRNN
-from mts_kernels.ops import BACKENDS, BackendUnavailableError, leaky_integrate, leaky_rnn, linear_scan
+from mts_kernels.nn import ClockworkRNN, LeakyRNN
+from mts_kernels.ops import (
+    BACKENDS,
+    BackendUnavailableError,
+    clockwork_rnn,
+    leaky_integrate,
+    leaky_rnn,
+    linear_scan,
+)
 
 __version__ = (_extension.BUILD_INFO or {}).get("version", "0.1.0")
 
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "ClockworkRNN",
     "LeakyRNN",
+    "clockwork_rnn",
     "leaky_integrate",
     "leaky_rnn",
     "linear_scan",

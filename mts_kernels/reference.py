@@ -70,3 +70,38 @@ def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     if reverse:
         hs = hs[::-1]
     return torch.stack(hs, 1 if batch_first else 0)
+
+
+def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor], periods, module_sizes, *,
+                  alpha: Optional[Tensor] = None, nonlinearity: str = "tanh", t0: int = 0,
+                  batch_first: bool = False) -> Tensor:
+    """Clockwork recurrence (Koutník et al. 2014), modules ordered fast to slow:
+
+        active at step t when (t0 + t) % T_i == 0:
+            h_i(t) = alpha_i * h_i(t-1) + (1 - alpha_i) * phi(sum_{j >= i} W_ij h_j(t-1) + p_i(t))
+        inactive: h_i(t) = h_i(t-1)
+
+    p: (T, B, H) (or (B, T, H) batch_first), W_ih x_t + biases. Only the
+    block-upper-triangular part of weight_hh is read.
+    """
+    steps = p.unbind(1 if batch_first else 0)
+    phi = torch.tanh if nonlinearity == "tanh" else torch.relu
+    offsets = [0]
+    for k in module_sizes:
+        offsets.append(offsets[-1] + k)
+    h = torch.zeros_like(steps[0]) if h0 is None else h0
+    out = []
+    for t, p_t in enumerate(steps):
+        parts = []
+        for i, period in enumerate(periods):
+            lo, hi = offsets[i], offsets[i + 1]
+            if (t0 + t) % period == 0:
+                u = phi(p_t[:, lo:hi] + h[:, lo:] @ weight_hh[lo:hi, lo:].t())
+                if alpha is not None:
+                    u = alpha[lo:hi] * h[:, lo:hi] + (1 - alpha[lo:hi]) * u
+                parts.append(u)
+            else:
+                parts.append(h[:, lo:hi])
+        h = torch.cat(parts, 1)
+        out.append(h)
+    return torch.stack(out, 1 if batch_first else 0)

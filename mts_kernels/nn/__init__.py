@@ -1,5 +1,6 @@
 """nn.Modules built on the fused ops."""
 
+from mts_kernels.nn.clockwork_rnn import ClockworkRNN
 from mts_kernels.nn.leaky_rnn import LeakyRNN
 
-__all__ = ["LeakyRNN"]
+__all__ = ["ClockworkRNN", "LeakyRNN"]
