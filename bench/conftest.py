@@ -90,7 +90,8 @@ def _budget_s() -> float:
 def measure(benchmark, copy_bandwidth):
     """measure(fn, device=..., bytes_moved=..., info={...}, ...) -> the last result of fn.
 
-    info: op, shape (B, T, D), dtype, direction ("fwd" | "bwd" | "fwd+bwd"), backend,
+    bytes_moved (memory-bound ops) and/or flops (GEMM-bound ops) give the achieved
+    GB/s / GFLOP/s. info: op, shape (B, T, D) (D: channels or hidden size), dtype, direction ("fwd" | "bwd" | "fwd+bwd"), backend,
     role ("kernel" | "reference" | "torch": the report's speedup columns divide the
     reference / torch row of the same group by this one), variant (e.g. "alpha=per-step"),
     optional targets ({"speedup_vs_reference": 100, "fraction_of_copy": 0.5}).
@@ -98,7 +99,7 @@ def measure(benchmark, copy_bandwidth):
     after `warmup_rounds` untimed calls and one call that estimates the time of a round.
     """
 
-    def _measure(fn, *, device, bytes_moved, info, min_rounds=5, max_rounds=100,
+    def _measure(fn, *, device, bytes_moved=0, info, flops=0, min_rounds=5, max_rounds=100,
                  warmup_rounds=1, budget_s=None):
         device = torch.device(device)
         sync = benchlib.synchronizer(device)
@@ -107,7 +108,7 @@ def measure(benchmark, copy_bandwidth):
         extra = dict(info)
         extra.update(
             shape=f"{B}x{T}x{D}", B=B, T=T, D=D, dtype=dtype, device=device.type,
-            device_name=benchlib.device_name(device), bytes_moved=int(bytes_moved),
+            device_name=benchlib.device_name(device), bytes_moved=int(bytes_moved), flops=int(flops),
             group="|".join([info["op"], device.type, f"{B}x{T}x{D}", dtype, info["direction"],
                             info.get("variant", "")]),
         )
@@ -135,8 +136,11 @@ def measure(benchmark, copy_bandwidth):
         stats = getattr(benchmark, "stats", None)
         if stats is not None:
             median = stats.stats.median
-            gbps = bytes_moved / median / 1e9
-            extra.update(GBps=gbps, fraction_of_copy=gbps / cb["copy_GBps"])
+            if bytes_moved:  # memory-bound ops: bytes of the memory floor
+                gbps = bytes_moved / median / 1e9
+                extra.update(GBps=gbps, fraction_of_copy=gbps / cb["copy_GBps"])
+            if flops:  # compute-bound ops (the recurrences): useful FLOPs
+                extra.update(GFLOPs=flops / median / 1e9)
         benchmark.extra_info.update(extra)
         return last
 

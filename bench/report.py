@@ -123,7 +123,15 @@ def fmt_frac(x):
 
 
 COLUMNS = ["op", "shape (BxTxD)", "dtype", "direction", "backend", "median",
-           "vs reference", "vs torch", "GB/s", "of copy"]
+           "vs reference", "vs torch", "GB/s or GFLOP/s", "of copy"]
+
+
+def fmt_rate(r):
+    if r.get("GBps") is not None:
+        return f"{fmt_gbps(r['GBps'])} GB/s"
+    if r.get("GFLOPs") is not None:
+        return f"{fmt_gbps(r['GFLOPs'])} GFLOP/s"
+    return "–"
 
 
 def table(rows):
@@ -133,9 +141,10 @@ def table(rows):
         backend = r.get("backend", "")
         if r.get("device") and r.get("device") != "cpu":
             backend = f"{backend} ({r['device']})" if backend not in ("cuda",) else backend
-        cells = [r.get("op", ""), r.get("shape", ""), r.get("dtype", ""), r.get("direction", ""),
+        op = r.get("op", "") + (f" ({r['variant']})" if r.get("variant") else "")
+        cells = [op, r.get("shape", ""), r.get("dtype", ""), r.get("direction", ""),
                  backend, fmt_time(r["median"]), fmt_x(r.get("speedup_vs_reference")),
-                 fmt_x(r.get("speedup_vs_torch")), fmt_gbps(r.get("GBps")),
+                 fmt_x(r.get("speedup_vs_torch")), fmt_rate(r),
                  fmt_frac(r.get("fraction_of_copy"))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
@@ -149,6 +158,10 @@ def targets(rows):
             if key == "speedup_vs_reference":
                 got = r.get("speedup_vs_reference")
                 desc = f"{fmt_x(got)} the reference (target ≥ {fmt_x(goal)})"
+            elif key == "speedup_vs_torch":
+                got = r.get("speedup_vs_torch")
+                desc = (f"{fmt_x(got)} the torch baseline's speed, i.e. {fmt_x(1 / got) if got else '–'} "
+                        f"its time (target ≥ {fmt_x(goal)}, i.e. ≤ {fmt_x(1 / goal)} its time)")
             elif key == "fraction_of_copy":
                 got = r.get("fraction_of_copy")
                 desc = f"{fmt_frac(got)} of copy bandwidth, {fmt_gbps(r.get('GBps'))} GB/s (target ≥ {fmt_frac(goal)})"

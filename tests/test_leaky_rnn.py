@@ -286,3 +286,47 @@ def test_cpu_loops_match_reference(B, H, reverse):
         torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-10)
         for x, y in zip(torch.autograd.grad(h, inputs, g), torch.autograd.grad(h_ref, inputs, g)):
             torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("config", [
+    dict(), dict(alpha=True), dict(skip=2), dict(dilation=3, alpha=True), dict(skip=1, dilation=2, alpha=True)],
+    ids=["plain", "leak", "skip", "dilation", "all"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd_time", "rev_time"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_triton_matches_reference(config, reverse, nonlinearity):
+    """The Triton kernel (on the CPU under TRITON_INTERPRET=1 when there is no GPU)."""
+    gen = torch.Generator().manual_seed(7)
+    T, B, H = 7, 3, 20
+    dev = TRITON_DEVICE
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=gen) * scale).to(dev).requires_grad_()  # noqa: E731
+    p, w, h0 = r(T, B, H), r(H, H, scale=H ** -0.5), r(B, H)
+    alpha = torch.rand(H, generator=gen).to(dev).requires_grad_() if config.get("alpha") else None
+    skip = config.get("skip")
+    ws = r(H, H, scale=H ** -0.5) if skip else None
+    kw = dict(alpha=alpha, weight_skip=ws, skip=skip, dilation=config.get("dilation", 1),
+              nonlinearity=nonlinearity, reverse=reverse)
+    inputs = [t for t in (p, w, h0, alpha, ws) if t is not None]
+    h = mts_kernels.leaky_rnn(p, w, h0, backend="triton", **kw)
+    h_ref = reference.leaky_rnn(p, w, h0, **kw)
+    g = torch.randn(h.shape, generator=gen).to(dev)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(h, inputs, g), torch.autograd.grad(h_ref, inputs, g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.triton
+def test_triton_opcheck_and_limit():
+    gen = torch.Generator().manual_seed(8)
+    dev = TRITON_DEVICE
+    p = torch.randn(4, 2, 16, generator=gen).to(dev).requires_grad_()
+    w = torch.randn(16, 16, generator=gen).to(dev).requires_grad_()
+    a = torch.rand(16, generator=gen).to(dev).requires_grad_()
+    torch.library.opcheck(torch.ops.mts_kernels.leaky_rnn_fwd_triton.default,
+                          (p, w, None, a, None, 0, 1, "tanh", False))
+    big = torch.randn(3, 2, 200, device=dev)
+    with pytest.raises(mts_kernels.BackendUnavailableError, match=r"hidden sizes up to 128, got 200"):
+        mts_kernels.leaky_rnn(big, torch.randn(200, 200, device=dev), backend="triton")

@@ -42,21 +42,55 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(weight_hh, h, u, h0, alpha, weight_skip)
 
 
-def _backward(ctx, grad_h, _grad_u):
-    weight_hh, h, u, h0, alpha, weight_skip = ctx.saved_tensors
-    if grad_h is None:
-        grad_h = torch.zeros_like(h)
-    dp, dw, dh0, dalpha, dws = torch.ops.mts_kernels.leaky_rnn_bwd(
-        grad_h, weight_hh, h, u, h0, alpha, weight_skip, *ctx.config)
-    has_h0, has_alpha, has_skip = ctx.has
-    return (dp, dw, dh0 if has_h0 else None, dalpha if has_alpha else None,
-            dws if has_skip else None, None, None, None, None)
+def _make_backward(bwd_name: str):
+    def backward(ctx, grad_h, _grad_u):
+        weight_hh, h, u, h0, alpha, weight_skip = ctx.saved_tensors
+        if grad_h is None:
+            grad_h = torch.zeros_like(h)
+        dp, dw, dh0, dalpha, dws = getattr(torch.ops.mts_kernels, bwd_name)(
+            grad_h, weight_hh, h, u, h0, alpha, weight_skip, *ctx.config)
+        has_h0, has_alpha, has_skip = ctx.has
+        return (dp, dw, dh0 if has_h0 else None, dalpha if has_alpha else None,
+                dws if has_skip else None, None, None, None, None)
+
+    return backward
 
 
+def _register(suffix: str) -> None:
+    fwd, bwd = f"leaky_rnn_fwd{suffix}", f"leaky_rnn_bwd{suffix}"
+    torch.library.register_fake(f"mts_kernels::{fwd}")(_fake_fwd)
+    torch.library.register_fake(f"mts_kernels::{bwd}")(_fake_bwd)
+    torch.library.register_autograd(f"mts_kernels::{fwd}", _make_backward(bwd),
+                                    setup_context=_setup_context)
+
+
+# The Triton path as custom ops with the C++ schemas' signatures
+# (mts_kernels/triton/leaky_rnn.py; H <= its MAX_HIDDEN).
+@torch.library.custom_op("mts_kernels::leaky_rnn_fwd_triton", mutates_args=())
+def _leaky_rnn_fwd_triton(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor], alpha: Optional[Tensor],
+                          weight_skip: Optional[Tensor], skip: int, dilation: int, nonlinearity: str,
+                          reverse: bool) -> tuple[Tensor, Tensor]:
+    from mts_kernels.triton import leaky_rnn as triton_rnn
+
+    return triton_rnn.leaky_rnn_fwd(p, weight_hh, h0, alpha, weight_skip, skip, dilation,
+                                    nonlinearity, reverse)
+
+
+@torch.library.custom_op("mts_kernels::leaky_rnn_bwd_triton", mutates_args=())
+def _leaky_rnn_bwd_triton(grad_h: Tensor, weight_hh: Tensor, h: Tensor, u: Tensor, h0: Optional[Tensor],
+                          alpha: Optional[Tensor], weight_skip: Optional[Tensor], skip: int,
+                          dilation: int, nonlinearity: str,
+                          reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from mts_kernels.triton import leaky_rnn as triton_rnn
+
+    return triton_rnn.leaky_rnn_bwd(grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip,
+                                    dilation, nonlinearity, reverse)
+
+
+_register("_triton")
+_backend.register_triton("leaky_rnn_fwd")
 if _extension.COMPILED:
-    torch.library.register_fake("mts_kernels::leaky_rnn_fwd")(_fake_fwd)
-    torch.library.register_fake("mts_kernels::leaky_rnn_bwd")(_fake_bwd)
-    torch.library.register_autograd("mts_kernels::leaky_rnn_fwd", _backward, setup_context=_setup_context)
+    _register("")
 
 
 def _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, batch_first):
@@ -124,7 +158,16 @@ def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
               nonlinearity=nonlinearity, reverse=reverse, batch_first=batch_first)
     if be == "reference":
         return reference.leaky_rnn(p, weight_hh, h0, **kw)
+    op = torch.ops.mts_kernels.leaky_rnn_fwd
+    if be == "triton":
+        from mts_kernels.triton.leaky_rnn import MAX_HIDDEN
+
+        if p.size(2) > MAX_HIDDEN:
+            raise _backend.BackendUnavailableError(
+                f"leaky_rnn: the Triton kernel keeps W_hh in registers and supports hidden sizes up to "
+                f"{MAX_HIDDEN}, got {p.size(2)}; build the CUDA kernels (see README) or use "
+                f"backend='reference'")
+        op = torch.ops.mts_kernels.leaky_rnn_fwd_triton
     pt = p.transpose(0, 1) if batch_first else p
-    h, _ = torch.ops.mts_kernels.leaky_rnn_fwd(pt, weight_hh, h0, alpha, weight_skip, skip or 0,
-                                               dilation, nonlinearity, reverse)
+    h, _ = op(pt, weight_hh, h0, alpha, weight_skip, skip or 0, dilation, nonlinearity, reverse)
     return h.transpose(0, 1) if batch_first else h

@@ -1,0 +1,100 @@
+"""Benchmarks of ClockworkRNN / clockwork_rnn, forward + backward, float32.
+
+Against the reference loop (mts_kernels.reference), a masked-dense PyTorch
+implementation (the full H x H product every step, then inactive modules hold:
+what one writes without a clockwork kernel) and torch.nn.RNN of the same hidden
+size (role "torch"). GFLOP/s counts the GEMMs of a dense RNN of the same size,
+2 * T * B * H * (I + H) forward and twice that backward, so it compares like with like.
+
+Targets (reported, not asserted):
+  CPU large H=512, 8 modules with periods 1..128, B=32, T=1024, I=64: >= 2x faster
+  than torch.nn.RNN(64, 512). Small H=64, 4 modules, B=4, T=4096, I=8: >= 50x the
+  reference loop. GPU (marker cuda): the large case >= 2x cuDNN's nn.RNN, float32
+  and bfloat16.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mts_kernels import ClockworkRNN
+
+OP = "ClockworkRNN"
+LARGE = dict(B=32, T=1024, I=64, H=512, periods=[2 ** i for i in range(8)])
+SMALL = dict(B=4, T=4096, I=8, H=64, periods=[1, 2, 4, 8])
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class MaskedDense(nn.Module):
+    """The clockwork cell written plainly: a dense step, then hold inactive units."""
+
+    def __init__(self, cw: ClockworkRNN):
+        super().__init__()
+        self.cw = cw
+
+    def forward(self, x):
+        cw = self.cw
+        w = cw.weight_hh * cw.block_mask()
+        p = F.linear(x, cw.weight_ih, cw.bias_ih + cw.bias_hh)
+        unit_period = torch.repeat_interleave(torch.tensor(cw.periods, device=x.device),
+                                              torch.tensor(cw.module_sizes, device=x.device))
+        h = x.new_zeros(x.size(1), cw.hidden_size)
+        out = []
+        for t in range(x.size(0)):
+            active = (t % unit_period) == 0
+            h = torch.where(active, torch.tanh(p[t] + h @ w.t()), h)
+            out.append(h)
+        return torch.stack(out), h
+
+
+def _flops(B, T, I, H):
+    return 3 * 2 * T * B * H * (I + H)
+
+
+def _bench(measure, cfg, kind, device="cpu", dtype=torch.float32, targets=None):
+    B, T, I, H = cfg["B"], cfg["T"], cfg["I"], cfg["H"]
+    torch.manual_seed(0)
+    if kind == "torch":
+        model = nn.RNN(I, H).to(device, dtype)
+    else:
+        model = ClockworkRNN(I, H, periods=cfg["periods"], device=device, dtype=dtype)
+        if kind == "reference":
+            model.backend = "reference"
+        elif kind == "masked-dense":
+            model = MaskedDense(model)
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(T, B, I, generator=gen, device=device, dtype=dtype, requires_grad=True)
+    params = [x] + list(model.parameters())
+
+    def step():
+        out, _ = model(x)
+        return torch.autograd.grad(out.float().square().mean(), params)
+
+    slow = kind in ("reference", "masked-dense")
+    backend = {"torch": "torch.nn.RNN", "fused": "fused"}.get(kind, kind)
+    role = {"torch": "torch", "reference": "reference"}.get(kind, "kernel")
+    info = dict(op=OP, shape=(B, T, H), dtype=dtype, direction="fwd+bwd", backend=backend, role=role,
+                variant=f"I={I}, {len(cfg['periods'])} modules", targets=targets or {})
+    rounds = dict(min_rounds=1, max_rounds=3, warmup_rounds=1) if slow else dict(min_rounds=3, max_rounds=50)
+    measure(step, device=device, flops=_flops(B, T, I, H), info=info, **rounds)
+
+
+@pytest.mark.parametrize("kind", ["fused", "torch", "masked-dense", "reference"])
+def test_cpu_large(measure, kind):
+    _bench(measure, LARGE, kind, targets={"speedup_vs_torch": 2.0} if kind == "fused" else None)
+
+
+@pytest.mark.parametrize("kind", ["fused", "reference", "masked-dense"])
+def test_cpu_small(measure, kind):
+    _bench(measure, SMALL, kind, targets={"speedup_vs_reference": 50.0} if kind == "fused" else None)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("kind", ["fused", "torch"])
+def test_cuda_large(measure, dtype, kind):
+    _bench(measure, LARGE, kind, device="cuda", dtype=DTYPES[dtype],
+           targets={"speedup_vs_torch": 2.0} if kind == "fused" else None)
