@@ -14,10 +14,15 @@ cudaError_t launch_bwd(const ScanBwdParams& p, bool per_channel, void* workspace
     scan_bwd_seq_kernel<T, LEAKY><<<seq_blocks(p.B * p.D), kSeqThreads, 0, stream>>>(p, per_channel);
   } else {
     const ChunkGeom geo = chunk_geom(p.B, p.T, p.D, kBwdChunk);
-    if (geo.tiles > INT_MAX || workspace == nullptr) return cudaErrorInvalidValue;
-    scan_bwd_chunked_kernel<T, LEAKY><<<static_cast<unsigned int>(geo.tiles), kBwdWarps * kWarp,
-                                        0, stream>>>(p, geo, tile_status(workspace, geo),
-                                                     per_channel);
+    // Tickets, tile indices and (in the kernel) channel indices are 32-bit;
+    // use_chunked_scan() keeps B * D far below these limits.
+    if (geo.tiles > INT_MAX || geo.channels > INT_MAX - kWarp || workspace == nullptr)
+      return cudaErrorInvalidValue;
+    unsigned int blocks = 0;
+    const cudaError_t err = chunked_blocks(geo.tiles, &blocks);
+    if (err != cudaSuccess) return err;
+    scan_bwd_chunked_kernel<T, LEAKY><<<blocks, kChunkedThreads, 0, stream>>>(
+        p, geo, tile_status(workspace, geo), per_channel);
   }
   return cudaGetLastError();
 }

@@ -13,9 +13,15 @@ cudaError_t launch_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t str
     scan_fwd_seq_kernel<T, LEAKY><<<seq_blocks(p.B * p.D), kSeqThreads, 0, stream>>>(p);
   } else {
     const ChunkGeom geo = chunk_geom(p.B, p.T, p.D, kFwdChunk);
-    if (geo.tiles > INT_MAX || workspace == nullptr) return cudaErrorInvalidValue;
-    scan_fwd_chunked_kernel<T, LEAKY><<<static_cast<unsigned int>(geo.tiles), kFwdWarps * kWarp,
-                                        0, stream>>>(p, geo, tile_status(workspace, geo));
+    // Tickets, tile indices and (in the kernel) channel indices are 32-bit;
+    // use_chunked_scan() keeps B * D far below these limits.
+    if (geo.tiles > INT_MAX || geo.channels > INT_MAX - kWarp || workspace == nullptr)
+      return cudaErrorInvalidValue;
+    unsigned int blocks = 0;
+    const cudaError_t err = chunked_blocks(geo.tiles, &blocks);
+    if (err != cudaSuccess) return err;
+    scan_fwd_chunked_kernel<T, LEAKY><<<blocks, kChunkedThreads, 0, stream>>>(
+        p, geo, tile_status(workspace, geo));
   }
   return cudaGetLastError();
 }

@@ -1,5 +1,5 @@
 #pragma once
-// Device code shared by scan_cuda_fwd.cu and scan_cuda_bwd*.cu (private to
+// Device code shared by scan_cuda_fwd.cu and scan_cuda_bwd.cu (private to
 // them; no torch headers). Two algorithms, picked by use_chunked_scan():
 //
 //  * Sequential: one thread per channel (b, d) walks all T steps. Threads run
@@ -9,12 +9,14 @@
 //    flight per thread when there are many channels.
 //
 //  * Chunked single-pass scan over time: a tile is 32 consecutive channels
-//    (one per lane) x a chunk of L steps; warp w of the block owns S = L / W
-//    consecutive steps and keeps them in registers. The block composes its
-//    steps into per-warp affine maps, combines the warps through shared
-//    memory, takes its carry-in by decoupled look-back over the tiles of the
-//    same channels in earlier chunks, then replays its steps from registers.
-//    Every operand is read once and every output written once.
+//    (one per lane) x a chunk of L steps; data warp w of the block owns
+//    S = L / W consecutive steps and keeps them in registers. The data warps
+//    compose their steps into affine maps (shared memory); a control warp
+//    composes those into the tile's map and takes the tile's carry-in by
+//    decoupled look-back over the tiles of the same channels in earlier
+//    chunks; the data warps then replay their steps from registers. Every
+//    operand is read once and every output written once. Blocks are
+//    persistent and loop over tiles in ticket order.
 //
 // Tile statuses (look-back): per (tile, lane) an int flag and three floats in
 // structure-of-arrays form, so the 32 lanes of a warp touch one 128-byte line
@@ -22,8 +24,9 @@
 // reader ld.acquire's the flag before reading the payload. Each payload slot is
 // written once per launch, so the protocol needs no cross-lane reasoning.
 // Progress: tiles are handed out in ticket order (chunk-major), a tile only
-// waits on tiles with smaller tickets, every such tile is already running, and
-// publishes its aggregate before it waits on anything itself.
+// waits on tiles with smaller tickets, each of which has been claimed by a
+// running block, and a tile publishes its aggregate before it waits on
+// anything itself (see next_ticket for the persistent loop).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -52,19 +55,22 @@ constexpr int kSeqThreads = 128;
 constexpr int kSeqFwdSteps = 16;
 constexpr int kSeqBwdSteps = 8;
 
-// Chunked kernels: W warps x S steps per thread, L = W * S steps per tile.
-// 512 threads and <= 64 registers give 2 resident blocks (32 warps) per SM;
-// one block's tile (32 ch x L steps) alone keeps 32-64 KiB of loads in
-// flight, about 2-4x what an H100 SM needs to cover DRAM latency, so the SM
-// stays busy while the other block waits in its look-back. Larger tiles mean
-// fewer look-backs and a smaller workspace (16 B per lane and tile).
-constexpr int kFwdWarps = 16;
-constexpr int kFwdSteps = 16;  // a, x: 32 registers
-constexpr int kFwdChunk = kFwdWarps * kFwdSteps;
-constexpr int kBwdWarps = 16;
-constexpr int kBwdSteps = 8;   // g, a, h_{k-1}, v: 32 registers
-constexpr int kBwdChunk = kBwdWarps * kBwdSteps;
+// Chunked kernels: kDataWarps warps x S steps per thread, L = kDataWarps * S
+// steps per tile, plus one control warp for the ticket, the look-back and the
+// statuses. The control warp holds no tile data, so the data warps' registers
+// never coexist with the look-back's: 512 threads at <= 64 registers give 2
+// resident blocks (32 warps) per SM. One block's tile (32 ch x L steps) alone
+// keeps 30-60 KiB of loads in flight, 2-4x what an H100 SM needs to cover
+// DRAM latency, so the SM stays busy while the other block waits in its
+// look-back. Larger tiles mean fewer look-backs and a smaller workspace
+// (16 B per lane and tile, i.e. 16 / L bytes per element).
+constexpr int kDataWarps = 15;
+constexpr int kChunkedThreads = (kDataWarps + 1) * kWarp;
 constexpr int kChunkedMinBlocks = 2;
+constexpr int kFwdSteps = 16;  // a, x: 32 registers
+constexpr int kFwdChunk = kDataWarps * kFwdSteps;
+constexpr int kBwdSteps = 8;   // g, a, h_{k-1}, v: 32 registers
+constexpr int kBwdChunk = kDataWarps * kBwdSteps;
 
 // Heuristic (must depend on B, T, D only: the workspace / partial-row sizes
 // the caller allocates are derived from the same decision).
@@ -87,7 +93,7 @@ struct ChunkGeom {
   int64_t channels;  // B * D
   int64_t groups;    // tiles per chunk: ceil(B * D / 32)
   int64_t chunks;    // ceil(T / L)
-  int64_t tiles;     // groups * chunks (== grid size, < 2^31)
+  int64_t tiles;     // groups * chunks = number of tickets (< 2^31, checked at launch)
   int64_t lanes;     // status slots per tile: min(B * D, 32)
 };
 
@@ -130,6 +136,20 @@ inline TileStatus tile_status(void* ws, const ChunkGeom& g) {
   return s;
 }
 
+// Grid of the persistent chunked kernels: the resident capacity (each block
+// loops over tickets), or fewer when there are fewer tiles. Residency is not
+// required for correctness, only for speed: a block that never starts holds
+// no ticket.
+inline cudaError_t chunked_blocks(int64_t tiles, unsigned int* blocks) {
+  int dev = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err != cudaSuccess) return err;
+  const int64_t cap = static_cast<int64_t>(sms > 0 ? sms : 1) * kChunkedMinBlocks;
+  *blocks = static_cast<unsigned int>(tiles < cap ? tiles : cap);
+  return cudaSuccess;
+}
+
 // Grid of the sequential kernels: one thread per channel; the kernels
 // grid-stride, so capping the grid only matters beyond 2^37 channels.
 inline unsigned int seq_blocks(int64_t channels) {
@@ -160,12 +180,15 @@ struct FromFloat<__nv_bfloat16> {
   static MTS_DEV __nv_bfloat16 cvt(float v) { return __float2bfloat16_rn(v); }
 };
 
-// Operands are never written by the kernel that reads them (outputs are
-// freshly allocated), so the read-only path is safe; it also serves the
-// stride-0 per-channel decay from L1.
+// Plain (coherent, L1-cached) loads, not __ldg: a non-coherent load may be
+// sunk by ptxas past the stores that follow it (it promises no aliasing), and
+// ptxas does so to save registers, which serialises a thread's load groups.
+// A plain load must stay ahead of any later store, so each group's loads are
+// all issued before its first store. L1 still serves the stride-0
+// per-channel decay.
 template <typename T>
 MTS_DEV float load(const T* base, int64_t off) {
-  return to_float(__ldg(base + off));
+  return to_float(base[off]);
 }
 
 template <typename T>
@@ -218,12 +241,16 @@ MTS_DEV void publish_inclusive(const TileStatus& s, int64_t slot, float state) {
 // published its inclusive state. Chunk-major tickets make the predecessor of
 // a tile always hold a smaller ticket; the first tile of every channel
 // publishes an inclusive state directly, so the walk never passes it.
-// Lanes without a channel return 0 and never touch the statuses.
+// The tile's own aggregate is published (where `publish`) only once the
+// first poll has not settled every lane, i.e. before walking on or waiting:
+// in the common case the predecessor is long finished and one acquire load
+// replaces a release store. Lanes without a channel return 0 and never touch
+// the statuses.
 MTS_DEV float look_back(const TileStatus& s, int64_t ticket, const ChunkGeom& geo, int lane,
-                        bool active) {
+                        bool active, bool publish, Affine<float> tile) {
   Affine<float> acc{1.f, 0.f};  // composition of the tiles walked so far, in order
   int64_t pred = ticket - geo.groups;
-  bool done = !active;
+  bool done = !active, published = false;
   float state = 0.f;
   for (;;) {
     bool wait = false;
@@ -243,32 +270,118 @@ MTS_DEV float look_back(const TileStatus& s, int64_t ticket, const ChunkGeom& ge
       }
     }
     if (__all_sync(0xffffffffu, done)) break;
+    if (!published) {
+      if (publish) publish_aggregate(s, ticket * geo.lanes + lane, tile);
+      published = true;
+    }
     // The predecessor is still loading its tile: back off instead of hammering L2.
     if (__any_sync(0xffffffffu, wait)) __nanosleep(64);
   }
   return state;
 }
 
-// Tile handed out in launch order of its first instruction, not of blockIdx, so
-// that every smaller ticket belongs to a block that is already resident.
-MTS_DEV unsigned int take_ticket(const TileStatus& s, unsigned int* smem) {
-  if (threadIdx.x == 0) *smem = atomicAdd(s.ticket, 1u);
-  __syncthreads();
-  return *smem;
+// Block-wide barrier 0 over all threads, in its non-.aligned form: the chunked
+// kernels reach it from the control warp's and the data warps' separate code
+// paths (keeping the two roles' registers apart), which PTX allows for
+// barrier.sync but not for bar.sync / __syncthreads (= barrier.sync.aligned,
+// "all threads execute the same barrier instruction"). sm_70+.
+MTS_DEV void block_sync() { asm volatile("barrier.sync 0;" ::: "memory"); }
+
+// Tiles are handed out by an atomic ticket, not by blockIdx, so every smaller
+// ticket belongs to a block that is already running. The chunked kernels are
+// persistent (grid = resident capacity, each block loops over tickets); the
+// control warp takes the next ticket while the current tile is processed, so
+// neither the atomic's latency nor a block launch sits between two tiles.
+// A block holds at most its current and its next ticket and finishes the
+// current one first; by induction on the smallest unfinished ticket, every
+// claimed tile completes.
+//
+// A ticket and where its tile sits: rank = position of its chunk in
+// processing order, group = which 32 channels. Decoded once by the control
+// warp and passed through shared memory, so the data warps spend no registers
+// on the division.
+struct Ticket {
+  unsigned int ticket, rank, group;
+};
+
+MTS_DEV Ticket next_ticket(const TileStatus& s, const ChunkGeom& geo) {
+  const unsigned int t = atomicAdd(s.ticket, 1u);
+  const unsigned int groups = static_cast<unsigned int>(geo.groups);  // tiles < 2^31
+  return Ticket{t, t / groups, t % groups};
+}
+
+// This lane's channel in a tile: n = b * D + d (32-bit: the launcher
+// guarantees B * D + 32 < 2^31), active when n < B * D.
+struct TileCoord {
+  int64_t rank;
+  int n;
+  bool active;
+};
+
+MTS_DEV TileCoord tile_coord(const Ticket& t, const ChunkGeom& geo, int lane) {
+  TileCoord c;
+  c.rank = t.rank;
+  c.n = static_cast<int>(t.group) * kWarp + lane;
+  c.active = c.n < geo.channels;
+  return c;
+}
+
+// S consecutive steps of one operand (offsets off + i * st) as float; only
+// steps first <= i < nv exist (first is 0 or 1), the others read as `fill`.
+// FULL (first == 0, nv == S): a plain pointer walk, unpredicated, so the loads
+// issue back to back with one live address per operand. Otherwise (ragged
+// tiles at the end of time, lanes past B * D) the loads are predicated; the
+// running offset is plain integer arithmetic, dereferenced only when valid.
+template <bool FULL, int S, typename T>
+MTS_DEV void load_steps(float (&v)[S], const T* base, int64_t off, int64_t st, int first, int nv,
+                        float fill) {
+  if (FULL) {
+    const T* ptr = base + off;
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      if (i > 0) ptr += st;
+      v[i] = to_float(*ptr);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      v[i] = fill;
+      if (i >= first && i < nv) v[i] = load(base, off);
+      off += st;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
 // Forward.
 
+// U steps of one channel from `state`; returns the state after them.
+template <bool FULL, bool LEAKY, int U, typename T>
+MTS_DEV float fwd_seq_steps(const ScanFwdParams& p, const T* a, const T* x, T* h, int64_t oa,
+                            int64_t ox, int64_t oh, int nv, float state) {
+  float av[U], xv[U];
+  load_steps<FULL>(av, a, oa, p.a_st, 0, nv, 1.f);
+  load_steps<FULL>(xv, x, ox, p.x_st, 0, nv, 0.f);
+#pragma unroll
+  for (int i = 0; i < U; ++i) {
+    if (FULL || i < nv) {
+      state = scan_step<LEAKY>(av[i], xv[i], state);
+      store(h, oh + i * p.h_st, state);
+    }
+  }
+  return state;
+}
+
 /// h_k = a_k h_{k-1} + x_k (leaky: a_k h_{k-1} + (1 - a_k) x_k), h_{-1} = h0 or 0.
-/// One thread per channel n = b * D + d, sequential over k.
+/// One thread per channel n = b * D + d, sequential over k in groups of
+/// kSeqFwdSteps steps whose loads are all issued before the group is used.
 template <typename T, bool LEAKY>
 __global__ void __launch_bounds__(kSeqThreads) scan_fwd_seq_kernel(const ScanFwdParams p) {
   constexpr int U = kSeqFwdSteps;
-  const T* __restrict__ a = static_cast<const T*>(p.a);
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* __restrict__ h0 = static_cast<const T*>(p.h0);
-  T* __restrict__ h = static_cast<T*>(p.h);
+  const T* a = static_cast<const T*>(p.a);
+  const T* x = static_cast<const T*>(p.x);
+  const T* h0 = static_cast<const T*>(p.h0);
+  T* h = static_cast<T*>(p.h);
   const int64_t channels = p.B * p.D;
   const int64_t grid_stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < channels;
@@ -276,118 +389,118 @@ __global__ void __launch_bounds__(kSeqThreads) scan_fwd_seq_kernel(const ScanFwd
     const int64_t b = n / p.D, d = n - b * p.D;
     int64_t oa = b * p.a_sb + d, ox = b * p.x_sb + d, oh = b * p.h_sb + d;
     float state = h0 ? load(h0, b * p.h0_sb + d) : 0.f;
-    for (int64_t k0 = 0; k0 < p.T; k0 += U) {
-      const int nv = p.T - k0 < U ? static_cast<int>(p.T - k0) : U;
-      float av[U], xv[U];
-#pragma unroll
-      for (int i = 0; i < U; ++i) {
-        const bool ok = i < nv;
-        av[i] = load(a, ok ? oa + i * p.a_st : oa);
-        xv[i] = load(x, ok ? ox + i * p.x_st : ox);
-      }
-#pragma unroll
-      for (int i = 0; i < U; ++i) {
-        if (i < nv) {
-          state = scan_step<LEAKY>(av[i], xv[i], state);
-          store(h, oh + i * p.h_st, state);
-        }
-      }
+    int64_t k0 = 0;
+    for (; k0 + U <= p.T; k0 += U) {
+      state = fwd_seq_steps<true, LEAKY, U>(p, a, x, h, oa, ox, oh, U, state);
       oa += U * p.a_st;
       ox += U * p.x_st;
       oh += U * p.h_st;
     }
+    if (k0 < p.T)
+      fwd_seq_steps<false, LEAKY, U>(p, a, x, h, oa, ox, oh, static_cast<int>(p.T - k0), state);
   }
 }
 
 /// h_k = a_k h_{k-1} + x_k (leaky: a_k h_{k-1} + (1 - a_k) x_k), h_{-1} = h0 or 0.
-/// One block per tile (32 channels x kFwdChunk steps, chunk-major tickets):
-/// per-warp affine maps -> block prefix in shared memory -> decoupled look-back
-/// for the carry-in -> replay of the steps from registers.
+/// Persistent blocks, one tile (32 channels x kFwdChunk steps, chunk-major
+/// tickets) per iteration. Data warp w: loads its kFwdSteps steps, composes
+/// them into one affine map (shared memory), then replays them from the state
+/// entering its segment. Control warp: composes the warps' maps into the
+/// tile's, takes the carry-in by decoupled look-back, publishes the statuses.
+/// Both roles run the same barriers per iteration in their own code.
 template <typename T, bool LEAKY>
-__global__ void __launch_bounds__(kFwdWarps * kWarp, kChunkedMinBlocks)
+__global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
     scan_fwd_chunked_kernel(const ScanFwdParams p, const ChunkGeom geo, const TileStatus st) {
-  constexpr int W = kFwdWarps, S = kFwdSteps;
+  constexpr int W = kDataWarps, S = kFwdSteps;
   __shared__ float s_a[W][kWarp];
   __shared__ float s_x[W][kWarp];
   __shared__ float s_carry[kWarp];
-  __shared__ unsigned int s_ticket;
+  __shared__ Ticket s_ticket;
 
-  const T* __restrict__ a = static_cast<const T*>(p.a);
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* __restrict__ h0 = static_cast<const T*>(p.h0);
-  T* __restrict__ h = static_cast<T*>(p.h);
-
-  const unsigned int ticket = take_ticket(st, &s_ticket);
-  const unsigned int groups = static_cast<unsigned int>(geo.groups);  // tiles < 2^31
-  const int64_t chunk = ticket / groups;
-  const int64_t group = ticket % groups;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int64_t n = group * kWarp + lane;
-  const bool active = n < geo.channels;
-  const int64_t b = active ? n / p.D : 0;
-  const int64_t d = active ? n - b * p.D : 0;
-  const int64_t k0 = chunk * kFwdChunk + static_cast<int64_t>(warp) * S;
-  const int64_t left = active ? p.T - k0 : 0;
-  const int nv = left <= 0 ? 0 : (left < S ? static_cast<int>(left) : S);
+  const int D = static_cast<int>(p.D);  // D <= B * D < 2^31 (checked by the launcher)
 
-  // Carry-in of the first chunk, fetched early so it is not on the critical path.
-  float init = 0.f;
-  if (chunk == 0 && warp == 0 && active && h0 != nullptr) init = load(h0, b * p.h0_sb + d);
-
-  // Steps past T (and lanes past B * D) become the identity map a = 1, x = 0.
-  // Their loads are not skipped but redirected to element 0 (always valid), so
-  // every load is unconditional and all of them are issued back to back.
-  const int64_t oa = b * p.a_sb + k0 * p.a_st + d;
-  const int64_t ox = b * p.x_sb + k0 * p.x_st + d;
-  float av[S], xv[S];
+  if (warp == W) {  // control warp
+    if (lane == 0) s_ticket = next_ticket(st, geo);
+    block_sync();  // first ticket is in shared memory
+    for (;;) {
+      const Ticket t = s_ticket;
+      if (t.ticket >= geo.tiles) return;
+      Ticket next{};
+      if (lane == 0) next = next_ticket(st, geo);  // its latency overlaps the tile's loads
+      const int64_t ticket = t.ticket;
+      const TileCoord c = tile_coord(t, geo, lane);
+      float init = 0.f;
+      if (c.rank == 0 && c.active && p.h0 != nullptr) {
+        const int b = c.n / D;
+        init = load(static_cast<const T*>(p.h0), b * p.h0_sb + (c.n - b * D));
+      }
+      block_sync();  // 1: segment maps are in shared memory, everyone has read s_ticket
+      if (lane == 0) s_ticket = next;  // read by all after barrier 2
+      Affine<float> tile{1.f, 0.f};
 #pragma unroll
-  for (int i = 0; i < S; ++i) {
-    const bool ok = i < nv;
-    av[i] = load(a, ok ? oa + i * p.a_st : 0);
-    xv[i] = load(x, ok ? ox + i * p.x_st : 0);
-    av[i] = ok ? av[i] : 1.f;
-    xv[i] = ok ? xv[i] : 0.f;
-  }
-
-  Affine<float> seg{1.f, 0.f};
-#pragma unroll
-  for (int i = 0; i < S; ++i) {
-    seg.X = scan_step<LEAKY>(av[i], xv[i], seg.X);
-    seg.A *= av[i];
-  }
-  s_a[warp][lane] = seg.A;
-  s_x[warp][lane] = seg.X;
-  __syncthreads();
-
-  // Map from the tile's carry-in to the state entering this warp's segment.
-  Affine<float> pre{1.f, 0.f};
-#pragma unroll
-  for (int w = 0; w < W - 1; ++w)
-    if (w < warp) pre = affine_then(pre, Affine<float>{s_a[w][lane], s_x[w][lane]});
-
-  if (warp == 0) {
-    Affine<float> tile{1.f, 0.f};
-#pragma unroll
-    for (int w = 0; w < W; ++w) tile = affine_then(tile, Affine<float>{s_a[w][lane], s_x[w][lane]});
-    const int64_t slot = static_cast<int64_t>(ticket) * geo.lanes + lane;
-    const bool has_next = ticket + geo.groups < geo.tiles;
-    float carry = init;
-    if (chunk > 0) {
-      if (active && has_next) publish_aggregate(st, slot, tile);
-      carry = look_back(st, ticket, geo, lane, active);
+      for (int w = 0; w < W; ++w)
+        tile = affine_then(tile, Affine<float>{s_a[w][lane], s_x[w][lane]});
+      const bool publish = c.active && ticket + geo.groups < geo.tiles;  // has a successor
+      const float carry =
+          c.rank == 0 ? init : look_back(st, ticket, geo, lane, c.active, publish, tile);
+      s_carry[lane] = carry;
+      block_sync();  // 2: carry-in is in shared memory
+      if (publish) publish_inclusive(st, ticket * geo.lanes + lane, tile.A * carry + tile.X);
     }
-    if (active && has_next) publish_inclusive(st, slot, tile.A * carry + tile.X);
-    s_carry[lane] = carry;
   }
-  __syncthreads();
 
-  float state = pre.A * s_carry[lane] + pre.X;
-  const int64_t oh = b * p.h_sb + k0 * p.h_st + d;
+  const T* a = static_cast<const T*>(p.a);
+  const T* x = static_cast<const T*>(p.x);
+  T* h = static_cast<T*>(p.h);
+  block_sync();  // first ticket is in shared memory
+  for (;;) {
+    const Ticket t = s_ticket;
+    if (t.ticket >= geo.tiles) return;
+    const TileCoord c = tile_coord(t, geo, lane);
+    const int b = c.active ? c.n / D : 0;
+    const int d = c.active ? c.n - b * D : 0;
+    const int64_t k0 = c.rank * kFwdChunk + static_cast<int64_t>(warp) * S;
+    const int64_t left = c.active ? p.T - k0 : 0;
+    const int nv = left <= 0 ? 0 : (left < S ? static_cast<int>(left) : S);
+
+    // Steps past T and lanes past B * D are the identity map a = 1, x = 0.
+    const int64_t oa = b * p.a_sb + k0 * p.a_st + d;
+    const int64_t ox = b * p.x_sb + k0 * p.x_st + d;
+    float av[S], xv[S];
+    if (nv == S) {
+      load_steps<true>(av, a, oa, p.a_st, 0, S, 1.f);
+      load_steps<true>(xv, x, ox, p.x_st, 0, S, 0.f);
+    } else {
+      load_steps<false>(av, a, oa, p.a_st, 0, nv, 1.f);
+      load_steps<false>(xv, x, ox, p.x_st, 0, nv, 0.f);
+    }
+
+    Affine<float> seg{1.f, 0.f};
 #pragma unroll
-  for (int i = 0; i < S; ++i) {
-    if (i < nv) {
-      state = scan_step<LEAKY>(av[i], xv[i], state);
-      store(h, oh + i * p.h_st, state);
+    for (int i = 0; i < S; ++i) {
+      seg.X = scan_step<LEAKY>(av[i], xv[i], seg.X);
+      seg.A *= av[i];
+    }
+    s_a[warp][lane] = seg.A;
+    s_x[warp][lane] = seg.X;
+    block_sync();  // 1: segment maps are in shared memory
+
+    // Map from the tile's carry-in to the state entering this warp's segment.
+    Affine<float> pre{1.f, 0.f};
+#pragma unroll
+    for (int w = 0; w < W - 1; ++w)
+      if (w < warp) pre = affine_then(pre, Affine<float>{s_a[w][lane], s_x[w][lane]});
+    block_sync();  // 2: carry-in is in shared memory
+
+    float state = pre.A * s_carry[lane] + pre.X;
+    const int64_t oh = b * p.h_sb + k0 * p.h_st + d;
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      if (i < nv) {
+        state = scan_step<LEAKY>(av[i], xv[i], state);
+        store(h, oh + i * p.h_st, state);
+      }
     }
   }
 }
@@ -400,202 +513,250 @@ __global__ void __launch_bounds__(kFwdWarps * kWarp, kChunkedMinBlocks)
 // c -> a_k (g_k + c), is affine in c with the decay of the same step, so the
 // chunked kernel composes it like the forward, only in reverse time.
 
-/// Reverse-time recurrence above, one thread per channel n = b * D + d.
+// scan_grad_decay is linear in delta: da_k = delta_k * scan_grad_decay(1, h_{k-1}, x_k)
+// bit for bit (the factor 1 is exact, the final product is the same). Folding
+// x_k in as soon as it is loaded frees its registers for the rest of the tile.
+template <bool LEAKY, int S>
+MTS_DEV void fold_decay_grad(float (&hv)[S], const float (&xv)[S]) {
+#pragma unroll
+  for (int i = 0; i < S; ++i) hv[i] = scan_grad_decay<LEAKY>(1.f, hv[i], xv[i]);
+}
+
+struct BwdCursor {  // offsets of step kt (h: of h_{kt-1}); step kt - i is i strides back
+  int64_t g, a, x, h, dx, da;
+};
+
+// Steps kt, kt - 1, ..., kt - nv + 1 of one channel. FULL: nv == U and all
+// these steps are >= 1 (h_{k-1} is a row of h); otherwise the group may end
+// at step 0, whose h_{k-1} is `init` (h0).
+template <bool FULL, bool LEAKY, int U, typename T>
+MTS_DEV void bwd_seq_steps(const ScanBwdParams& p, bool per_channel, const BwdCursor& c, int nv,
+                           float init, float& carry, float& da_sum) {
+  const T* g = static_cast<const T*>(p.g);
+  const T* a = static_cast<const T*>(p.a);
+  const T* x = static_cast<const T*>(p.x);
+  const T* h = static_cast<const T*>(p.h);
+  T* dx = static_cast<T*>(p.dx);
+  T* da = static_cast<T*>(p.da);
+  float gv[U], av[U], hv[U], xv[U];
+  load_steps<FULL>(gv, g, c.g, -p.g_st, 0, nv, 0.f);
+  load_steps<FULL>(av, a, c.a, -p.a_st, 0, nv, 1.f);
+  if (LEAKY)
+    load_steps<FULL>(xv, x, c.x, -p.x_st, 0, nv, 0.f);
+  else
+#pragma unroll
+    for (int i = 0; i < U; ++i) xv[i] = 0.f;
+  // In the last group, the step nv - 1 is step 0: its h_{k-1} row does not exist.
+  load_steps<FULL>(hv, h, c.h, -p.h_st, 0, FULL ? U : nv - 1, 0.f);
+  if (!FULL) {
+#pragma unroll
+    for (int i = 0; i < U; ++i)
+      if (i == nv - 1) hv[i] = init;
+  }
+  fold_decay_grad<LEAKY>(hv, xv);
+#pragma unroll
+  for (int i = 0; i < U; ++i) {
+    if (FULL || i < nv) {
+      const float delta = gv[i] + carry;
+      store(dx, c.dx - i * p.dx_st, scan_grad_input<LEAKY>(av[i], delta));
+      const float dak = delta * hv[i];
+      if (per_channel)
+        da_sum += dak;
+      else
+        store(da, c.da - i * p.da_st, dak);
+      carry = av[i] * delta;
+    }
+  }
+}
+
+/// Reverse-time recurrence above, one thread per channel n = b * D + d, in
+/// groups of kSeqBwdSteps steps whose loads are all issued before use.
 template <typename T, bool LEAKY>
 __global__ void __launch_bounds__(kSeqThreads)
     scan_bwd_seq_kernel(const ScanBwdParams p, const bool per_channel) {
   constexpr int U = kSeqBwdSteps;
-  const T* __restrict__ g = static_cast<const T*>(p.g);
-  const T* __restrict__ a = static_cast<const T*>(p.a);
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* __restrict__ h = static_cast<const T*>(p.h);
-  const T* __restrict__ h0 = static_cast<const T*>(p.h0);
-  T* __restrict__ dx = static_cast<T*>(p.dx);
-  T* __restrict__ da = static_cast<T*>(p.da);
-  T* __restrict__ dh0 = static_cast<T*>(p.dh0);
+  const T* h0 = static_cast<const T*>(p.h0);
+  T* dh0 = static_cast<T*>(p.dh0);
   const int64_t channels = p.B * p.D;
   const int64_t grid_stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < channels;
        n += grid_stride) {
     const int64_t b = n / p.D, d = n - b * p.D;
     const float init = h0 ? load(h0, b * p.h0_sb + d) : 0.f;
-    // Offsets of step k = T - 1 (h: of h_{k-1}); step kt - i is at -i strides.
-    const int64_t last = p.T - 1;
-    int64_t og = b * p.g_sb + last * p.g_st + d;
-    int64_t oa = b * p.a_sb + last * p.a_st + d;
-    int64_t ox = LEAKY ? b * p.x_sb + last * p.x_st + d : 0;
-    int64_t oh = b * p.h_sb + (last - 1) * p.h_st + d;
-    int64_t odx = b * p.dx_sb + last * p.dx_st + d;
-    int64_t oda = per_channel ? 0 : b * p.da_sb + last * p.da_st + d;
+    int64_t kt = p.T - 1;
+    BwdCursor c;
+    c.g = b * p.g_sb + kt * p.g_st + d;
+    c.a = b * p.a_sb + kt * p.a_st + d;
+    c.x = LEAKY ? b * p.x_sb + kt * p.x_st + d : 0;
+    c.h = b * p.h_sb + (kt - 1) * p.h_st + d;
+    c.dx = b * p.dx_sb + kt * p.dx_st + d;
+    c.da = per_channel ? 0 : b * p.da_sb + kt * p.da_st + d;
     float carry = 0.f, da_sum = 0.f;
-    for (int64_t kt = last; kt >= 0; kt -= U) {
-      // Steps kt, kt - 1, ..., kt - nv + 1; h_{k-1} of k = 0 is h0.
-      const int nv = kt + 1 < U ? static_cast<int>(kt + 1) : U;
-      float gv[U], av[U], hv[U], xv[U];
-#pragma unroll
-      for (int i = 0; i < U; ++i) {
-        // Steps before 0 re-read row kt (valid) and are skipped below; so are
-        // the h rows before 0 (h_{-1} is h0). No load is conditional.
-        const bool ok = i < nv, hok = kt - i > 0;
-        gv[i] = load(g, ok ? og - i * p.g_st : og);
-        av[i] = load(a, ok ? oa - i * p.a_st : oa);
-        const float hk = load(h, hok ? oh - i * p.h_st : oh + p.h_st);
-        hv[i] = hok ? hk : init;
-        xv[i] = LEAKY ? load(x, ok ? ox - i * p.x_st : ox) : 0.f;
-      }
-#pragma unroll
-      for (int i = 0; i < U; ++i) {
-        if (i < nv) {
-          const float delta = gv[i] + carry;
-          store(dx, odx - i * p.dx_st, scan_grad_input<LEAKY>(av[i], delta));
-          const float dak = scan_grad_decay<LEAKY>(delta, hv[i], xv[i]);
-          if (per_channel)
-            da_sum += dak;
-          else
-            store(da, oda - i * p.da_st, dak);
-          carry = av[i] * delta;
-        }
-      }
-      og -= U * p.g_st;
-      oa -= U * p.a_st;
-      ox -= U * p.x_st;
-      oh -= U * p.h_st;
-      odx -= U * p.dx_st;
-      oda -= U * p.da_st;
+    for (; kt >= U; kt -= U) {
+      bwd_seq_steps<true, LEAKY, U, T>(p, per_channel, c, U, init, carry, da_sum);
+      c.g -= U * p.g_st;
+      c.a -= U * p.a_st;
+      c.x -= U * p.x_st;
+      c.h -= U * p.h_st;
+      c.dx -= U * p.dx_st;
+      c.da -= U * p.da_st;
     }
+    if (kt >= 0)
+      bwd_seq_steps<false, LEAKY, U, T>(p, per_channel, c, static_cast<int>(kt + 1), init, carry,
+                                        da_sum);
     store(dh0, n, carry);
-    // Row b of the partial sums: (B, D) rows, row-major, so element n.
+    // Row b of the (B, D) partial sums, i.e. element n.
     if (per_channel) p.da_partial[n] = da_sum;
   }
 }
 
-/// Reverse-time recurrence above. One block per tile (32 channels x kBwdChunk
-/// steps); tickets run over chunks from the last in time to the first, the
-/// carry map is composed per warp, across warps in shared memory and across
-/// tiles by decoupled look-back, then the steps are replayed from registers.
-/// Per-channel decay: the tile's da is summed over its steps into row
-/// (chunk * B + b) of da_partial.
+/// Reverse-time recurrence above. Persistent blocks, one tile (32 channels x
+/// kBwdChunk steps) per iteration; tickets run over chunks from the last in
+/// time to the first. Data warps compose their steps' carry maps, the control
+/// warp composes the tile's and takes its carry-in by decoupled look-back, the
+/// data warps replay their steps from registers. Per-channel decay: the tile's
+/// da is summed over its steps (fixed order) into row (chunk * B + b) of
+/// da_partial.
 template <typename T, bool LEAKY>
-__global__ void __launch_bounds__(kBwdWarps * kWarp, kChunkedMinBlocks)
+__global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
     scan_bwd_chunked_kernel(const ScanBwdParams p, const ChunkGeom geo, const TileStatus st,
                             const bool per_channel) {
-  constexpr int W = kBwdWarps, S = kBwdSteps;
+  constexpr int W = kDataWarps, S = kBwdSteps;
   __shared__ float s_a[W][kWarp];
   __shared__ float s_x[W][kWarp];
   __shared__ float s_da[W][kWarp];
   __shared__ float s_carry[kWarp];
-  __shared__ unsigned int s_ticket;
+  __shared__ Ticket s_ticket;
 
-  const T* __restrict__ g = static_cast<const T*>(p.g);
-  const T* __restrict__ a = static_cast<const T*>(p.a);
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* __restrict__ h = static_cast<const T*>(p.h);
-  const T* __restrict__ h0 = static_cast<const T*>(p.h0);
-  T* __restrict__ dx = static_cast<T*>(p.dx);
-  T* __restrict__ da = static_cast<T*>(p.da);
-  T* __restrict__ dh0 = static_cast<T*>(p.dh0);
-
-  const unsigned int ticket = take_ticket(st, &s_ticket);
-  const unsigned int groups = static_cast<unsigned int>(geo.groups);  // tiles < 2^31
-  const int64_t rank = ticket / groups;  // chunks handed out before this one
-  const int64_t group = ticket % groups;
-  const int64_t chunk = geo.chunks - 1 - rank;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int64_t n = group * kWarp + lane;
-  const bool active = n < geo.channels;
-  const int64_t b = active ? n / p.D : 0;
-  const int64_t d = active ? n - b * p.D : 0;
-  const int64_t k0 = chunk * kBwdChunk + static_cast<int64_t>(warp) * S;
-  const int64_t left = active ? p.T - k0 : 0;
-  const int nv = left <= 0 ? 0 : (left < S ? static_cast<int>(left) : S);
+  const int D = static_cast<int>(p.D);  // D <= B * D < 2^31 (checked by the launcher)
 
-  // h_{k-1} is read shifted by one step, so a warp loads the rows
-  // k0 - 1 .. k0 + S - 2 of h and every row is read once overall; only the
-  // very first step takes h0 instead.
-  const float init = (k0 == 0 && active && h0 != nullptr) ? load(h0, b * p.h0_sb + d) : 0.f;
-  const int64_t og = b * p.g_sb + k0 * p.g_st + d;
-  const int64_t oa = b * p.a_sb + k0 * p.a_st + d;
-  const int64_t ox = LEAKY ? b * p.x_sb + k0 * p.x_st + d : 0;
-  const int64_t oh = b * p.h_sb + (k0 - 1) * p.h_st + d;
-  // Steps past T and lanes past B * D: g = 0, a = 1 is the identity carry map.
-  // Their loads are redirected to element 0 (always valid) rather than skipped,
-  // so all loads are unconditional and issue back to back.
-  float gv[S], av[S], hv[S], xv[S];
+  if (warp == W) {  // control warp
+    if (lane == 0) s_ticket = next_ticket(st, geo);
+    block_sync();  // first ticket is in shared memory
+    for (;;) {
+      const Ticket t = s_ticket;
+      if (t.ticket >= geo.tiles) return;
+      Ticket next{};
+      if (lane == 0) next = next_ticket(st, geo);  // its latency overlaps the tile's loads
+      const int64_t ticket = t.ticket;
+      const TileCoord c = tile_coord(t, geo, lane);
+      block_sync();  // 1: segment maps are in shared memory, everyone has read s_ticket
+      if (lane == 0) s_ticket = next;  // read by all after barrier 2
+      Affine<float> tile{1.f, 0.f};
 #pragma unroll
-  for (int i = 0; i < S; ++i) {
-    const bool ok = i < nv;
-    gv[i] = load(g, ok ? og + i * p.g_st : 0);
-    av[i] = load(a, ok ? oa + i * p.a_st : 0);
-    xv[i] = LEAKY ? load(x, ok ? ox + i * p.x_st : 0) : 0.f;
-    const bool h0_row = i == 0 && k0 == 0;
-    hv[i] = load(h, ok && !h0_row ? oh + i * p.h_st : 0);
-    hv[i] = h0_row ? init : hv[i];
-    gv[i] = ok ? gv[i] : 0.f;
-    av[i] = ok ? av[i] : 1.f;
-  }
-
-  Affine<float> seg{1.f, 0.f};  // carry leaving the segment's first step, given the carry entering its last
+      for (int w = W - 1; w >= 0; --w)
+        tile = affine_then(tile, Affine<float>{s_a[w][lane], s_x[w][lane]});
+      const bool publish = c.active && ticket + geo.groups < geo.tiles;  // has a successor
+      // Nothing flows back past step T - 1 into the first chunk processed.
+      const float carry =
+          c.rank == 0 ? 0.f : look_back(st, ticket, geo, lane, c.active, publish, tile);
+      s_carry[lane] = carry;
+      block_sync();  // 2: carry-in is in shared memory
+      const float out = tile.A * carry + tile.X;  // carry leaving the tile's first step
+      if (publish) publish_inclusive(st, ticket * geo.lanes + lane, out);
+      const int64_t chunk = geo.chunks - 1 - c.rank;
+      // The carry leaving step 0 is dL/dh0 (the composed value, not the data
+      // warps' sequential replay: no register of theirs has to outlive the tile).
+      if (chunk == 0 && c.active) store(static_cast<T*>(p.dh0), static_cast<int64_t>(c.n), out);
+      if (per_channel) {
+        block_sync();  // 3: per-warp da sums are in shared memory
+        if (c.active) {
+          float sum = 0.f;
 #pragma unroll
-  for (int i = S - 1; i >= 0; --i) {
-    const float delta = gv[i] + seg.X;
-    seg.X = av[i] * delta;
-    seg.A *= av[i];
-  }
-  s_a[warp][lane] = seg.A;
-  s_x[warp][lane] = seg.X;
-  __syncthreads();
-
-  // Map from the tile's carry-in (entering step chunk_end - 1) to the carry
-  // entering this warp's last step: the composition of the later warps.
-  Affine<float> pre{1.f, 0.f};
-#pragma unroll
-  for (int w = W - 1; w > 0; --w)
-    if (w > warp) pre = affine_then(pre, Affine<float>{s_a[w][lane], s_x[w][lane]});
-
-  if (warp == 0) {
-    Affine<float> tile{1.f, 0.f};
-#pragma unroll
-    for (int w = W - 1; w >= 0; --w)
-      tile = affine_then(tile, Affine<float>{s_a[w][lane], s_x[w][lane]});
-    const int64_t slot = static_cast<int64_t>(ticket) * geo.lanes + lane;
-    const bool has_next = ticket + geo.groups < geo.tiles;
-    float carry = 0.f;
-    if (rank > 0) {
-      if (active && has_next) publish_aggregate(st, slot, tile);
-      carry = look_back(st, ticket, geo, lane, active);
-    }
-    if (active && has_next) publish_inclusive(st, slot, tile.A * carry + tile.X);
-    s_carry[lane] = carry;
-  }
-  __syncthreads();
-
-  float carry = pre.A * s_carry[lane] + pre.X;
-  float da_sum = 0.f;
-  const int64_t odx = b * p.dx_sb + k0 * p.dx_st + d;
-  const int64_t oda = per_channel ? 0 : b * p.da_sb + k0 * p.da_st + d;
-#pragma unroll
-  for (int i = S - 1; i >= 0; --i) {
-    if (i < nv) {
-      const float delta = gv[i] + carry;
-      store(dx, odx + i * p.dx_st, scan_grad_input<LEAKY>(av[i], delta));
-      const float dak = scan_grad_decay<LEAKY>(delta, hv[i], xv[i]);
-      if (per_channel)
-        da_sum += dak;
-      else
-        store(da, oda + i * p.da_st, dak);
-      carry = av[i] * delta;
+          for (int w = 0; w < W; ++w) sum += s_da[w][lane];
+          p.da_partial[chunk * geo.channels + c.n] = sum;  // row chunk * B + b, column d
+        }
+      }
     }
   }
-  if (k0 == 0 && active) store(dh0, n, carry);
 
-  if (per_channel) {  // uniform over the grid: the barrier is reached by all threads
-    s_da[warp][lane] = da_sum;
-    __syncthreads();
-    if (warp == 0 && active) {
-      float sum = 0.f;
+  const T* g = static_cast<const T*>(p.g);
+  const T* a = static_cast<const T*>(p.a);
+  const T* x = static_cast<const T*>(p.x);
+  const T* h = static_cast<const T*>(p.h);
+  T* dx = static_cast<T*>(p.dx);
+  T* da = static_cast<T*>(p.da);
+  block_sync();  // first ticket is in shared memory
+  for (;;) {
+    const Ticket t = s_ticket;
+    if (t.ticket >= geo.tiles) return;
+    const TileCoord c = tile_coord(t, geo, lane);
+    const int b = c.active ? c.n / D : 0;
+    const int d = c.active ? c.n - b * D : 0;
+    const int64_t chunk = geo.chunks - 1 - c.rank;
+    const int64_t k0 = chunk * kBwdChunk + static_cast<int64_t>(warp) * S;
+    const int64_t left = c.active ? p.T - k0 : 0;
+    const int nv = left <= 0 ? 0 : (left < S ? static_cast<int>(left) : S);
+
+    // h_{k-1} is read shifted by one step, so a warp loads the rows
+    // k0 - 1 .. k0 + S - 2 of h and every row is read once overall; only the
+    // very first step takes h0 instead.
+    const float init = (k0 == 0 && c.active && p.h0 != nullptr)
+                           ? load(static_cast<const T*>(p.h0), b * p.h0_sb + d)
+                           : 0.f;
+    const int64_t og = b * p.g_sb + k0 * p.g_st + d;
+    const int64_t oa = b * p.a_sb + k0 * p.a_st + d;
+    const int64_t ox = LEAKY ? b * p.x_sb + k0 * p.x_st + d : 0;
+    const int64_t oh = b * p.h_sb + (k0 - 1) * p.h_st + d;
+    // Steps past T and lanes past B * D: g = 0, a = 1 is the identity carry map.
+    float gv[S], av[S], hv[S], xv[S];
 #pragma unroll
-      for (int w = 0; w < W; ++w) sum += s_da[w][lane];
-      p.da_partial[(chunk * p.B + b) * p.D + d] = sum;
+    for (int i = 0; i < S; ++i) xv[i] = 0.f;
+    if (nv == S && k0 != 0) {
+      load_steps<true>(gv, g, og, p.g_st, 0, S, 0.f);
+      load_steps<true>(av, a, oa, p.a_st, 0, S, 1.f);
+      if (LEAKY) load_steps<true>(xv, x, ox, p.x_st, 0, S, 0.f);
+      load_steps<true>(hv, h, oh, p.h_st, 0, S, 0.f);
+      fold_decay_grad<LEAKY>(hv, xv);
+    } else {
+      load_steps<false>(hv, h, oh, p.h_st, k0 == 0 ? 1 : 0, nv, 0.f);
+      if (k0 == 0 && nv > 0) hv[0] = init;
+      if (LEAKY) load_steps<false>(xv, x, ox, p.x_st, 0, nv, 0.f);
+      fold_decay_grad<LEAKY>(hv, xv);
+      load_steps<false>(gv, g, og, p.g_st, 0, nv, 0.f);
+      load_steps<false>(av, a, oa, p.a_st, 0, nv, 1.f);
+    }
+
+    Affine<float> seg{1.f, 0.f};  // carry entering the segment's last step -> leaving its first
+#pragma unroll
+    for (int i = S - 1; i >= 0; --i) {
+      const float delta = gv[i] + seg.X;
+      seg.X = av[i] * delta;
+      seg.A *= av[i];
+    }
+    s_a[warp][lane] = seg.A;
+    s_x[warp][lane] = seg.X;
+    block_sync();  // 1: segment maps are in shared memory
+
+    // Map from the tile's carry-in (entering its last step) to the carry
+    // entering this warp's last step: the composition of the later warps.
+    Affine<float> pre{1.f, 0.f};
+#pragma unroll
+    for (int w = W - 1; w > 0; --w)
+      if (w > warp) pre = affine_then(pre, Affine<float>{s_a[w][lane], s_x[w][lane]});
+    block_sync();  // 2: carry-in is in shared memory
+
+    float carry = pre.A * s_carry[lane] + pre.X;
+    float da_sum = 0.f;
+    const int64_t odx = b * p.dx_sb + k0 * p.dx_st + d;
+    const int64_t oda = per_channel ? 0 : b * p.da_sb + k0 * p.da_st + d;
+#pragma unroll
+    for (int i = S - 1; i >= 0; --i) {
+      if (i < nv) {
+        const float delta = gv[i] + carry;
+        store(dx, odx + i * p.dx_st, scan_grad_input<LEAKY>(av[i], delta));
+        const float dak = delta * hv[i];
+        if (per_channel)
+          da_sum += dak;
+        else
+          store(da, oda + i * p.da_st, dak);
+        carry = av[i] * delta;
+      }
+    }
+    if (per_channel) {  // uniform over the grid, like the control warp's branch
+      s_da[warp][lane] = da_sum;
+      block_sync();  // 3: per-warp da sums are in shared memory
     }
   }
 }

@@ -251,6 +251,7 @@ def _scan_bwd_kernel(
 _MAX_BLOCK_T = 64
 _MAX_BLOCK_D = 32
 _MIN_BLOCK = 16
+_MIN_PROGRAMS = 264  # ~2 waves of programs on a 132-SM GPU
 
 
 def _compute_types(dtype: torch.dtype):
@@ -262,6 +263,10 @@ def _compute_types(dtype: torch.dtype):
 def _blocks(B: int, T: int, D: int):
     block_t = max(_MIN_BLOCK, min(_MAX_BLOCK_T, triton.next_power_of_2(max(T, 1))))
     block_d = max(_MIN_BLOCK, min(_MAX_BLOCK_D, triton.next_power_of_2(max(D, 1))))
+    # each program walks all of T sequentially: prefer more, narrower programs
+    # when B * D is too small to fill the GPU
+    while block_d > _MIN_BLOCK and B * triton.cdiv(D, block_d) < _MIN_PROGRAMS:
+        block_d //= 2
     n_dblk = triton.cdiv(D, block_d)
     num_warps = 4 if block_t * block_d >= 2048 else (2 if block_t * block_d >= 512 else 1)
     return block_t, block_d, n_dblk, num_warps
@@ -336,13 +341,20 @@ def scan_fwd(
 def scan_bwd(
     grad_h: torch.Tensor,
     a: torch.Tensor,
-    x: torch.Tensor,
+    x: Optional[torch.Tensor],
     h: torch.Tensor,
     h0: Optional[torch.Tensor],
     reverse: bool,
     leaky: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dx, da, dh0) of scan_fwd given grad_h = dL/dh and the forward output h."""
+    """Gradients (dx, da, dh0) of scan_fwd given grad_h = dL/dh and the forward output h.
+
+    x (v) is read only when leaky; the linear scan may pass None, and dx then
+    follows h's layout (as the C++ kernels do)."""
+    if x is None:
+        if leaky:
+            raise ValueError("scan_bwd: the leaky integrator's backward needs v")
+        x = h
     _check(a, x, h0)
     B, T, D = x.shape
     if tuple(grad_h.shape) != (B, T, D) or tuple(h.shape) != (B, T, D):
