@@ -12,12 +12,27 @@ Environment switches:
   MAX_JOBS                        parallel compile jobs (ninja)
   CUDA_HOME                       toolkit root; else the directory of nvcc on PATH,
                                   else /usr/local/cuda
+
+Versions and ABI (README, "Wheels and installs"):
+  - the local version names what the binary was built against:
+    0.1.0+cu130.torch2.14 (CUDA kernels) or 0.1.0+cpu.torch2.14 (CPU only), and the
+    wheel requires that torch minor series. An sdist is plain 0.1.0: what it builds
+    into is decided on the machine that builds it.
+  - _C uses only Python's limited API (its PyInit__C is an empty module; the ops
+    reach Python through the torch dispatcher), so the wheel is tagged
+    cp310-abi3 and one wheel serves every CPython >= 3.10.
+  - mts_kernels/_build_info.py is written next to the compiled _C at build time
+    (never at setup.py parse time, so an sdist or a wheel built from this tree
+    leaves the in-place build's record alone); mts_kernels/_extension.py reads it
+    to refuse a build made for another torch or CUDA before loading it.
 """
 
 import glob
 import os
 import platform
+import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -25,6 +40,13 @@ from setuptools import find_packages, setup
 BASE_VERSION = "0.1.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;8.6;8.9;9.0"
+# Oldest CPython the abi3 wheel serves; the same value torch's cpp_extension
+# defines as Py_LIMITED_API for py_limited_api=True extensions.
+PY_LIMITED_API = "cp310"
+# An sdist carries no binary: its version has no local tag (pip checks that an
+# sdist's file name and the metadata it builds agree, and the tag is only known
+# where it is built).
+BUILDING_SDIST = "sdist" in sys.argv[1:]
 
 
 def _truthy(name):
@@ -59,6 +81,8 @@ if CUDA_HOME:
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+TORCH_MM = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 
 
 def _want_cuda():
@@ -103,37 +127,52 @@ def _gencode_flags(spec):
 
 
 def _local_version(with_cuda):
-    torch_mm = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    # The torch tag stays in CPU-only builds too: _C links libtorch_cpu/libc10's C++
+    # API, which changes between torch minor versions, so a plain "+cpu" would
+    # claim a compatibility the binary does not have (see README).
     if with_cuda:
-        cu = "cu" + torch.version.cuda.replace(".", "")
-        return f"{cu}.torch{torch_mm}"
-    return f"cpu.torch{torch_mm}"
+        return "cu" + torch.version.cuda.replace(".", "") + f".torch{TORCH_MM}"
+    return f"cpu.torch{TORCH_MM}"
 
 
-def _write_build_info(with_cuda, arch_names):
-    info = {
+def _nvcc_version():
+    try:
+        out = subprocess.run([os.path.join(CUDA_HOME, "bin", "nvcc"), "--version"],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
+def _build_info(with_cuda, arch_names):
+    return {
         "version": f"{BASE_VERSION}+{_local_version(with_cuda)}",
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda if with_cuda else None,
+        "nvcc": _nvcc_version() if with_cuda else None,
         "cuda_archs": arch_names,
+        "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
         "python": platform.python_version(),
+        "py_limited_api": PY_LIMITED_API,
         "platform": platform.platform(),
     }
-    path = os.path.join(ROOT, "mts_kernels", "_build_info.py")
-    with open(path, "w") as f:
-        f.write("# Written by setup.py at build time; describes the compiled mts_kernels._C.\n")
-        f.write(f"BUILD_INFO = {info!r}\n")
 
 
 def _extension():
     # No -std flag: torch adds the standard its own headers need.
-    with_cuda = _want_cuda()
+    # py_limited_api=True: torch's BuildExtension defines Py_LIMITED_API and does not
+    # link libtorch_python; setuptools names the module _C.abi3.so.
     cxx = ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror"]
     sources = ["csrc/registration.cpp"] + sorted(glob.glob("csrc/*/*_cpu.cpp"))
-    arch_names = []
+    if BUILDING_SDIST:
+        # Nothing is compiled; MANIFEST.in brings all of csrc/ along.
+        return CppExtension("mts_kernels._C", sources, py_limited_api=True), False, None
+    with_cuda = _want_cuda()
     if not with_cuda:
-        _write_build_info(False, arch_names)
-        return CppExtension("mts_kernels._C", sources, extra_compile_args={"cxx": cxx}), False
+        ext = CppExtension("mts_kernels._C", sources, extra_compile_args={"cxx": cxx},
+                           py_limited_api=True)
+        return ext, False, _build_info(False, [])
     gencode, arch_names = _gencode_flags(os.environ.get("MTS_KERNELS_CUDA_ARCHS", DEFAULT_ARCHS))
     sources += sorted(glob.glob("csrc/*/*_cuda.cpp")) + sorted(glob.glob("csrc/*/*.cu"))
     nvcc = [
@@ -142,26 +181,66 @@ def _extension():
         "-Xcompiler", "-Wall,-Wextra,-Werror",
         "-lineinfo",
     ] + gencode
-    _write_build_info(True, arch_names)
     ext = CUDAExtension(
         "mts_kernels._C",
         sources,
         extra_compile_args={"cxx": cxx + ["-DMTS_WITH_CUDA"], "nvcc": nvcc},
+        py_limited_api=True,
     )
-    return ext, True
+    return ext, True, _build_info(True, arch_names)
 
 
-EXTENSION, WITH_CUDA = _extension()
+EXTENSION, WITH_CUDA, BUILD_INFO = _extension()
+
+
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """torch's BuildExtension, plus: writes _build_info.py beside the compiled _C
+    (in place for editable installs, in build/lib for wheels), and removes _C
+    binaries with another ABI suffix there (a leftover _C.cpython-311-*.so would
+    be imported before the new _C.abi3.so)."""
+
+    def _info_paths(self):
+        return [os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_build_info.py")
+                for ext in self.extensions]
+
+    def run(self):
+        super().run()
+        for ext in self.extensions:
+            built = self.get_ext_fullpath(ext.name)
+            stem = os.path.basename(built).split(".")[0]
+            for other in glob.glob(os.path.join(os.path.dirname(built), stem + ".*.so")):
+                if os.path.abspath(other) != os.path.abspath(built):
+                    os.remove(other)
+        for path in self._info_paths():
+            with open(path, "w") as f:
+                f.write("# Written by setup.py at build time; describes the compiled mts_kernels._C.\n")
+                f.write(f"BUILD_INFO = {BUILD_INFO!r}\n")
+
+    def get_outputs(self):
+        return super().get_outputs() + self._info_paths()
+
+
+if BUILDING_SDIST:
+    VERSION = BASE_VERSION
+    INSTALL_REQUIRES = ["torch"]
+else:
+    VERSION = BUILD_INFO["version"]
+    # The binary runs on the torch minor series it was built against only.
+    major, minor = (int(p) for p in TORCH_MM.split("."))
+    INSTALL_REQUIRES = [f"torch>={TORCH_MM},<{major}.{minor + 1}"]
 
 setup(
     name="mts_kernels",
-    version=f"{BASE_VERSION}+{_local_version(WITH_CUDA)}",
+    version=VERSION,
     description="Fused kernels for multiple-time-scale recurrent networks (leaky units, "
     "skip connections through time, clockwork RNNs) for PyTorch",
+    long_description=open(os.path.join(ROOT, "README.md")).read(),
+    long_description_content_type="text/markdown",
     packages=find_packages(include=["mts_kernels", "mts_kernels.*"]),
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4", "numpy"],
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
     ext_modules=[EXTENSION],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt},
+    options={"bdist_wheel": {"py_limited_api": PY_LIMITED_API}},
     zip_safe=False,
 )

@@ -1,0 +1,281 @@
+"""Packaging: a build made for another torch or CUDA is refused with a clear
+message (never loaded), and the sdist -> wheel -> fresh virtual environment path
+works from outside the source tree (slow).
+
+Every import of mts_kernels here happens in a subprocess: the test process has
+already loaded the in-place build, and a refused or fallback import must be seen
+from a clean interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import site
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH_MM = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _env(**overrides):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "MTS_KERNELS_BACKEND", "TRITON_INTERPRET")}
+    # No GPU in the child, whatever this machine has: the fallback decisions below
+    # are about "no GPU"; the GPU case is simulated explicitly.
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env.update(overrides)
+    return env
+
+
+def _run(args, *, cwd, env, timeout=300):
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- mismatched builds
+
+_PROBE = textwrap.dedent("""
+    import json, sys, warnings
+    # An editable install of the source tree (what `make test` does) adds import
+    # hooks that resolve mts_kernels' submodules in the source tree, whatever
+    # PYTHONPATH says; the copy under test must be the only mts_kernels in sight.
+    sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    sys.path_hooks = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
+    sys.path_importer_cache.clear()
+    {pre}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            import mts_kernels
+        except ImportError as e:
+            print(json.dumps({{"error": str(e), "loaded_C": "mts_kernels._C" in sys.modules}}))
+            sys.exit(0)
+    from mts_kernels import _extension
+    print(json.dumps({{
+        "file": mts_kernels.__file__,
+        "loaded_C": "mts_kernels._C" in sys.modules,
+        "compiled": _extension.COMPILED,
+        "fallback": _extension.FALLBACK,
+        "warnings": [str(w.message) for w in caught
+                     if issubclass(w.category, _extension.CompiledKernelsUnavailableWarning)],
+    }}))
+""")
+
+
+def _fake_install(tmp_path, build_info):
+    """A copy of the package whose _build_info says `build_info` (None: no _build_info,
+    i.e. never compiled). The copy keeps whatever _C the source tree has: the point is
+    that a mismatched one is never loaded."""
+    dst = tmp_path / "site"
+    shutil.copytree(ROOT / "mts_kernels", dst / "mts_kernels",
+                    ignore=shutil.ignore_patterns("__pycache__", "_build_info.py"))
+    if build_info is not None:
+        (dst / "mts_kernels" / "_build_info.py").write_text(f"BUILD_INFO = {build_info!r}\n")
+    return dst
+
+
+def _build_info(**overrides):
+    info = {"version": "0.1.0+cpu.torch" + TORCH_MM, "torch": torch.__version__, "torch_cuda": None,
+            "nvcc": None, "cuda_archs": [], "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+            "python": "3.11.7", "py_limited_api": "cp310", "platform": "test"}
+    info.update(overrides)
+    return info
+
+
+def _probe(tmp_path, build_info, pre="", **env):
+    site_dir = _fake_install(tmp_path, build_info)
+    proc = _run([sys.executable, "-c", _PROBE.format(pre=pre)], cwd=tmp_path,
+                env=_env(PYTHONPATH=str(site_dir), **env))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "file" in out:
+        assert out["file"].startswith(str(site_dir)), out["file"]
+    return out, site_dir
+
+
+OLD_TORCH = _build_info(version="0.1.0+cu128.torch2.13", torch="2.13.0+cu128", torch_cuda="12.8",
+                        cuda_archs=["sm_80", "sm_90", "compute_90"])
+
+
+def test_mismatched_torch_without_fallback_raises(tmp_path):
+    out, _ = _probe(tmp_path, OLD_TORCH, TRITON_INTERPRET="0")
+    assert "error" in out, out
+    msg = out["error"]
+    assert "torch 2.13.0+cu128" in msg and f"torch {torch.__version__}" in msg, msg
+    assert "pip install --no-build-isolation" in msg, msg
+    assert "Triton cannot serve" in msg, msg
+    assert not out["loaded_C"]
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch to mismatch its CUDA")
+def test_mismatched_cuda_without_fallback_raises(tmp_path):
+    out, _ = _probe(tmp_path, _build_info(torch_cuda="11.8", cuda_archs=["sm_80"]), TRITON_INTERPRET="0")
+    assert "error" in out, out
+    assert "CUDA 11.8" in out["error"] and f"CUDA {torch.version.cuda}" in out["error"], out["error"]
+    assert not out["loaded_C"]
+
+
+def test_never_compiled_without_fallback_raises(tmp_path):
+    out, _ = _probe(tmp_path, None, TRITON_INTERPRET="0")
+    assert "error" in out and "not compiled" in out["error"], out
+    assert "pip install --no-build-isolation" in out["error"]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_mismatch_with_triton_interpreter_imports_and_warns(tmp_path):
+    out, site_dir = _probe(tmp_path, OLD_TORCH, TRITON_INTERPRET="1")
+    assert "error" not in out, out
+    assert not out["loaded_C"] and not out["compiled"]
+    assert len(out["warnings"]) == 1, out
+    msg = out["warnings"][0]
+    assert "torch 2.13.0+cu128" in msg and f"torch {torch.__version__}" in msg, msg
+    assert "Triton" in msg and "TRITON_INTERPRET=1" in msg, msg
+
+    # The fallback really runs, and `info` reports the state.
+    env = _env(PYTHONPATH=str(site_dir), TRITON_INTERPRET="1")
+    script = textwrap.dedent("""
+        import warnings
+        warnings.simplefilter("ignore")
+        import torch, mts_kernels
+        g = torch.Generator().manual_seed(0)
+        v, alpha = torch.randn(2, 9, 4, generator=g), torch.rand(2, 9, 4, generator=g)
+        torch.testing.assert_close(mts_kernels.leaky_integrate(v, alpha, backend="triton"),
+                                   mts_kernels.reference.leaky_integrate(v, alpha))
+        print("ok")
+    """)
+    proc = _run([sys.executable, "-c", script], cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
+    proc = _run([sys.executable, "-m", "mts_kernels", "info", "--json"], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["built_against"]["torch"] == "2.13.0+cu128"
+    assert info["running"]["torch"] == torch.__version__
+    assert "2.13.0+cu128" in info["compiled_kernels"] and info["fallback"]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_mismatch_with_gpu_and_triton_imports_and_warns(tmp_path):
+    # A GPU, simulated: the decision only asks torch.cuda.is_available().
+    out, _ = _probe(tmp_path, OLD_TORCH, pre="import torch; torch.cuda.is_available = lambda: True",
+                    TRITON_INTERPRET="0")
+    assert "error" not in out, out
+    assert len(out["warnings"]) == 1 and "runs CUDA tensors" in out["warnings"][0], out
+    assert not out["loaded_C"]
+
+
+def test_mismatch_with_reference_backend_imports_and_warns(tmp_path):
+    out, site_dir = _probe(tmp_path, OLD_TORCH, TRITON_INTERPRET="0", MTS_KERNELS_BACKEND="reference")
+    assert "error" not in out, out
+    assert len(out["warnings"]) == 1 and "reference" in out["warnings"][0], out
+    # ... which is how `info` can still be run on a broken install.
+    proc = _run([sys.executable, "-m", "mts_kernels", "info"], cwd=tmp_path,
+                env=_env(PYTHONPATH=str(site_dir), TRITON_INTERPRET="0", MTS_KERNELS_BACKEND="reference"))
+    assert proc.returncode == 0, proc.stderr
+    assert "2.13.0+cu128" in proc.stdout and "fallback:" in proc.stdout, proc.stdout
+
+
+# --------------------------------------------------------------------------- sdist -> wheel -> venv
+
+@pytest.mark.slow
+def test_wheel_builds_installs_and_runs(tmp_path):
+    """What `make sdist` and `make wheel` do, then an install into a fresh venv.
+
+    The wheel is CPU-only (MTS_KERNELS_SKIP_CUDA_BUILD=1): the CUDA kernels take
+    most of a build's time on CI's 2 cores, and `make test` has just compiled
+    them in place anyway (a CUDA compile error fails CI there). What this test
+    covers is packaging: the sdist carries everything needed to compile, the
+    wheel carries the compiled _C and its _build_info and is named after what it
+    was built against, and the installed package runs outside the source tree.
+    Takes about two minutes, nearly all of it compiling the CPU kernels.
+    """
+    dist = tmp_path / "dist"
+    # make sdist
+    proc = _run([sys.executable, "-c", f"from setuptools import build_meta as b; "
+                 f"print(b.build_sdist({str(dist)!r}))"], cwd=ROOT, env=_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sdists = list(dist.glob("mts_kernels-*.tar.gz"))
+    assert [p.name for p in sdists] == ["mts_kernels-0.1.0.tar.gz"]
+
+    # make wheel (from the sdist, as `make wheel` does: proves the sdist builds)
+    proc = _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index",
+                 "--no-cache-dir", "-w", str(dist), str(sdists[0])], cwd=tmp_path,
+                env=_env(MTS_KERNELS_SKIP_CUDA_BUILD="1", MAX_JOBS=os.environ.get("MAX_JOBS", "2")),
+                timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    wheels = list(dist.glob("*.whl"))
+    assert len(wheels) == 1, wheels
+    wheel = wheels[0]
+    assert re.fullmatch(rf"mts_kernels-0\.1\.0\+cpu\.torch{re.escape(TORCH_MM)}-cp310-abi3-linux_\w+\.whl",
+                        wheel.name), wheel.name
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        build_info = z.read("mts_kernels/_build_info.py").decode()
+    assert [n for n in names if n.endswith(".so")] == ["mts_kernels/_C.abi3.so"], names
+    assert f"'torch': {torch.__version__!r}" in build_info, build_info
+
+    # A fresh venv that reuses this interpreter's torch: `venv --system-site-packages`
+    # would see the base interpreter's site-packages, not this (virtual) environment's,
+    # so a .pth file appends ours. Lines of a .pth only extend sys.path (the .pth files
+    # in the appended directory are not run), so an editable install of mts_kernels
+    # there stays invisible, and the venv's own site-packages comes first anyway.
+    venv = tmp_path / "venv"
+    proc = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    vpy = venv / "bin" / "python"
+    venv_site = Path(_run([str(vpy), "-c", "import site; print(site.getsitepackages()[0])"],
+                          cwd=tmp_path, env=_env()).stdout.strip())
+    (venv_site / "_reuse_torch.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    proc = _run([sys.executable, "-m", "pip", "--python", str(vpy), "install", "--no-deps", "--no-index",
+                 "--no-cache-dir", str(wheel)], cwd=tmp_path, env=_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    # From outside the source tree.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    script = textwrap.dedent("""
+        import json, warnings
+        warnings.simplefilter("error")  # a working install imports without warnings
+        import torch, mts_kernels
+        from mts_kernels import _extension
+        g = torch.Generator().manual_seed(0)
+        v = torch.randn(3, 17, 5, generator=g, requires_grad=True)
+        alpha = (torch.rand(5, generator=g) * 0.9 + 0.05).requires_grad_()
+        h0 = torch.randn(3, 5, generator=g)
+        h = mts_kernels.leaky_integrate(v, alpha, h0, backend="cpu")
+        ref = mts_kernels.reference.leaky_integrate(v, alpha, h0)
+        torch.testing.assert_close(h, ref)
+        gh = torch.randn_like(h)
+        torch.testing.assert_close(torch.autograd.grad(h, (v, alpha), gh),
+                                   torch.autograd.grad(ref, (v, alpha), gh))
+        print(json.dumps({"file": mts_kernels.__file__, "version": mts_kernels.__version__,
+                          "compiled": _extension.COMPILED}))
+    """)
+    proc = _run([str(vpy), "-c", script], cwd=outside, env=_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["file"].startswith(str(venv_site)), out
+    assert out["compiled"] and out["version"] == f"0.1.0+cpu.torch{TORCH_MM}", out
+
+    proc = _run([str(vpy), "-m", "mts_kernels", "info"], cwd=outside, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert f"mts_kernels 0.1.0+cpu.torch{TORCH_MM}" in proc.stdout and "compiled:      loaded" in proc.stdout
+    proc = _run([str(vpy), "-m", "mts_kernels", "info", "--json"], cwd=outside, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["version"] == f"0.1.0+cpu.torch{TORCH_MM}"
+    assert info["compiled_kernels"] == "loaded" and info["fallback"] is None
+    assert info["built_against"]["torch"] == torch.__version__ == info["running"]["torch"]
+    assert info["built_against"]["cuda_archs"] == [] and info["built_against"]["py_limited_api"] == "cp310"
+    assert info["location"] == str(venv_site / "mts_kernels")
+    assert info["backends"]["cpu"]["auto"] == "cpu"
