@@ -1,12 +1,19 @@
+# make demo   : set up .venv, build, train the sequence-generation demo (demo/, ~5 min on 2 cores)
 # make test   : set up .venv, build (CPU + CUDA kernels when a toolkit is found), run the tests
 # make bench  : the benchmarks; JSON under bench/results/, summary in bench/RESULTS.md
 # make build  : (re)build the extension in place
+# make sdist  : source distribution into dist/ (builds with `pip install --no-build-isolation`)
+# make wheel  : binary wheel into dist/, built from that sdist: CPU kernels, plus the CUDA
+#               kernels for MTS_KERNELS_CUDA_ARCHS when a toolkit is found (no GPU needed)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 # pip on the CI machine takes the cu130 build of this torch from local disk.
 TORCH_SPEC ?= torch==2.14.1
+DIST ?= dist
+# e.g. PIP_WHEEL_FLAGS=-v to see the compiler run
+PIP_WHEEL_FLAGS ?=
 DEPS := ninja numpy pytest pytest-benchmark setuptools wheel matplotlib tqdm
 MAX_JOBS ?= 2
 export MAX_JOBS
@@ -17,7 +24,7 @@ export CUDA_HOME := /usr/local/cuda
 endif
 endif
 
-.PHONY: venv build test bench clean
+.PHONY: venv build test bench demo sdist wheel clean
 
 $(VENV)/.deps-installed:
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +43,23 @@ test: build
 
 bench: build
 	$(VPY) bench/run.py
+
+demo: build
+	$(VPY) demo/sequence_generation.py
+
+# build_sdist returns the archive's name; $(DIST)/.sdist keeps it for the wheel step.
+sdist: venv
+	mkdir -p $(DIST)
+	$(VPY) -c "from setuptools import build_meta as b; n = b.build_sdist('$(DIST)'); open('$(DIST)/.sdist', 'w').write(n)"
+	@echo "sdist: $(DIST)/$$(cat $(DIST)/.sdist)"
+
+# From the sdist, in a temporary directory (what `python -m build` does): the wheel
+# holds exactly what the sdist ships, and the in-place build (build/, mts_kernels/_C*.so,
+# _build_info.py) is left alone.
+wheel: sdist
+	$(VPY) -m pip wheel --no-build-isolation --no-deps --no-index --no-cache-dir $(PIP_WHEEL_FLAGS) \
+		-w $(DIST) "$(DIST)/$$(cat $(DIST)/.sdist)"
+	@ls -1t $(DIST)/*.whl | head -1
 
 clean:
 	rm -rf build dist *.egg-info mts_kernels/_C*.so mts_kernels/_build_info.py

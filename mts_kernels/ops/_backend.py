@@ -95,7 +95,7 @@ def resolve(requested: Optional[str], op: str, device: torch.device, dtype: torc
         if device.type == "cuda":
             candidates = ("cuda", "triton")
         elif device.type == "cpu":
-            candidates = ("cpu",)
+            candidates = ("cpu", "triton")  # Triton only under TRITON_INTERPRET=1
         else:
             candidates = ("triton",)
         reasons = []
