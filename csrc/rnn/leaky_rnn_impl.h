@@ -87,6 +87,21 @@ inline at::Tensor delayed(const at::Tensor& h, const at::Tensor& h0, int64_t del
   return reverse ? at::cat({h.slice(0, delay), pad}) : at::cat({pad, h.slice(0, 0, T - delay)});
 }
 
+// sum_t e_t^T h_{t-delay} (h0 before the start) without materialising the
+// delayed copy of h: one GEMM over the steps that read h, plus (sum of the
+// remaining e_t)^T h0.
+inline at::Tensor delayed_gram(const at::Tensor& e, const at::Tensor& h, const at::Tensor& h0,
+                               int64_t delay, bool reverse) {
+  const int64_t T = h.size(0), B = h.size(1), H = h.size(2);
+  const int64_t n = std::max<int64_t>(T - delay, 0), n0 = T - n;
+  at::Tensor e_main = reverse ? e.slice(0, 0, n) : e.slice(0, n0);
+  at::Tensor h_main = reverse ? h.slice(0, delay) : h.slice(0, 0, n);
+  at::Tensor e_start = reverse ? e.slice(0, n) : e.slice(0, 0, n0);
+  at::Tensor out = e_start.sum(0).t().mm(h0);
+  if (n > 0) out.addmm_(e_main.reshape({n * B, H}).t(), h_main.reshape({n * B, H}));
+  return out;
+}
+
 // Operands of one call, in the compute dtype (float32 for float16/bfloat16),
 // contiguous (T, B, H) / (B, H) / (H, H), with the time loop left to a Loop
 // policy: AtenLoop below (any device), or the CPU's small-size loop.
@@ -202,13 +217,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> leaky_rnn
   at::Tensor e_all = at::empty_like(h);
   Loop::bwd(pr, u, delta, e_all, dh0);
   // Weight gradients: one large GEMM each over all steps.
-  const int64_t n = s.T * s.B;
-  const at::Tensor e2 = e_all.view({n, s.H});
-  const at::Tensor hd = delayed(h, pr.h0, dilation, reverse);
-  at::Tensor dw = e2.t().mm(hd.view({n, s.H}));
-  at::Tensor dw_skip = skip > 0 ? e2.t().mm(delayed(h, pr.h0, skip, reverse).view({n, s.H}))
+  at::Tensor dw = delayed_gram(e_all, h, pr.h0, dilation, reverse);
+  at::Tensor dw_skip = skip > 0 ? delayed_gram(e_all, h, pr.h0, skip, reverse)
                                 : at::empty({0}, w_in.options());
-  at::Tensor dalpha = pr.leak ? (delta * (hd - u)).sum({0, 1}) : at::empty({0}, w_in.options());
+  at::Tensor dalpha = pr.leak ? (delta * (delayed(h, pr.h0, dilation, reverse) - u)).sum({0, 1})
+                              : at::empty({0}, w_in.options());
   const auto dtype = h_in.scalar_type();
   return {e_all.to(dtype), dw.to(dtype), dh0.to(dtype), dalpha.to(dtype), dw_skip.to(dtype)};
 }
