@@ -330,3 +330,37 @@ def test_triton_opcheck_and_limit():
     big = torch.randn(3, 2, 200, device=dev)
     with pytest.raises(mts_kernels.BackendUnavailableError, match=r"hidden sizes up to 128, got 200"):
         mts_kernels.leaky_rnn(big, torch.randn(200, 200, device=dev), backend="triton")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", [None, "grid", "0"], ids=["auto", "grid", "aten"])
+@pytest.mark.parametrize("H,B", [(16, 3), (300, 70), (700, 3)], ids=str)
+@pytest.mark.parametrize("skip,dilation", [(None, 1), (2, 2), (3, 1)])
+def test_cuda_loops_match_reference(monkeypatch, mode, H, B, skip, dilation):
+    """The CUDA time loops (csrc/rnn/leaky_rnn_cuda.cpp): persistent kernels in
+    batch-only and cooperative (grid-barrier) modes, and the ATen/cuBLAS loop,
+    selected with MTS_KERNELS_RNN_PERSISTENT; float64 reference on the CPU."""
+    if mode is None:
+        monkeypatch.delenv("MTS_KERNELS_RNN_PERSISTENT", raising=False)
+    else:
+        monkeypatch.setenv("MTS_KERNELS_RNN_PERSISTENT", mode)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    gen = torch.Generator().manual_seed(H + B)
+    T = 19
+    r = lambda *s, scale=1.0: torch.randn(*s, generator=gen, dtype=torch.float64) * scale  # noqa: E731
+    p64, w64, ws64, h064 = r(T, B, H), r(H, H, scale=H ** -0.5), r(H, H, scale=H ** -0.5), r(B, H)
+    a64 = torch.rand(H, generator=gen, dtype=torch.float64)
+    g64 = r(T, B, H)
+    for alpha_on, reverse in [(False, False), (True, True)]:
+        def run(dev, dt, fn):
+            ts = [t.to(dev, dt).requires_grad_() for t in (p64, w64, h064, a64, ws64)]
+            p, w, h0, a, ws = ts
+            h = fn(p, w, h0, alpha=a if alpha_on else None, weight_skip=ws if skip else None, skip=skip,
+                   dilation=dilation, reverse=reverse)
+            used = [p, w, h0] + ([a] if alpha_on else []) + ([ws] if skip else [])
+            return [t.detach().cpu().double() for t in (h, *torch.autograd.grad(h, used, g64.to(dev, dt)))]
+
+        got = run("cuda", torch.float32, mts_kernels.leaky_rnn)
+        want = run("cpu", torch.float64, reference.leaky_rnn)
+        for x, y in zip(got, want):
+            torch.testing.assert_close(x, y, rtol=2e-4, atol=2e-4)

@@ -1,0 +1,152 @@
+// Persistent backward kernel of the dense leaky recurrence (the time loop only:
+// the weight gradients are GEMMs over e_all afterwards, by the caller) and its
+// host entry point (leaky_rnn_launch.h). Design, barriers and limits:
+// leaky_rnn_cuda_kernels.cuh.
+#include "leaky_rnn_cuda_kernels.cuh"
+
+namespace mts {
+namespace rnn {
+namespace persistent {
+namespace {
+
+// e_t = (1 - alpha) * phi'(u_t) * delta_t for this block's (b, i), t = time of
+// step k. delta_t of those elements is complete (see the .cuh).
+MTS_RNN_DEV void block_e(const LeakyRnnBwdParams& p, int64_t k, int64_t b0, int nb, int i0, int nu) {
+  const int64_t T = p.s.T;
+  const int H = static_cast<int>(p.s.H);
+  const int64_t t_off = time_of(k, T, p.s.reverse) * p.s.B * H;
+  const int64_t count = static_cast<int64_t>(nb) * nu;
+  for (int64_t f = threadIdx.x; f < count; f += kThreads) {
+    const int64_t bl = f / nu;
+    const int n = static_cast<int>(f - bl * nu);
+    const int i = i0 + n;
+    const int64_t o = t_off + (b0 + bl) * H + i;
+    float e = dphi_times(ld_cg(p.delta + o), __ldg(p.u + o), p.s.relu);
+    if (p.alpha != nullptr) e *= 1.f - __ldg(p.alpha + i);
+    st_cg(p.e + o, e);
+  }
+}
+
+template <bool kGrid, bool kVec>
+__global__ void __launch_bounds__(kThreads)
+    leaky_rnn_bwd_kernel(const LeakyRnnBwdParams p, const Geo g) {
+  extern __shared__ float4 smem4[];
+  float* const wsm = reinterpret_cast<float*>(smem4);
+  const int64_t T = p.s.T, B = p.s.B;
+  const int H = static_cast<int>(p.s.H);
+  const int64_t BH = B * H;
+  const int ub = static_cast<int>(blockIdx.x) % g.unit_blocks;
+  const int bb = static_cast<int>(blockIdx.x) / g.unit_blocks;
+  const int i0 = ub * g.units;
+  const int nu = min(g.units, H - i0);  // columns of this block, >= 1
+  const int64_t b0 = static_cast<int64_t>(bb) * g.batch;
+  const int nb = static_cast<int>(min(static_cast<int64_t>(g.batch), B - b0));  // >= 1
+
+  // Shared tile: wsm[m * R4 + n][j] = W_m[j][i0 + n], zero padded. n runs
+  // fastest over the threads so the global reads are row pieces.
+  const int tile_len = g.rows * g.k_len;
+  for (int f = static_cast<int>(threadIdx.x); f < tile_len; f += kThreads) {
+    const int j = f / g.rows;
+    const int n = f - j * g.rows;
+    const bool second = n >= g.units_pad;
+    const int nl = second ? n - g.units_pad : n;
+    const float* wm = second ? p.w_skip : p.w;
+    wsm[n * g.k_len + j] = (nl < nu && j < H) ? __ldg(wm + static_cast<int64_t>(j) * H + i0 + nl) : 0.f;
+  }
+  block_e(p, T - 1, b0, nb, i0, nu);
+  __syncthreads();  // the shared tile
+  step_barrier<kGrid>();  // e of the last step, all units
+
+  const Lanes ln = lanes_of(g);
+  const bool leak = p.alpha != nullptr;
+  for (int64_t k = T - 1; k >= 0; --k) {
+    const int64_t t_off = time_of(k, T, p.s.reverse) * BH;
+    const float* et = p.e + t_off;
+    const float* dt = p.delta + t_off;
+    float* const tgt_d =
+        k >= p.s.dilation ? p.delta + time_of(k - p.s.dilation, T, p.s.reverse) * BH : p.dh0;
+    float* const tgt_s =
+        (p.s.skip > 0 && k >= p.s.skip) ? p.delta + time_of(k - p.s.skip, T, p.s.reverse) * BH : p.dh0;
+    for (int base = 0; base < g.tiles; base += ln.per_pass) {
+      const int tile = base + ln.group;
+      const bool active = tile < g.tiles;
+      const int tb = active ? tile / g.tiles_n : 0;
+      const int tn = active ? tile - tb * g.tiles_n : 0;
+      float v[16];
+#pragma unroll
+      for (int e = 0; e < 16; ++e) v[e] = 0.f;
+      if (active) {
+        int64_t off[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) off[r] = (b0 + min(4 * tb + r, nb - 1)) * H;
+        tile_dot<kVec>(v, et, et, off, wsm + 4 * tn * g.k_len, g, H, ln.s);
+      }
+      const int first = reduce_tile(v, ln.s, g.log2_split);  // whole warp takes part
+      // A tile lies in one matrix (R4 is a multiple of 4). delta_{t-d} and
+      // delta_{t-s} may be the same row: W_skip's updates wait for W's.
+      const int mat = 4 * tn >= g.units_pad ? 1 : 0;
+      for (int phase = 0; phase < g.n_mats; ++phase) {
+        if (phase > 0) __syncthreads();
+        if (!(active && ln.emitter && mat == phase)) continue;
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          const int e = first + m;
+          const int bl = 4 * tb + (e >> 2);
+          const int n = 4 * tn + (e & 3) - mat * g.units_pad;
+          if (m < ln.kept && bl < nb && n < nu) {
+            const int i = i0 + n;
+            const int64_t o = (b0 + bl) * H + i;
+            if (mat == 0) {
+              float upd = v[m];
+              if (leak) upd = fmaf(__ldg(p.alpha + i), ld_cg(dt + o), upd);
+              st_cg(tgt_d + o, ld_cg(tgt_d + o) + upd);
+            } else {
+              st_cg(tgt_s + o, ld_cg(tgt_s + o) + v[m]);
+            }
+          }
+        }
+      }
+    }
+    if (k > 0) {
+      __syncthreads();  // delta of step k - 1 updated by other threads of the block
+      block_e(p, k - 1, b0, nb, i0, nu);
+      step_barrier<kGrid>();  // e of step k - 1, all units, before anyone reads it
+    }
+  }
+}
+
+using BwdFn = KernelFn<LeakyRnnBwdParams>;
+
+BwdFn bwd_kernel(bool grid, bool vec) {
+  if (grid) return vec ? leaky_rnn_bwd_kernel<true, true> : leaky_rnn_bwd_kernel<true, false>;
+  return vec ? leaky_rnn_bwd_kernel<false, true> : leaky_rnn_bwd_kernel<false, false>;
+}
+
+}  // namespace
+}  // namespace persistent
+
+cudaError_t leaky_rnn_bwd_cuda(const LeakyRnnBwdParams& p, cudaStream_t stream, bool* launched) {
+  using namespace persistent;
+  *launched = false;
+  if (p.s.B < 1 || p.s.H < 1) return cudaSuccess;  // nothing to loop over: caller's loop
+  if (!valid_shape(p.s, p.w_skip) || p.u == nullptr || p.w == nullptr || p.delta == nullptr ||
+      p.e == nullptr || p.dh0 == nullptr)
+    return cudaErrorInvalidValue;
+  DeviceInfo dev{};
+  cudaError_t err = device_info(&dev);
+  if (err != cudaSuccess) return err;
+  const bool vec = p.s.H % 4 == 0 && aligned16(p.e);
+  const int n_mats = p.s.skip > 0 ? 2 : 1;
+  Plan plan{};
+  err = make_plan(
+      p.s.B, p.s.H, n_mats, /*backward=*/true, p.s.force_grid_sync, dev,
+      [&](bool grid, size_t smem, int* occ) {
+        return kernel_occupancy(bwd_kernel(grid, vec), dev, smem, occ);
+      },
+      &plan);
+  if (err != cudaSuccess || !plan.ok) return err;
+  return launch_plan(bwd_kernel(plan.grid_sync, vec), plan, p, stream, launched);
+}
+
+}  // namespace rnn
+}  // namespace mts

@@ -1,0 +1,124 @@
+// Persistent forward kernel of the dense leaky recurrence and its host entry
+// point (leaky_rnn_launch.h). Design, barriers and limits:
+// leaky_rnn_cuda_kernels.cuh.
+#include "leaky_rnn_cuda_kernels.cuh"
+
+namespace mts {
+namespace rnn {
+namespace persistent {
+namespace {
+
+// kGrid: units split over blocks (cooperative launch, grid.sync() per step).
+// kVec: H % 4 == 0 and h, h0 16-byte aligned (float4 loads of the state rows).
+template <bool kGrid, bool kVec>
+__global__ void __launch_bounds__(kThreads)
+    leaky_rnn_fwd_kernel(const LeakyRnnFwdParams p, const Geo g) {
+  extern __shared__ float4 smem4[];
+  float* const wsm = reinterpret_cast<float*>(smem4);
+  const int64_t T = p.s.T, B = p.s.B;
+  const int H = static_cast<int>(p.s.H);
+  const int64_t BH = B * H;
+  const int ub = static_cast<int>(blockIdx.x) % g.unit_blocks;
+  const int bb = static_cast<int>(blockIdx.x) / g.unit_blocks;
+  const int j0 = ub * g.units;
+  const int nu = min(g.units, H - j0);  // units of this block, >= 1
+  const int64_t b0 = static_cast<int64_t>(bb) * g.batch;
+  const int nb = static_cast<int>(min(static_cast<int64_t>(g.batch), B - b0));  // >= 1
+
+  // Shared tile: wsm[n][m * H4 + i] = W_m[j0 + n][i], zero padded.
+  const int tile_len = g.rows * g.k_len;
+  for (int f = static_cast<int>(threadIdx.x); f < tile_len; f += kThreads) {
+    const int n = f / g.k_len;
+    const int kk = f - n * g.k_len;
+    const bool second = kk >= g.h4;
+    const int i = second ? kk - g.h4 : kk;
+    const float* wm = second ? p.w_skip : p.w;
+    wsm[f] = (n < nu && i < H) ? __ldg(wm + static_cast<int64_t>(j0 + n) * H + i) : 0.f;
+  }
+  __syncthreads();
+
+  const Lanes ln = lanes_of(g);
+  const bool leak = p.alpha != nullptr;
+  for (int64_t k = 0; k < T; ++k) {
+    const int64_t t = time_of(k, T, p.s.reverse);
+    const float* hd = k >= p.s.dilation ? p.h + time_of(k - p.s.dilation, T, p.s.reverse) * BH : p.h0;
+    // The skip operand is only read when n_mats == 2 (K spans two matrices).
+    const float* hs =
+        (p.s.skip > 0 && k >= p.s.skip) ? p.h + time_of(k - p.s.skip, T, p.s.reverse) * BH : p.h0;
+    const int64_t t_off = t * BH;
+    for (int base = 0; base < g.tiles; base += ln.per_pass) {
+      const int tile = base + ln.group;
+      const bool active = tile < g.tiles;
+      const int tb = active ? tile / g.tiles_n : 0;
+      const int tn = active ? tile - tb * g.tiles_n : 0;
+      float v[16];
+#pragma unroll
+      for (int e = 0; e < 16; ++e) v[e] = 0.f;
+      if (active) {
+        int64_t off[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) off[r] = (b0 + min(4 * tb + r, nb - 1)) * H;
+        tile_dot<kVec>(v, hd, hs, off, wsm + 4 * tn * g.k_len, g, H, ln.s);
+      }
+      const int first = reduce_tile(v, ln.s, g.log2_split);  // whole warp takes part
+      if (active && ln.emitter) {
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          const int e = first + m;
+          const int bl = 4 * tb + (e >> 2);
+          const int n = 4 * tn + (e & 3);
+          if (m < ln.kept && bl < nb && n < nu) {
+            const int j = j0 + n;
+            const int64_t o = (b0 + bl) * H + j;
+            const float u = phi(v[m] + __ldg(p.p + t_off + o), p.s.relu);
+            if (leak) {
+              const float a = __ldg(p.alpha + j);
+              st_cg(p.h + t_off + o, ld_cg(hd + o) * a + u * (1.f - a));
+              p.u[t_off + o] = u;
+            } else {
+              st_cg(p.h + t_off + o, u);
+            }
+          }
+        }
+      }
+    }
+    // h_t complete everywhere before any block reads it (as h_{t'-d} / h_{t'-s}).
+    if (k + 1 < T) step_barrier<kGrid>();
+  }
+}
+
+using FwdFn = KernelFn<LeakyRnnFwdParams>;
+
+FwdFn fwd_kernel(bool grid, bool vec) {
+  if (grid) return vec ? leaky_rnn_fwd_kernel<true, true> : leaky_rnn_fwd_kernel<true, false>;
+  return vec ? leaky_rnn_fwd_kernel<false, true> : leaky_rnn_fwd_kernel<false, false>;
+}
+
+}  // namespace
+}  // namespace persistent
+
+cudaError_t leaky_rnn_fwd_cuda(const LeakyRnnFwdParams& p, cudaStream_t stream, bool* launched) {
+  using namespace persistent;
+  *launched = false;
+  if (p.s.B < 1 || p.s.H < 1) return cudaSuccess;  // nothing to loop over: caller's loop
+  if (!valid_shape(p.s, p.w_skip) || (p.alpha == nullptr) != (p.u == nullptr) ||
+      p.p == nullptr || p.w == nullptr || p.h0 == nullptr || p.h == nullptr)
+    return cudaErrorInvalidValue;
+  DeviceInfo dev{};
+  cudaError_t err = device_info(&dev);
+  if (err != cudaSuccess) return err;
+  const bool vec = p.s.H % 4 == 0 && aligned16(p.h) && aligned16(p.h0);
+  const int n_mats = p.s.skip > 0 ? 2 : 1;
+  Plan plan{};
+  err = make_plan(
+      p.s.B, p.s.H, n_mats, /*backward=*/false, p.s.force_grid_sync, dev,
+      [&](bool grid, size_t smem, int* occ) {
+        return kernel_occupancy(fwd_kernel(grid, vec), dev, smem, occ);
+      },
+      &plan);
+  if (err != cudaSuccess || !plan.ok) return err;
+  return launch_plan(fwd_kernel(plan.grid_sync, vec), plan, p, stream, launched);
+}
+
+}  // namespace rnn
+}  // namespace mts

@@ -1,0 +1,71 @@
+#pragma once
+// Host-side interface of the persistent CUDA kernels of the dense leaky
+// recurrence (leaky_rnn_cuda_fwd.cu / leaky_rnn_cuda_bwd.cu). Deliberately free
+// of torch headers, like scan_launch.h: leaky_rnn_cuda.cpp (host compiler)
+// checks the tensors and fills these structs; the .cu files only see raw
+// pointers.
+//
+// One layer and direction, processing steps k = 0..T-1 (time t = k, or T-1-k
+// when reverse), delays in processing steps, h = h0 before the start:
+//   z_t = p_t + h_{t-d} W^T [+ h_{t-s} W_skip^T],  u_t = phi(z_t)
+//   h_t = alpha * h_{t-d} + (1 - alpha) * u_t        (alpha == nullptr: h_t = u_t)
+// Backward (k = T-1 down to 0), delta = dL/dh accumulated in place:
+//   e_t = (1 - alpha) * phi'(u_t) * delta_t
+//   delta_{t-d} += alpha * delta_t + e_t W,   delta_{t-s} += e_t W_skip
+//   (a delay reaching before the start lands in dh0)
+//
+// Every operand is float32 and contiguous: (T, B, H) sequences, (B, H) states,
+// (H, H) row-major weights, (H) alpha. The whole loop is one kernel launch;
+// nothing is synchronised with the host.
+#include <cstdint>
+#include <cuda_runtime_api.h>
+
+namespace mts {
+namespace rnn {
+
+struct LeakyRnnCudaShape {
+  int64_t T, B, H;
+  int64_t skip;      // delay of the skip term in steps; 0: no skip term
+  int64_t dilation;  // delay of the recurrent term in steps, >= 1
+  bool reverse;
+  bool relu;         // phi = relu if true, tanh otherwise
+  // Testing knob: split the units over several blocks (cooperative launch,
+  // grid barrier per step) even when all of W would fit one block (H > 4).
+  bool force_grid_sync;
+};
+
+struct LeakyRnnFwdParams {
+  LeakyRnnCudaShape s;
+  const float* p;       // (T, B, H) input projection (both biases included)
+  const float* w;       // (H, H) W_hh
+  const float* w_skip;  // (H, H) W_skip; nullptr iff s.skip == 0
+  const float* h0;      // (B, H)
+  const float* alpha;   // (H); nullptr: no leak
+  float* h;             // (T, B, H) output
+  float* u;             // (T, B, H) output phi(z); nullptr iff alpha == nullptr
+};
+
+struct LeakyRnnBwdParams {
+  LeakyRnnCudaShape s;
+  const float* u;       // (T, B, H) phi(z) of the forward (its h when no leak)
+  const float* w;       // (H, H)
+  const float* w_skip;  // (H, H); nullptr iff s.skip == 0
+  const float* alpha;   // (H); nullptr: no leak
+  float* delta;         // (T, B, H) dL/dh of the outputs on entry, completed in place
+  float* e;             // (T, B, H) output dL/dp
+  float* dh0;           // (B, H) accumulated into (the caller zeroes it)
+};
+
+// Launch the persistent kernel on `stream` when the problem fits it (W_hh and
+// W_skip must fit in the shared memory of all co-resident blocks: see
+// leaky_rnn_cuda_kernels.cuh, "Limit"), and set *launched. When it does not
+// fit (or the driver refuses the cooperative grid as too large), nothing is
+// launched, *launched is false and cudaSuccess is returned: the caller then
+// runs its own loop. Other errors of the CUDA runtime (attribute queries, the
+// launch) are returned as they are; invalid parameters give
+// cudaErrorInvalidValue.
+cudaError_t leaky_rnn_fwd_cuda(const LeakyRnnFwdParams& p, cudaStream_t stream, bool* launched);
+cudaError_t leaky_rnn_bwd_cuda(const LeakyRnnBwdParams& p, cudaStream_t stream, bool* launched);
+
+}  // namespace rnn
+}  // namespace mts
