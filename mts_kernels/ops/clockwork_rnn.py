@@ -14,7 +14,8 @@ sequential is a k_i x k_i recurrence over the module's ceil(T / T_i) active step
 the fused leaky_rnn kernel. Inactive steps cost nothing; only the
 block-upper-triangular part of W_hh is read (the rest gets zero gradient). The
 backward runs the other way through the same pieces (fastest module first), each
-slow value's gradient summed over the interval it was held (index_select's backward).
+slow value's gradient summed over the interval it was held (the backward of the
+expand that holds it).
 """
 
 from __future__ import annotations
@@ -56,12 +57,6 @@ def check_modules(periods, module_sizes, hidden_size: int, where: str = "clockwo
                          f"{tuple(module_sizes)} (sum {sum(module_sizes)})")
 
 
-def _count_active(t: Tensor, first: int, period: int) -> Tensor:
-    """Number of active steps of a module in [0, t] (t may be -1)."""
-    return torch.where(t >= first, torch.div(t - first, period, rounding_mode="floor") + 1,
-                       torch.zeros_like(t))
-
-
 def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
                   periods: Sequence[int], module_sizes: Sequence[int],
                   alpha: Optional[Tensor] = None, nonlinearity: str = "tanh", t0: int = 0,
@@ -88,27 +83,36 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
         offs.append(offs[-1] + k)
     g = len(periods)
     firsts = [(-t0) % P for P in periods]
-    steps = torch.arange(T, device=x.device)
-    # states[i]: module i's initial state followed by its value after each active step
-    states: list = [None] * g
+    # Split once along the units (the backward of a split is one concatenation,
+    # where per-module slices of the full tensors would each zero-fill a full-size
+    # gradient).
+    sizes = list(module_sizes)
+    p_mod = x.split(sizes, -1)
+    w_rows = weight_hh.split(sizes, 0)
+    h0_mod = h0.split(sizes, -1)
+    a_mod = alpha.split(sizes) if alpha is not None else [None] * g
+    # held[j]: (T + 1, B, k_j), module j's state before step 0 (h0) and after each
+    # step t, inactive steps holding the last value. Module i's active steps
+    # t = f + m P read the slower modules at t - 1: rows f, f + P, ... of held, a
+    # strided view (no gather).
+    held: list = [None] * g
     for i in reversed(range(g)):
         lo, hi, P, f = offs[i], offs[i + 1], periods[i], firsts[i]
-        h0_i = h0[:, lo:hi]
+        h0_i = h0_mod[i]
         if f >= T:  # never active in this chunk: holds its state
-            states[i] = h0_i.unsqueeze(0)
+            held[i] = h0_i.unsqueeze(0).expand(T + 1, *h0_i.shape)
             continue
-        p_i = x[f::P, :, lo:hi]
+        p_i = p_mod[i][f::P]
+        n = p_i.size(0)
         if i < g - 1:
-            active = steps[f::P]
-            held = [states[j].index_select(0, _count_active(active - 1, firsts[j], periods[j]))
-                    for j in range(i + 1, g)]
-            p_i = p_i + F.linear(torch.cat(held, -1), weight_hh[lo:hi, hi:])
-        h_i = leaky_rnn(p_i, weight_hh[lo:hi, lo:hi], h0_i,
-                        alpha=None if alpha is None else alpha[lo:hi],
+            slow = torch.cat([held[j][f::P][:n] for j in range(i + 1, g)], -1)
+            p_i = p_i + F.linear(slow, w_rows[i][:, hi:])
+        h_i = leaky_rnn(p_i, w_rows[i][:, lo:hi], h0_i, alpha=a_mod[i],
                         nonlinearity=nonlinearity, backend=be)
-        states[i] = torch.cat([h0_i.unsqueeze(0), h_i], 0)
-    h = torch.cat([states[j].index_select(0, _count_active(steps, firsts[j], periods[j]))
-                   for j in range(g)], -1)
+        # each value is held for P steps: an expand (its backward sums the P copies)
+        repeated = h_i.unsqueeze(1).expand(n, P, *h_i.shape[1:]).reshape(n * P, *h_i.shape[1:])
+        held[i] = torch.cat([h0_i.unsqueeze(0).expand(f + 1, *h0_i.shape), repeated], 0)[: T + 1]
+    h = torch.cat([hj[1:] for hj in held], -1)
     return h.transpose(0, 1) if batch_first else h
 
 
