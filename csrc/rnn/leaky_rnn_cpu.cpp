@@ -17,18 +17,33 @@ namespace {
 
 constexpr int64_t kSmallWork = int64_t(1) << 17;  // multiply-adds per step
 
-// c[b, :] += a[b, :] @ m for a (B, H), m (H, H) row-major: the inner loop runs
-// along m's rows, unit stride, so it vectorizes.
+// c[b, :] += a[b, :] @ m for a (B, H), m (H, H) row-major. Columns go in blocks of
+// kCols held in registers across the whole k loop (no store-to-load chain through
+// c), the block loop runs along m's rows with unit stride, so it vectorizes.
 template <typename T>
 inline void matmul_acc(int64_t B, int64_t H, const T* __restrict__ a, const T* __restrict__ m,
                        T* __restrict__ c) {
+  constexpr int64_t kCols = 256 / sizeof(T);  // 64 float / 32 double accumulators
   for (int64_t b = 0; b < B; ++b) {
-    T* __restrict__ cb = c + b * H;
     const T* ab = a + b * H;
-    for (int64_t k = 0; k < H; ++k) {
-      const T av = ab[k];
-      const T* __restrict__ mk = m + k * H;
-      for (int64_t j = 0; j < H; ++j) cb[j] += av * mk[j];
+    T* cb = c + b * H;
+    int64_t j0 = 0;
+    for (; j0 + kCols <= H; j0 += kCols) {
+      T acc[kCols];
+      for (int64_t jj = 0; jj < kCols; ++jj) acc[jj] = cb[j0 + jj];
+      for (int64_t k = 0; k < H; ++k) {
+        const T av = ab[k];
+        const T* mk = m + k * H + j0;
+        for (int64_t jj = 0; jj < kCols; ++jj) acc[jj] += av * mk[jj];
+      }
+      for (int64_t jj = 0; jj < kCols; ++jj) cb[j0 + jj] = acc[jj];
+    }
+    if (j0 < H) {  // ragged tail
+      for (int64_t k = 0; k < H; ++k) {
+        const T av = ab[k];
+        const T* mk = m + k * H;
+        for (int64_t j = j0; j < H; ++j) cb[j] += av * mk[j];
+      }
     }
   }
 }
@@ -58,74 +73,114 @@ inline float fast_tanh(float x) {
 inline float tanh_of(float z) { return fast_tanh(z); }
 inline double tanh_of(double z) { return std::tanh(z); }
 
+
+// The time loops over raw pointers (processing order k; reverse maps k to time).
 template <typename T>
-inline T phi_of(Phi phi, T z) { return phi == Phi::kTanh ? tanh_of(z) : (z > T(0) ? z : T(0)); }
+struct Raw {
+  int64_t Tn, B, H, dilation, skip;
+  bool reverse, tanh;
+  const T* alpha;  // nullptr: no leak
+  const T* w;      // forward: W^T (the product reads it row by row); backward: W
+  const T* ws;     // the same for W_skip; nullptr without skip
+  const T* h0;
+  const T* in;     // forward: p; backward: u
+  T* out;          // forward: h; backward: delta (completed in place)
+  T* out2;         // forward: u (== h without leak); backward: e
+  T* acc;          // forward: the (B, H) pre-activation; backward: dh0
+  int64_t offset(int64_t k) const { return (reverse ? Tn - 1 - k : k) * B * H; }
+};
 
 template <typename T>
-inline T dphi_of(Phi phi, T u) { return phi == Phi::kTanh ? T(1) - u * u : (u > T(0) ? T(1) : T(0)); }
-
-template <typename T>
-void small_fwd(const Problem& pr, const at::Tensor& p_t, at::Tensor& h_t, at::Tensor& u_t) {
-  const int64_t Tn = pr.s.T, B = pr.s.B, H = pr.s.H, BH = B * H;
-  // z_t = p_t + h_{t-d} W^T: the product reads W^T row by row.
-  const at::Tensor wt = pr.w.t().contiguous();
-  const at::Tensor wst = pr.skip > 0 ? pr.w_skip.t().contiguous() : at::Tensor();
-  const T* p = p_t.const_data_ptr<T>();
-  const T* h0 = pr.h0.const_data_ptr<T>();
-  const T* alpha = pr.leak ? pr.alpha.const_data_ptr<T>() : nullptr;
-  T* h = h_t.mutable_data_ptr<T>();
-  T* u = pr.leak ? u_t.mutable_data_ptr<T>() : h;
-  std::vector<T> z(BH);
-  auto row = [&](const T* base, int64_t k) { return base + time_of(k, Tn, pr.reverse) * BH; };
-  for (int64_t k = 0; k < Tn; ++k) {
-    const T* hd = k >= pr.dilation ? row(h, k - pr.dilation) : h0;
-    std::copy(row(p, k), row(p, k) + BH, z.begin());
-    matmul_acc<T>(B, H, hd, wt.const_data_ptr<T>(), z.data());
-    if (pr.skip > 0)
-      matmul_acc<T>(B, H, k >= pr.skip ? row(h, k - pr.skip) : h0, wst.const_data_ptr<T>(), z.data());
-    T* ht = h + time_of(k, Tn, pr.reverse) * BH;
-    T* ut = u + time_of(k, Tn, pr.reverse) * BH;
-    for (int64_t i = 0; i < BH; ++i) ut[i] = phi_of<T>(pr.phi, z[i]);
-    if (alpha) {
+inline void fwd_steps(const Raw<T>& r) {
+  const int64_t B = r.B, H = r.H, BH = B * H;
+  T* z = r.acc;
+  for (int64_t k = 0; k < r.Tn; ++k) {
+    const T* hd = k >= r.dilation ? r.out + r.offset(k - r.dilation) : r.h0;
+    std::copy(r.in + r.offset(k), r.in + r.offset(k) + BH, z);
+    matmul_acc<T>(B, H, hd, r.w, z);
+    if (r.ws) matmul_acc<T>(B, H, k >= r.skip ? r.out + r.offset(k - r.skip) : r.h0, r.ws, z);
+    T* ht = r.out + r.offset(k);
+    T* ut = r.out2 + r.offset(k);
+    if (r.tanh) {
+      for (int64_t i = 0; i < BH; ++i) ut[i] = tanh_of(z[i]);
+    } else {
+      for (int64_t i = 0; i < BH; ++i) ut[i] = z[i] > T(0) ? z[i] : T(0);
+    }
+    if (r.alpha) {
       for (int64_t b = 0; b < B; ++b)
         for (int64_t j = 0; j < H; ++j) {
           const int64_t i = b * H + j;
-          ht[i] = alpha[j] * hd[i] + (T(1) - alpha[j]) * ut[i];
+          ht[i] = r.alpha[j] * hd[i] + (T(1) - r.alpha[j]) * ut[i];
         }
     }
   }
 }
 
 template <typename T>
-void small_bwd(const Problem& pr, const at::Tensor& u_t, at::Tensor& delta_t, at::Tensor& e_t,
-               at::Tensor& dh0_t) {
-  const int64_t Tn = pr.s.T, B = pr.s.B, H = pr.s.H, BH = B * H;
-  const T* u = u_t.const_data_ptr<T>();
-  const T* w = pr.w.const_data_ptr<T>();
-  const T* ws = pr.skip > 0 ? pr.w_skip.const_data_ptr<T>() : nullptr;
-  const T* alpha = pr.leak ? pr.alpha.const_data_ptr<T>() : nullptr;
-  T* delta = delta_t.mutable_data_ptr<T>();
-  T* e_all = e_t.mutable_data_ptr<T>();
-  T* dh0 = dh0_t.mutable_data_ptr<T>();
-  auto offset = [&](int64_t k) { return time_of(k, Tn, pr.reverse) * BH; };
-  for (int64_t k = Tn - 1; k >= 0; --k) {
-    const T* dt = delta + offset(k);
-    const T* ut = u + offset(k);
-    T* e = e_all + offset(k);
-    T* target = k >= pr.dilation ? delta + offset(k - pr.dilation) : dh0;
-    for (int64_t i = 0; i < BH; ++i) e[i] = dphi_of<T>(pr.phi, ut[i]) * dt[i];
-    if (alpha) {
+inline void bwd_steps(const Raw<T>& r) {
+  const int64_t B = r.B, H = r.H, BH = B * H;
+  for (int64_t k = r.Tn - 1; k >= 0; --k) {
+    const T* dt = r.out + r.offset(k);
+    const T* ut = r.in + r.offset(k);
+    T* e = r.out2 + r.offset(k);
+    T* target = k >= r.dilation ? r.out + r.offset(k - r.dilation) : r.acc;
+    if (r.tanh) {
+      for (int64_t i = 0; i < BH; ++i) e[i] = (T(1) - ut[i] * ut[i]) * dt[i];
+    } else {
+      for (int64_t i = 0; i < BH; ++i) e[i] = ut[i] > T(0) ? dt[i] : T(0);
+    }
+    if (r.alpha) {
       for (int64_t b = 0; b < B; ++b)
         for (int64_t j = 0; j < H; ++j) {
           const int64_t i = b * H + j;
-          e[i] *= T(1) - alpha[j];
-          target[i] += alpha[j] * dt[i];
+          e[i] *= T(1) - r.alpha[j];
+          target[i] += r.alpha[j] * dt[i];
         }
     }
     // dL/dh_{t-d} += e_t W (and through the skip weights)
-    matmul_acc<T>(B, H, e, w, target);
-    if (ws) matmul_acc<T>(B, H, e, ws, k >= pr.skip ? delta + offset(k - pr.skip) : dh0);
+    matmul_acc<T>(B, H, e, r.w, target);
+    if (r.ws) matmul_acc<T>(B, H, e, r.ws, k >= r.skip ? r.out + r.offset(k - r.skip) : r.acc);
   }
+}
+
+// float32 is the common case: on x86-64 it is compiled twice, for the baseline
+// and for x86-64-v3 (AVX2 + FMA), and the loader picks per machine (ifunc), since
+// wheels cannot assume AVX2 but most machines have it.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define MTS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MTS_CPU_CLONES
+#endif
+
+MTS_CPU_CLONES void fwd_steps_f32(const Raw<float>& r) { fwd_steps<float>(r); }
+MTS_CPU_CLONES void bwd_steps_f32(const Raw<float>& r) { bwd_steps<float>(r); }
+inline void run_fwd(const Raw<float>& r) { fwd_steps_f32(r); }
+inline void run_bwd(const Raw<float>& r) { bwd_steps_f32(r); }
+inline void run_fwd(const Raw<double>& r) { fwd_steps<double>(r); }
+inline void run_bwd(const Raw<double>& r) { bwd_steps<double>(r); }
+
+template <typename T>
+void small_fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
+  const at::Tensor wt = pr.w.t().contiguous();
+  const at::Tensor wst = pr.skip > 0 ? pr.w_skip.t().contiguous() : at::Tensor();
+  std::vector<T> z(pr.s.B * pr.s.H);
+  Raw<T> r{pr.s.T, pr.s.B, pr.s.H, pr.dilation, pr.skip, pr.reverse, pr.phi == Phi::kTanh,
+           pr.leak ? pr.alpha.const_data_ptr<T>() : nullptr, wt.const_data_ptr<T>(),
+           pr.skip > 0 ? wst.const_data_ptr<T>() : nullptr, pr.h0.const_data_ptr<T>(),
+           p.const_data_ptr<T>(), h.mutable_data_ptr<T>(),
+           pr.leak ? u.mutable_data_ptr<T>() : h.mutable_data_ptr<T>(), z.data()};
+  run_fwd(r);
+}
+
+template <typename T>
+void small_bwd(const Problem& pr, const at::Tensor& u, at::Tensor& delta, at::Tensor& e,
+               at::Tensor& dh0) {
+  Raw<T> r{pr.s.T, pr.s.B, pr.s.H, pr.dilation, pr.skip, pr.reverse, pr.phi == Phi::kTanh,
+           pr.leak ? pr.alpha.const_data_ptr<T>() : nullptr, pr.w.const_data_ptr<T>(),
+           pr.skip > 0 ? pr.w_skip.const_data_ptr<T>() : nullptr, pr.h0.const_data_ptr<T>(),
+           u.const_data_ptr<T>(), delta.mutable_data_ptr<T>(), e.mutable_data_ptr<T>(),
+           dh0.mutable_data_ptr<T>()};
+  run_bwd(r);
 }
 
 bool is_small(const Problem& pr) { return pr.s.B * pr.s.H * pr.s.H <= kSmallWork; }
