@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mts_kernels.ops.clockwork_rnn import check_modules, clockwork_rnn
+from mts_kernels.nn._leak import alpha_of, check_leak
 from mts_kernels.ops.leaky_rnn import NONLINEARITIES
 
 DEFAULT_MODULES = 4
@@ -60,13 +61,7 @@ class ClockworkRNN(nn.Module):
         check_modules(periods, module_sizes, hidden_size, "ClockworkRNN")
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"ClockworkRNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        if leak is not None and leak != "learned":
-            if not isinstance(leak, (int, float)) or isinstance(leak, bool) or not 0 <= leak < 1:
-                raise ValueError(f"ClockworkRNN: leak must be None, a float in [0, 1) or 'learned', got {leak!r}")
-        lo_hi = tuple(tau_range) if isinstance(tau_range, (tuple, list)) else None
-        if (lo_hi is None or len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi)
-                or not 0 < lo_hi[0] < lo_hi[1]):
-            raise ValueError(f"ClockworkRNN: tau_range must be (low, high) with 0 < low < high, got {tau_range!r}")
+        tau_range = check_leak("ClockworkRNN", leak, tau_range)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.periods = tuple(periods)
@@ -75,7 +70,7 @@ class ClockworkRNN(nn.Module):
         self.bias = bias
         self.batch_first = batch_first
         self.leak = leak
-        self.tau_range = (float(lo_hi[0]), float(lo_hi[1]))
+        self.tau_range = tau_range
         self.backend: Optional[str] = None
         kw = dict(device=device, dtype=dtype)
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **kw))
@@ -108,13 +103,6 @@ class ClockworkRNN(nn.Module):
                     param.uniform_(-bound, bound)
             self.weight_hh.masked_fill_(~self.block_mask(), 0.0)
 
-    def _alpha(self, like: Tensor) -> Optional[Tensor]:
-        if self.leak is None:
-            return None
-        if self.leak == "learned":
-            return torch.exp(-torch.exp(-self.log_tau))
-        return like.new_full((self.hidden_size,), float(self.leak))
-
     def forward(self, input: Tensor, hx: Optional[Tensor] = None, t0: int = 0) -> Tuple[Tensor, Tensor]:
         if not isinstance(input, Tensor):
             raise TypeError(f"ClockworkRNN: input must be a torch.Tensor, got {type(input).__name__}")
@@ -142,7 +130,7 @@ class ClockworkRNN(nn.Module):
         b = self.bias_ih + self.bias_hh if self.bias else None
         p = F.linear(input, self.weight_ih, b)  # all steps: one GEMM
         h = clockwork_rnn(p, self.weight_hh, h0, periods=self.periods, module_sizes=self.module_sizes,
-                          alpha=self._alpha(p), nonlinearity=self.nonlinearity, t0=t0,
+                          alpha=alpha_of(self.leak, getattr(self, "log_tau", None), self.hidden_size, p), nonlinearity=self.nonlinearity, t0=t0,
                           batch_first=self.batch_first, backend=self.backend)
         h_n = (h[:, -1] if self.batch_first else h[-1]).unsqueeze(0)
         return h, h_n

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mts_kernels.nn._leak import alpha_of, check_leak
 from mts_kernels.ops.leaky_rnn import NONLINEARITIES, leaky_rnn
 
 
@@ -57,13 +58,7 @@ class LeakyRNN(nn.Module):
             raise ValueError(f"LeakyRNN: dilation must be an int >= 1, got {dilation!r}")
         if skip is not None and (not isinstance(skip, int) or isinstance(skip, bool) or skip < 1):
             raise ValueError(f"LeakyRNN: skip must be None or an int >= 1, got {skip!r}")
-        if leak is not None and leak != "learned":
-            if not isinstance(leak, (int, float)) or isinstance(leak, bool) or not 0 <= leak < 1:
-                raise ValueError(f"LeakyRNN: leak must be None, a float in [0, 1) or 'learned', got {leak!r}")
-        lo_hi = tuple(tau_range) if isinstance(tau_range, (tuple, list)) else None
-        if (lo_hi is None or len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi)
-                or not 0 < lo_hi[0] < lo_hi[1]):
-            raise ValueError(f"LeakyRNN: tau_range must be (low, high) with 0 < low < high, got {tau_range!r}")
+        tau_range = check_leak("LeakyRNN", leak, tau_range)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -73,7 +68,7 @@ class LeakyRNN(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.leak = leak
-        self.tau_range = (float(lo_hi[0]), float(lo_hi[1]))
+        self.tau_range = tau_range
         self.skip = skip
         self.dilation = dilation
         self.backend: Optional[str] = None
@@ -125,14 +120,6 @@ class LeakyRNN(nn.Module):
         model.load_state_dict(rnn.state_dict(), strict=not extra)
         return model
 
-    def _alpha(self, name: str, like: Tensor) -> Optional[Tensor]:
-        if self.leak is None:
-            return None
-        if self.leak == "learned":
-            log_tau = getattr(self, f"log_tau_{name}")
-            return torch.exp(-torch.exp(-log_tau))  # exp(-1 / tau)
-        return like.new_full((self.hidden_size,), float(self.leak))
-
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         if isinstance(input, nn.utils.rnn.PackedSequence):
             raise TypeError("LeakyRNN: PackedSequence input is not supported; pass a padded tensor")
@@ -150,7 +137,7 @@ class LeakyRNN(nn.Module):
         x = input if batched else input.unsqueeze(1 if not self.batch_first else 0)
         if self.batch_first:
             x = x.transpose(0, 1)
-        T, B = x.size(0), x.size(1)
+        B = x.size(1)
         num_dirs = 2 if self.bidirectional else 1
         expected = (self.num_layers * num_dirs, B, self.hidden_size)
         if hx is not None:
@@ -176,7 +163,7 @@ class LeakyRNN(nn.Module):
                 h = leaky_rnn(
                     p, getattr(self, f"weight_hh_{name}"),
                     None if h_in is None else h_in[layer * num_dirs + direction],
-                    alpha=self._alpha(name, p),
+                    alpha=alpha_of(self.leak, getattr(self, f"log_tau_{name}", None), self.hidden_size, p),
                     weight_skip=getattr(self, f"weight_skip_{name}") if self.skip else None,
                     skip=self.skip, dilation=self.dilation, nonlinearity=self.nonlinearity,
                     reverse=direction == 1, backend=self.backend)
