@@ -145,9 +145,10 @@ inline void bwd_steps(const Raw<T>& r) {
 
 // float32 is the common case: on x86-64 it is compiled twice, for the baseline
 // and for x86-64-v3 (AVX2 + FMA), and the loader picks per machine (ifunc), since
-// wheels cannot assume AVX2 but most machines have it.
+// wheels cannot assume AVX2 but most machines have it. `flatten` inlines the
+// templated loop into each clone, so the loop itself is compiled per target.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define MTS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define MTS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
 #else
 #define MTS_CPU_CLONES
 #endif
