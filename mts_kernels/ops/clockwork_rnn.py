@@ -28,7 +28,7 @@ from torch import Tensor
 
 from mts_kernels import reference
 from mts_kernels.ops import _backend
-from mts_kernels.ops.leaky_rnn import NONLINEARITIES, leaky_rnn
+from mts_kernels.ops.leaky_rnn import NONLINEARITIES, check_projection, leaky_rnn
 
 
 def check_modules(periods, module_sizes, hidden_size: int, where: str = "clockwork_rnn") -> None:
@@ -118,16 +118,7 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
 
 def _check_args(p, weight_hh, h0, periods, module_sizes, alpha, nonlinearity, t0, batch_first):
     op = "clockwork_rnn"
-    layout = "(B, T, H)" if batch_first else "(T, B, H)"
-    if not isinstance(p, Tensor) or p.dim() != 3:
-        got = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
-        raise ValueError(f"{op}: p must be a 3-D tensor {layout}, got {got}")
-    if p.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(f"{op}: p must be float16, bfloat16, float32 or float64, got {p.dtype}")
-    B = p.size(0 if batch_first else 1)
-    H = p.size(2)
-    if p.size(1 if batch_first else 0) == 0:
-        raise ValueError(f"{op}: p must have at least one time step, got shape {tuple(p.shape)}")
+    _, B, H = check_projection(op, p, batch_first)
     check_modules(periods, module_sizes, H, op)
     for name, t, shape in (("weight_hh", weight_hh, (H, H)), ("h0", h0, (B, H)), ("alpha", alpha, (H,))):
         if t is None and name != "weight_hh":

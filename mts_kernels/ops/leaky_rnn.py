@@ -93,8 +93,8 @@ if _extension.COMPILED:
     _register("")
 
 
-def _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, batch_first):
-    op = "leaky_rnn"
+def check_projection(op: str, p, batch_first: bool):
+    """Checks the input projection p of a recurrence; returns (T, B, H)."""
     layout = "(B, T, H)" if batch_first else "(T, B, H)"
     if not isinstance(p, Tensor) or p.dim() != 3:
         got = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
@@ -102,10 +102,14 @@ def _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlineari
     if p.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"{op}: p must be float16, bfloat16, float32 or float64, got {p.dtype}")
     T = p.size(1 if batch_first else 0)
-    B = p.size(0 if batch_first else 1)
-    H = p.size(2)
     if T == 0:
         raise ValueError(f"{op}: p must have at least one time step, got shape {tuple(p.shape)}")
+    return T, p.size(0 if batch_first else 1), p.size(2)
+
+
+def _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, batch_first):
+    op = "leaky_rnn"
+    _, B, H = check_projection(op, p, batch_first)
 
     def check(name, t, shape):
         if not isinstance(t, Tensor):
