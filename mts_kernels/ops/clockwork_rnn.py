@@ -57,6 +57,13 @@ def check_modules(periods, module_sizes, hidden_size: int, where: str = "clockwo
                          f"{tuple(module_sizes)} (sum {sum(module_sizes)})")
 
 
+def _count_active(t: Tensor, first: int, period: int) -> Tensor:
+    """Number of active steps of a module in [0, t] (t may be -1): the row of its
+    states (initial state first) that holds its value after step t."""
+    return torch.where(t >= first, torch.div(t - first, period, rounding_mode="floor") + 1,
+                       torch.zeros_like(t))
+
+
 def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
                   periods: Sequence[int], module_sizes: Sequence[int],
                   alpha: Optional[Tensor] = None, nonlinearity: str = "tanh", t0: int = 0,
@@ -91,24 +98,37 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     w_rows = weight_hh.split(sizes, 0)
     h0_mod = h0.split(sizes, -1)
     a_mod = alpha.split(sizes) if alpha is not None else [None] * g
-    # held[j]: (T + 1, B, k_j), module j's state before step 0 (h0) and after each
-    # step t, inactive steps holding the last value. Module i's active steps
-    # t = f + m P read the slower modules at t - 1: rows f, f + P, ... of held, a
-    # strided view (no gather).
-    held: list = [None] * g
+    # states[j]: module j's initial state followed by its value after each of its
+    # active steps. A slower module j enters module i's step t through W_ij times
+    # its value held at t - 1; that product is taken at j's own (slower) rate for
+    # all faster modules at once, states[j] W_{<j, j}^T, and then read at each
+    # faster module's active steps (a row gather whose backward sums each row over
+    # the interval it was held).
+    steps = torch.arange(T, device=x.device)
+    states: list = [None] * g
+    to_faster: list = [None] * g  # states[j] W_{<j, j}^T: (n_j + 1, B, offs[j])
+    held: list = [None] * g  # (T + 1, B, k_j): before step 0 and after each step
     for i in reversed(range(g)):
         lo, hi, P, f = offs[i], offs[i + 1], periods[i], firsts[i]
         h0_i = h0_mod[i]
         if f >= T:  # never active in this chunk: holds its state
+            states[i] = h0_i.unsqueeze(0)
             held[i] = h0_i.unsqueeze(0).expand(T + 1, *h0_i.shape)
+            if i > 0:
+                to_faster[i] = F.linear(states[i], weight_hh[:lo, lo:hi])
             continue
         p_i = p_mod[i][f::P]
         n = p_i.size(0)
         if i < g - 1:
-            slow = torch.cat([held[j][f::P][:n] for j in range(i + 1, g)], -1)
-            p_i = p_i + F.linear(slow, w_rows[i][:, hi:])
+            prev = steps[f::P] - 1  # i's active steps read the slower modules at t - 1
+            for j in range(i + 1, g):
+                z = to_faster[j][..., lo:hi].index_select(0, _count_active(prev, firsts[j], periods[j]))
+                p_i = p_i + z
         h_i = leaky_rnn(p_i, w_rows[i][:, lo:hi], h0_i, alpha=a_mod[i],
                         nonlinearity=nonlinearity, backend=be)
+        states[i] = torch.cat([h0_i.unsqueeze(0), h_i], 0)
+        if i > 0:  # what this module feeds every faster one, in one GEMM at its own rate
+            to_faster[i] = F.linear(states[i], weight_hh[:lo, lo:hi])
         # each value is held for P steps: an expand (its backward sums the P copies)
         repeated = h_i.unsqueeze(1).expand(n, P, *h_i.shape[1:]).reshape(n * P, *h_i.shape[1:])
         held[i] = torch.cat([h0_i.unsqueeze(0).expand(f + 1, *h0_i.shape), repeated], 0)[: T + 1]
