@@ -6,16 +6,17 @@ i is active at step t when (t0 + t) % T_i == 0:
     active:    h_i(t) = alpha_i * h_i(t-1) + (1 - alpha_i) * phi(sum_{j >= i} W_ij h_j(t-1) + p_i(t))
     inactive:  h_i(t) = h_i(t-1)
 
-Decomposition (DESIGN-NOTES §4): slow modules never read fast ones, so the
-slowest module's trajectory is computed first; then for each faster module every
-input it needs from slower modules (their held values at t-1) is known, and its
-cross-module term for all of its active steps is one large GEMM. What stays
-sequential is a k_i x k_i recurrence over the module's ceil(T / T_i) active steps:
-the fused leaky_rnn kernel. Inactive steps cost nothing; only the
-block-upper-triangular part of W_hh is read (the rest gets zero gradient). The
-backward runs the other way through the same pieces (fastest module first), each
-slow value's gradient summed over the interval it was held (the backward of the
-expand that holds it).
+Decomposition (DESIGN-NOTES §4, with the cross terms moved to the slow rate):
+slow modules never read fast ones, so the slowest module's trajectory is computed
+first. Each module's contribution to all faster modules, states_j W_{<j,j}^T, is
+then one GEMM over its own ceil(T / T_j) active steps (not over the faster
+modules' steps), and each faster module reads those rows at its active steps (the
+value held at t - 1: a row gather). What stays sequential is a k_i x k_i
+recurrence over the module's active steps: the fused leaky_rnn kernel. Inactive
+steps cost nothing; only the block-upper-triangular part of W_hh is read (the rest
+gets zero gradient). The backward runs the same pieces the other way (fastest
+module first); each slow value's gradient is summed over the interval it was held
+(the gather's and the hold-expand's backward).
 """
 
 from __future__ import annotations
