@@ -184,7 +184,7 @@ def _extension():
     ext = CUDAExtension(
         "mts_kernels._C",
         sources,
-        extra_compile_args={"cxx": cxx + ["-DMTS_WITH_CUDA"], "nvcc": nvcc},
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
         py_limited_api=True,
     )
     return ext, True, _build_info(True, arch_names)
