@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import mts_kernels
+from _rnn_util import grads as _grads
 from mts_kernels import ClockworkRNN, reference
 
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
@@ -20,13 +21,6 @@ CONFIGS = {
     "leak_fixed": dict(periods=(1, 2, 4, 8), leak=0.6),
     "leak_learned": dict(periods=(1, 4, 16), leak="learned", tau_range=(1.0, 30.0)),
 }
-
-
-def _grads(out, h_n, inputs, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    g1 = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
-    g2 = torch.randn(h_n.shape, generator=gen, dtype=h_n.dtype).to(h_n.device)
-    return torch.autograd.grad((out * g1).sum() + (h_n * g2).sum(), inputs)
 
 
 def _pair(config, device, dtype, batch_first=False, nonlinearity="tanh"):

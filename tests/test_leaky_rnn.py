@@ -6,17 +6,11 @@ import torch
 from torch import nn
 
 import mts_kernels
+from _rnn_util import grads as _grads
 from mts_kernels import LeakyRNN, reference
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
-
-
-def _grads(out, h_n, inputs, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    g_out = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
-    g_h = torch.randn(h_n.shape, generator=gen, dtype=h_n.dtype).to(h_n.device)
-    return torch.autograd.grad((out * g_out).sum() + (h_n * g_h).sum(), inputs)
 
 
 @pytest.mark.parametrize("device", DEVICES)
