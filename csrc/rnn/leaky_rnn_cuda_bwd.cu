@@ -35,12 +35,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t T = p.s.T, B = p.s.B;
   const int H = static_cast<int>(p.s.H);
   const int64_t BH = B * H;
-  const int ub = static_cast<int>(blockIdx.x) % g.unit_blocks;
-  const int bb = static_cast<int>(blockIdx.x) / g.unit_blocks;
-  const int i0 = ub * g.units;
-  const int nu = min(g.units, H - i0);  // columns of this block, >= 1
-  const int64_t b0 = static_cast<int64_t>(bb) * g.batch;
-  const int nb = static_cast<int>(min(static_cast<int64_t>(g.batch), B - b0));  // >= 1
+  const Slice sl = block_slice(g, H, B);
+  const int i0 = sl.first, nu = sl.count;
+  const int64_t b0 = sl.b0;
+  const int nb = sl.nb;
 
   // Shared tile: wsm[m * R4 + n][j] = W_m[j][i0 + n], zero padded. n runs
   // fastest over the threads so the global reads are row pieces.

@@ -18,12 +18,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t T = p.s.T, B = p.s.B;
   const int H = static_cast<int>(p.s.H);
   const int64_t BH = B * H;
-  const int ub = static_cast<int>(blockIdx.x) % g.unit_blocks;
-  const int bb = static_cast<int>(blockIdx.x) / g.unit_blocks;
-  const int j0 = ub * g.units;
-  const int nu = min(g.units, H - j0);  // units of this block, >= 1
-  const int64_t b0 = static_cast<int64_t>(bb) * g.batch;
-  const int nb = static_cast<int>(min(static_cast<int64_t>(g.batch), B - b0));  // >= 1
+  const Slice sl = block_slice(g, H, B);
+  const int j0 = sl.first, nu = sl.count;
+  const int64_t b0 = sl.b0;
+  const int nb = sl.nb;
 
   // Shared tile: wsm[n][m * H4 + i] = W_m[j0 + n][i], zero padded.
   const int tile_len = g.rows * g.k_len;

@@ -108,6 +108,25 @@ struct Geo {
 
 MTS_RNN_DEV int64_t time_of(int64_t k, int64_t T, bool reverse) { return reverse ? T - 1 - k : k; }
 
+// This block's share of the work: units [first, first + count) (forward: output
+// units; backward: input units) for batch rows [b0, b0 + nb). count, nb >= 1.
+struct Slice {
+  int first, count;
+  int64_t b0;
+  int nb;
+};
+
+MTS_RNN_DEV Slice block_slice(const Geo& g, int H, int64_t B) {
+  const int ub = static_cast<int>(blockIdx.x) % g.unit_blocks;
+  const int bb = static_cast<int>(blockIdx.x) / g.unit_blocks;
+  Slice s;
+  s.first = ub * g.units;
+  s.count = min(g.units, H - s.first);
+  s.b0 = static_cast<int64_t>(bb) * g.batch;
+  s.nb = static_cast<int>(min(static_cast<int64_t>(g.batch), B - s.b0));
+  return s;
+}
+
 // Global loads / stores of rows that the kernel itself writes: via L2 only.
 MTS_RNN_DEV float ld_cg(const float* p) { return __ldcg(p); }
 MTS_RNN_DEV void st_cg(float* p, float v) { __stcg(p, v); }
