@@ -57,7 +57,7 @@ class HugePageCPUAllocator final : public c10::Allocator {
 
  private:
   static constexpr size_t kHugePage = size_t(2) << 20;
-  static constexpr size_t kThreshold = size_t(4) << 20;
+  static constexpr size_t kThreshold = size_t(2) << 20;  // one huge page
   static constexpr size_t kCacheLimit = size_t(512) << 20;
 
   struct Block {

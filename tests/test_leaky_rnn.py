@@ -282,7 +282,39 @@ def test_cpu_loops_match_reference(B, H, reverse):
             torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("B,H", [(1, 8), (2, 20), (3, 16), (4, 64), (5, 33), (9, 130)], ids=str)
+def test_cpu_loops_float32(B, H):
+    """float32 through the CPU loops: every register-tile shape (rows 1-4 and a
+    remainder, one to several vectors plus a ragged tail) and the BLAS loop (9, 130),
+    against the reference in float64; the float32 tanh is a rational approximation."""
+    gen = torch.Generator().manual_seed(B * 100 + H)
+    T = 11
+    r = lambda *s, scale=1.0: torch.randn(*s, generator=gen, dtype=torch.float64) * scale  # noqa: E731
+    p64, w64, ws64, h064 = r(T, B, H), r(H, H, scale=1.5 * H ** -0.5), r(H, H, scale=H ** -0.5), r(B, H)
+    a64 = torch.rand(H, generator=gen, dtype=torch.float64)
+    g = r(T, B, H)
+    for alpha, skip, dilation, nl in [(None, None, 1, "tanh"), (a64, 2, 3, "relu"), (a64, 1, 2, "tanh")]:
+        kw = dict(weight_skip=ws64 if skip else None, alpha=alpha, skip=skip, dilation=dilation,
+                  nonlinearity=nl)
+        names = ["p", "w", "h0", "alpha", "weight_skip"]
+        leaves64 = [t.clone().requires_grad_() if t is not None else None
+                    for t in (p64, w64, h064, alpha, kw["weight_skip"])]
+        leaves32 = [t.detach().float().requires_grad_() if t is not None else None for t in leaves64]
+        outs = []
+        for (p, w, h0, al, ws), fn in [(leaves64, reference.leaky_rnn), (leaves32, mts_kernels.leaky_rnn)]:
+            extra = dict(backend="cpu") if fn is mts_kernels.leaky_rnn else {}
+            h = fn(p, w, h0, alpha=al, weight_skip=ws, skip=skip, dilation=dilation, nonlinearity=nl, **extra)
+            used = [t for t in (p, w, h0, al, ws) if t is not None]
+            outs.append((h, torch.autograd.grad(h, used, g.to(h.dtype))))
+        (h_ref, grads_ref), (h, grads) = outs
+        torch.testing.assert_close(h.double(), h_ref, rtol=1e-4, atol=1e-5)
+        used_names = [n for n, t in zip(names, leaves64) if t is not None]
+        for name, x, y in zip(used_names, grads, grads_ref):
+            torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-4, msg=lambda m: f"grad {name}: {m}")
+
+
 TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
 
 
 @pytest.mark.triton

@@ -1,61 +1,123 @@
 // CPU registration of the dense leaky recurrence.
 //
-// Large steps (B*H*H above kSmallWork) use the ATen loop of leaky_rnn_impl.h: the
-// per-step GEMM goes to BLAS, which is then the cost. Small steps are dominated by
-// per-op dispatch overhead (several ATen ops per step, a few microseconds each), so
-// they run a loop over raw pointers instead: the per-step product, the
-// nonlinearity and the leak fused in one pass over a (B, H) tile that stays in L1.
+// The time loop runs over raw pointers for every size: per step one product
+// (two with skip) and one vectorized pass for the nonlinearity, the leak and, in
+// the backward, the carries and dalpha, so no per-step ATen pointwise ops and no
+// (T, B, H) delta copy. The product is a register-tiled loop for small steps
+// (B*H*H <= kSmallWork, where a BLAS call's fixed cost would dominate) and a
+// BLAS GEMM above.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
+#include "../cpu_alloc.h"
 #include "leaky_rnn_impl.h"
+
+// Vec<T> values are passed between the helpers below, all in this file's anonymous
+// namespace and inlined into one target's code (the clones are flattened), so
+// the AVX-vs-SSE calling-convention difference GCC warns about never applies.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace mts {
 namespace rnn {
 namespace {
 
-constexpr int64_t kSmallWork = int64_t(1) << 17;  // multiply-adds per step
-
-// c[b, :] += a[b, :] @ m for a (B, H), m (H, H) row-major. Columns go in blocks of
-// kCols held in registers across the whole k loop (no store-to-load chain through
-// c), the block loop runs along m's rows with unit stride, so it vectorizes.
+// One 32-byte register: 8 floats / 4 doubles (AVX2; the baseline clone lowers it
+// to SSE pairs). GCC vector types rather than intrinsics, so one source serves
+// every target and both dtypes.
 template <typename T>
-inline void matmul_acc(int64_t B, int64_t H, const T* __restrict__ a, const T* __restrict__ m,
-                       T* __restrict__ c) {
-  constexpr int64_t kCols = 256 / sizeof(T);  // 64 float / 32 double accumulators
-  for (int64_t b = 0; b < B; ++b) {
-    const T* ab = a + b * H;
-    T* cb = c + b * H;
-    int64_t j0 = 0;
-    for (; j0 + kCols <= H; j0 += kCols) {
-      T acc[kCols];
-      for (int64_t jj = 0; jj < kCols; ++jj) acc[jj] = cb[j0 + jj];
-      for (int64_t k = 0; k < H; ++k) {
-        const T av = ab[k];
-        const T* mk = m + k * H + j0;
-        for (int64_t jj = 0; jj < kCols; ++jj) acc[jj] += av * mk[jj];
-      }
-      for (int64_t jj = 0; jj < kCols; ++jj) cb[j0 + jj] = acc[jj];
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int64_t kLanes = 32 / sizeof(T);
+
+// V is T or Vec<T>: unaligned moves of one element or one vector.
+template <typename V, typename T>
+inline void ld(V& v, const T* p) {
+  std::memcpy(&v, p, sizeof v);
+}
+template <typename V, typename T>
+inline void st(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// c[r, 0:C*L] += sum_k a[r, k] m[k, 0:C*L] for r < R: an R x C register tile of
+// accumulators lives across the whole k loop, each m row segment is loaded once
+// for R rows, each a[r, k] broadcast once for C vectors. R*C = 8 independent FMA
+// chains cover the FMA latency (4 cycles x 2 pipes) at the small sizes this loop
+// serves, where one step's product is too short to amortise anything bigger.
+template <typename T, int R, int C>
+inline void tile(int64_t K, const T* __restrict__ a, int64_t lda, const T* __restrict__ m,
+                 int64_t ldm, T* __restrict__ c, int64_t ldc) {
+  constexpr int64_t L = kLanes<T>;
+  Vec<T> acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) ld(acc[r][j], c + r * ldc + j * L);
+  for (int64_t k = 0; k < K; ++k) {
+    Vec<T> mv[C];
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) ld(mv[j], m + k * ldm + j * L);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const T av = a[r * lda + k];
+#pragma GCC unroll 8
+      for (int j = 0; j < C; ++j) acc[r][j] += av * mv[j];
     }
-    if (j0 < H) {  // ragged tail
-      for (int64_t k = 0; k < H; ++k) {
-        const T av = ab[k];
-        const T* mk = m + k * H;
-        for (int64_t j = j0; j < H; ++j) cb[j] += av * mk[j];
-      }
-    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) st(c + r * ldc + j * L, acc[r][j]);
+}
+
+// Rows [0, R) of c (B x Np, Np a multiple of the vector width) += a (R x K) @ m (K x Np).
+template <typename T, int R>
+inline void tile_row(int64_t K, int64_t Np, const T* a, int64_t lda, const T* m, T* c) {
+  constexpr int64_t L = kLanes<T>;
+  constexpr int C = R >= 4 ? 2 : 8 / R;
+  int64_t j = 0;
+  for (; j + C * L <= Np; j += C * L) tile<T, R, C>(K, a, lda, m + j, Np, c + j, Np);
+  for (; j < Np; j += L) tile<T, R, 1>(K, a, lda, m + j, Np, c + j, Np);
+}
+
+// c (B x Np) += a (B x K, row stride lda) @ m (K x Np); Np is a multiple of the
+// vector width (m and c carry zero / ignored padding columns).
+template <typename T>
+inline void matmul_acc(int64_t B, int64_t K, int64_t Np, const T* a, int64_t lda, const T* m,
+                       T* c) {
+  int64_t r = 0;
+  for (; r + 4 <= B; r += 4) tile_row<T, 4>(K, Np, a + r * lda, lda, m, c + r * Np);
+  switch (B - r) {
+    case 3: tile_row<T, 3>(K, Np, a + r * lda, lda, m, c + r * Np); break;
+    case 2: tile_row<T, 2>(K, Np, a + r * lda, lda, m, c + r * Np); break;
+    case 1: tile_row<T, 1>(K, Np, a + r * lda, lda, m, c + r * Np); break;
+    default: break;
   }
 }
 
 // float32 tanh as a clamped odd rational function (Eigen's ptanh_float: a few ulp),
-// branch-free so the pointwise loop vectorizes; std::tanh is a scalar libm call
-// that costs more than the rest of a small step.
-inline float fast_tanh(float x) {
-  constexpr float kClamp = 7.90531110763549805f;
-  x = std::min(kClamp, std::max(-kClamp, x));
-  const float x2 = x * x;
-  float p = -2.76076847742355e-16f;
+// branch-free and written once for a scalar or a Vec<float> (GCC vector types take
+// ?: and scalar operands), since std::tanh is a scalar libm call that costs more
+// than the rest of a small step.
+template <typename V>
+inline V fast_tanh(V x) {
+  const V hi = V{} + 7.90531110763549805f, lo = -hi;
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  const V x2 = x * x;
+  V p = V{} - 2.76076847742355e-16f;
   p = p * x2 + 2.00018790482477e-13f;
   p = p * x2 + -8.60467152213735e-11f;
   p = p * x2 + 5.12229709037114e-08f;
@@ -63,7 +125,7 @@ inline float fast_tanh(float x) {
   p = p * x2 + 6.37261928875436e-04f;
   p = p * x2 + 4.89352455891786e-03f;
   p = p * x;
-  float q = 1.19825839466702e-06f;
+  V q = V{} + 1.19825839466702e-06f;
   q = q * x2 + 1.18534705686654e-04f;
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
@@ -71,76 +133,154 @@ inline float fast_tanh(float x) {
 }
 
 inline float tanh_of(float z) { return fast_tanh(z); }
-inline double tanh_of(double z) { return std::tanh(z); }
+inline Vec<float> tanh_of(const Vec<float>& z) { return fast_tanh(z); }
+inline double tanh_of(double z) { return std::tanh(z); }  // float64: exact, not fast
+inline Vec<double> tanh_of(const Vec<double>& z) {
+  Vec<double> out;
+  for (int i = 0; i < kLanes<double>; ++i) out[i] = std::tanh(z[i]);
+  return out;
+}
 
+// f(j, V{}) for j over [0, H): whole vectors, then single elements for the tail,
+// so the pointwise passes read and write the unpadded (B, H) rows in place.
+template <typename T, typename F>
+inline void for_lanes(int64_t H, F&& f) {
+  constexpr int64_t L = kLanes<T>;
+  int64_t j = 0;
+  for (; j + L <= H; j += L) f(j, Vec<T>{});
+  for (; j < H; ++j) f(j, T{});
+}
 
 // The time loops over raw pointers (processing order k; reverse maps k to time).
+// The (B, H) operands of the per-step product are padded to Np columns (a
+// multiple of the vector width) in private buffers: the weights (zero columns)
+// and the accumulators; the (T, B, H) tensors are read and written unpadded.
 template <typename T>
 struct Raw {
-  int64_t Tn, B, H, dilation, skip;
+  int64_t Tn, B, H, Np, dilation, skip;
   bool reverse, tanh;
   const T* alpha;  // nullptr: no leak
-  const T* w;      // forward: W^T (the product reads it row by row); backward: W
+  const T* w;      // (H, Np) forward: W^T (z = h W^T); backward: W (delta += e W)
   const T* ws;     // the same for W_skip; nullptr without skip
-  const T* h0;
-  const T* in;     // forward: p; backward: u
-  T* out;          // forward: h; backward: delta (completed in place)
-  T* out2;         // forward: u (== h without leak); backward: e
-  T* acc;          // forward: the (B, H) pre-activation; backward: dh0
+  const T* h0;     // (B, H)
+  // c (B, Np) += a (B, H; row stride H) @ m (H, Np): nullptr for the register-tiled
+  // loop above, else a BLAS call (blas_product) for steps too large for it.
+  void (*gemm)(int64_t B, int64_t K, int64_t Np, const T* a, const T* m, T* c);
   int64_t offset(int64_t k) const { return (reverse ? Tn - 1 - k : k) * B * H; }
 };
 
 template <typename T>
-inline void fwd_steps(const Raw<T>& r) {
-  const int64_t B = r.B, H = r.H, BH = B * H;
-  T* z = r.acc;
+inline void product(const Raw<T>& r, const T* a, const T* m, T* c) {
+  if (r.gemm)
+    r.gemm(r.B, r.H, r.Np, a, m, c);
+  else
+    matmul_acc<T>(r.B, r.H, r.Np, a, r.H, m, c);
+}
+
+// The per-step product through ATen's BLAS (MKL / OpenBLAS, threaded) on views of
+// the loop's buffers; out of line, so the cloned loops call it as it is.
+template <typename T>
+__attribute__((noinline)) void blas_product(int64_t B, int64_t K, int64_t Np, const T* a,
+                                            const T* m, T* c) {
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor ct = at::from_blob(c, {B, Np}, opts);
+  ct.addmm_(at::from_blob(const_cast<T*>(a), {B, K}, opts),
+            at::from_blob(const_cast<T*>(m), {K, Np}, opts));
+}
+
+// (H, H) -> (H, Np), zero padding columns.
+template <typename T>
+std::vector<T> padded(const T* m, int64_t H, int64_t Np) {
+  std::vector<T> out(H * Np, T(0));
+  for (int64_t k = 0; k < H; ++k) std::copy(m + k * H, m + (k + 1) * H, out.data() + k * Np);
+  return out;
+}
+
+template <typename T>
+inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
+  const int64_t B = r.B, H = r.H, Np = r.Np;
+  std::vector<T> zbuf(B * Np);
+  T* z = zbuf.data();
   for (int64_t k = 0; k < r.Tn; ++k) {
-    const T* hd = k >= r.dilation ? r.out + r.offset(k - r.dilation) : r.h0;
-    std::copy(r.in + r.offset(k), r.in + r.offset(k) + BH, z);
-    matmul_acc<T>(B, H, hd, r.w, z);
-    if (r.ws) matmul_acc<T>(B, H, k >= r.skip ? r.out + r.offset(k - r.skip) : r.h0, r.ws, z);
-    T* ht = r.out + r.offset(k);
-    T* ut = r.out2 + r.offset(k);
-    if (r.tanh) {
-      for (int64_t i = 0; i < BH; ++i) ut[i] = tanh_of(z[i]);
-    } else {
-      for (int64_t i = 0; i < BH; ++i) ut[i] = z[i] > T(0) ? z[i] : T(0);
-    }
-    if (r.alpha) {
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < H; ++j) {
-          const int64_t i = b * H + j;
-          ht[i] = r.alpha[j] * hd[i] + (T(1) - r.alpha[j]) * ut[i];
+    const T* hd = k >= r.dilation ? h + r.offset(k - r.dilation) : r.h0;
+    const T* pt = p + r.offset(k);
+    for (int64_t b = 0; b < B; ++b) std::copy(pt + b * H, pt + (b + 1) * H, z + b * Np);
+    product(r, hd, r.w, z);
+    if (r.ws) product(r, k >= r.skip ? h + r.offset(k - r.skip) : r.h0, r.ws, z);
+    T* ht = h + r.offset(k);
+    T* ut = u + r.offset(k);  // == ht without leak
+    for (int64_t b = 0; b < B; ++b) {
+      const T* zb = z + b * Np;
+      const T* hb = hd + b * H;
+      T* ub = ut + b * H;
+      T* htb = ht + b * H;
+      for_lanes<T>(H, [&](int64_t j, auto v) {
+        using V = decltype(v);
+        V zv, uv;
+        ld(zv, zb + j);
+        uv = r.tanh ? tanh_of(zv) : (zv > V{} ? zv : V{});
+        st(ub + j, uv);
+        if (r.alpha) {
+          V a, hv;
+          ld(a, r.alpha + j);
+          ld(hv, hb + j);
+          st(htb + j, a * hv + (T(1) - a) * uv);
         }
+      });
     }
   }
 }
 
+// Backward without a (T, B, H) delta: delta_t = grad_t + carry_t, where the carry
+// slots for the next max(d, s) steps sit in a ring (slot k mod L), padded like the
+// accumulators; contributions from before the start go to dh0. dalpha is summed
+// per unit over a step's batch rows in T, then across steps in double.
 template <typename T>
-inline void bwd_steps(const Raw<T>& r) {
-  const int64_t B = r.B, H = r.H, BH = B * H;
+inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_all, T* dh0,
+                      double* dalpha) {
+  const int64_t B = r.B, H = r.H, Np = r.Np, BN = B * Np;
+  const int64_t L = std::max(r.dilation, r.skip) + 1;  // ring slots
+  std::vector<T> ring(L * BN, T(0)), dh0_acc(BN, T(0)), da_step(r.alpha ? Np : 0);
+  auto slot = [&](int64_t k) { return k >= 0 ? ring.data() + (k % L) * BN : dh0_acc.data(); };
   for (int64_t k = r.Tn - 1; k >= 0; --k) {
-    const T* dt = r.out + r.offset(k);
-    const T* ut = r.in + r.offset(k);
-    T* e = r.out2 + r.offset(k);
-    T* target = k >= r.dilation ? r.out + r.offset(k - r.dilation) : r.acc;
-    if (r.tanh) {
-      for (int64_t i = 0; i < BH; ++i) e[i] = (T(1) - ut[i] * ut[i]) * dt[i];
-    } else {
-      for (int64_t i = 0; i < BH; ++i) e[i] = ut[i] > T(0) ? dt[i] : T(0);
-    }
-    if (r.alpha) {
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < H; ++j) {
-          const int64_t i = b * H + j;
-          e[i] *= T(1) - r.alpha[j];
-          target[i] += r.alpha[j] * dt[i];
+    T* carry = slot(k);
+    T* target = slot(k - r.dilation);
+    const T* hd = k >= r.dilation ? h + r.offset(k - r.dilation) : r.h0;
+    T* e = e_all + r.offset(k);
+    std::fill(da_step.begin(), da_step.end(), T(0));
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t row = r.offset(k) + b * H;
+      const T *gb = g + row, *ub = u + row, *hb = hd + b * H;
+      T *eb = e + b * H, *cb = carry + b * Np, *tb = target + b * Np;
+      for_lanes<T>(H, [&](int64_t j, auto v) {
+        using V = decltype(v);
+        V gv, cv, uv;
+        ld(gv, gb + j);
+        ld(cv, cb + j);
+        ld(uv, ub + j);
+        const V d = gv + cv;  // delta_t
+        V ev = r.tanh ? (T(1) - uv * uv) * d : (uv > V{} ? d : V{});
+        if (r.alpha) {
+          V a, hv, tv, dav;
+          ld(a, r.alpha + j);
+          ld(hv, hb + j);
+          ld(tv, tb + j);
+          ld(dav, da_step.data() + j);
+          st(da_step.data() + j, dav + d * (hv - uv));
+          st(tb + j, tv + a * d);
+          ev *= T(1) - a;
         }
+        st(eb + j, ev);
+      });
+      std::fill(cb, cb + Np, T(0));  // the slot is step k - L's next
     }
+    for (int64_t j = 0; j < (r.alpha ? H : 0); ++j) dalpha[j] += double(da_step[j]);
     // dL/dh_{t-d} += e_t W (and through the skip weights)
-    matmul_acc<T>(B, H, e, r.w, target);
-    if (r.ws) matmul_acc<T>(B, H, e, r.ws, k >= r.skip ? r.out + r.offset(k - r.skip) : r.acc);
+    product(r, e, r.w, target);
+    if (r.ws) product(r, e, r.ws, slot(k - r.skip));
   }
+  for (int64_t b = 0; b < B; ++b)
+    std::copy(dh0_acc.data() + b * Np, dh0_acc.data() + b * Np + H, dh0 + b * H);
 }
 
 // float32 is the common case: on x86-64 it is compiled twice, for the baseline
@@ -153,50 +293,85 @@ inline void bwd_steps(const Raw<T>& r) {
 #define MTS_CPU_CLONES
 #endif
 
-MTS_CPU_CLONES void fwd_steps_f32(const Raw<float>& r) { fwd_steps<float>(r); }
-MTS_CPU_CLONES void bwd_steps_f32(const Raw<float>& r) { bwd_steps<float>(r); }
-inline void run_fwd(const Raw<float>& r) { fwd_steps_f32(r); }
-inline void run_bwd(const Raw<float>& r) { bwd_steps_f32(r); }
-inline void run_fwd(const Raw<double>& r) { fwd_steps<double>(r); }
-inline void run_bwd(const Raw<double>& r) { bwd_steps<double>(r); }
+MTS_CPU_CLONES void fwd_steps_f32(const Raw<float>& r, const float* p, float* h, float* u) {
+  fwd_steps<float>(r, p, h, u);
+}
+MTS_CPU_CLONES void bwd_steps_f32(const Raw<float>& r, const float* g, const float* h,
+                                  const float* u, float* e, float* dh0, double* dalpha) {
+  bwd_steps<float>(r, g, h, u, e, dh0, dalpha);
+}
+inline void run_fwd(const Raw<float>& r, const float* p, float* h, float* u) {
+  fwd_steps_f32(r, p, h, u);
+}
+inline void run_bwd(const Raw<float>& r, const float* g, const float* h, const float* u,
+                    float* e, float* dh0, double* dalpha) {
+  bwd_steps_f32(r, g, h, u, e, dh0, dalpha);
+}
+inline void run_fwd(const Raw<double>& r, const double* p, double* h, double* u) {
+  fwd_steps<double>(r, p, h, u);
+}
+inline void run_bwd(const Raw<double>& r, const double* g, const double* h, const double* u,
+                    double* e, double* dh0, double* dalpha) {
+  bwd_steps<double>(r, g, h, u, e, dh0, dalpha);
+}
+
+// Below this many multiply-adds per step the register-tiled product beats a BLAS
+// call (whose fixed cost is a few microseconds); above it BLAS is faster.
+constexpr int64_t kSmallWork = int64_t(1) << 17;
 
 template <typename T>
-void small_fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
-  const at::Tensor wt = pr.w.t().contiguous();
-  const at::Tensor wst = pr.skip > 0 ? pr.w_skip.t().contiguous() : at::Tensor();
-  std::vector<T> z(pr.s.B * pr.s.H);
-  Raw<T> r{pr.s.T, pr.s.B, pr.s.H, pr.dilation, pr.skip, pr.reverse, pr.phi == Phi::kTanh,
-           pr.leak ? pr.alpha.const_data_ptr<T>() : nullptr, wt.const_data_ptr<T>(),
-           pr.skip > 0 ? wst.const_data_ptr<T>() : nullptr, pr.h0.const_data_ptr<T>(),
-           p.const_data_ptr<T>(), h.mutable_data_ptr<T>(),
-           pr.leak ? u.mutable_data_ptr<T>() : h.mutable_data_ptr<T>(), z.data()};
-  run_fwd(r);
+Raw<T> raw_of(const Problem& pr, const std::vector<T>& w, const std::vector<T>& ws,
+              int64_t Np) {
+  const bool small = pr.s.B * pr.s.H * pr.s.H <= kSmallWork;
+  return Raw<T>{pr.s.T, pr.s.B, pr.s.H, Np, pr.dilation, pr.skip, pr.reverse,
+                pr.phi == Phi::kTanh, pr.leak ? pr.alpha.const_data_ptr<T>() : nullptr,
+                w.data(), pr.skip > 0 ? ws.data() : nullptr, pr.h0.const_data_ptr<T>(),
+                small ? nullptr : &blas_product<T>};
+}
+
+inline int64_t padded_width(int64_t H, int64_t lanes) { return (H + lanes - 1) / lanes * lanes; }
+
+template <typename T>
+void raw_fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
+  const int64_t H = pr.s.H, Np = padded_width(H, kLanes<T>);
+  const std::vector<T> w = padded(pr.w.t().contiguous().const_data_ptr<T>(), H, Np);
+  const std::vector<T> ws =
+      pr.skip > 0 ? padded(pr.w_skip.t().contiguous().const_data_ptr<T>(), H, Np) : std::vector<T>();
+  T* hp = h.mutable_data_ptr<T>();
+  run_fwd(raw_of<T>(pr, w, ws, Np), p.const_data_ptr<T>(), hp,
+          pr.leak ? u.mutable_data_ptr<T>() : hp);
 }
 
 template <typename T>
-void small_bwd(const Problem& pr, const at::Tensor& u, at::Tensor& delta, at::Tensor& e,
-               at::Tensor& dh0) {
-  Raw<T> r{pr.s.T, pr.s.B, pr.s.H, pr.dilation, pr.skip, pr.reverse, pr.phi == Phi::kTanh,
-           pr.leak ? pr.alpha.const_data_ptr<T>() : nullptr, pr.w.const_data_ptr<T>(),
-           pr.skip > 0 ? pr.w_skip.const_data_ptr<T>() : nullptr, pr.h0.const_data_ptr<T>(),
-           u.const_data_ptr<T>(), delta.mutable_data_ptr<T>(), e.mutable_data_ptr<T>(),
-           dh0.mutable_data_ptr<T>()};
-  run_bwd(r);
-}
-
-bool is_small(const Problem& pr) { return pr.s.B * pr.s.H * pr.s.H <= kSmallWork; }
-
-struct CpuLoop {
-  static void fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
-    if (!is_small(pr)) return AtenLoop::fwd(pr, p, h, u);
-    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "leaky_rnn_fwd_cpu",
-                               [&] { small_fwd<scalar_t>(pr, p, h, u); });
+void raw_bwd(const Problem& pr, const at::Tensor& g, const at::Tensor& h, const at::Tensor& u,
+               at::Tensor& e_all, at::Tensor& dh0, at::Tensor& dalpha) {
+  const int64_t H = pr.s.H, Np = padded_width(H, kLanes<T>);
+  const std::vector<T> w = padded(pr.w.const_data_ptr<T>(), H, Np);
+  const std::vector<T> ws =
+      pr.skip > 0 ? padded(pr.w_skip.const_data_ptr<T>(), H, Np) : std::vector<T>();
+  std::vector<double> da(pr.leak ? H : 0, 0.0);
+  run_bwd(raw_of<T>(pr, w, ws, Np), g.const_data_ptr<T>(), h.const_data_ptr<T>(),
+          u.const_data_ptr<T>(), e_all.mutable_data_ptr<T>(), dh0.mutable_data_ptr<T>(),
+          da.data());
+  if (pr.leak) {
+    dalpha = at::empty({H}, h.options());
+    T* out = dalpha.mutable_data_ptr<T>();
+    for (int64_t j = 0; j < H; ++j) out[j] = static_cast<T>(da[j]);
   }
-  static void bwd(const Problem& pr, const at::Tensor& u, at::Tensor& delta, at::Tensor& e_all,
-                  at::Tensor& dh0) {
-    if (!is_small(pr)) return AtenLoop::bwd(pr, u, delta, e_all, dh0);
-    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "leaky_rnn_bwd_cpu",
-                               [&] { small_bwd<scalar_t>(pr, u, delta, e_all, dh0); });
+}
+
+struct CpuLoop : LoopDefaults {
+  static constexpr bool kDirectBwd = true;
+  static at::Tensor empty_like(const at::Tensor& t) { return empty_like_cpu(t); }
+  static void fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
+    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "leaky_rnn_fwd_cpu",
+                               [&] { raw_fwd<scalar_t>(pr, p, h, u); });
+  }
+  static void bwd_direct(const Problem& pr, const at::Tensor& g, const at::Tensor& h,
+                         const at::Tensor& u, at::Tensor& e_all, at::Tensor& dh0,
+                         at::Tensor& dalpha) {
+    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "leaky_rnn_bwd_cpu",
+                               [&] { raw_bwd<scalar_t>(pr, g, h, u, e_all, dh0, dalpha); });
   }
 };
 

@@ -76,7 +76,7 @@ const float* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<float>() : nullptr;
 }
 
-struct CudaLoop {
+struct CudaLoop : LoopDefaults {
   static void fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
     const at::Device dev = p.device();
     const Mode mode = persistent_mode();

@@ -91,14 +91,16 @@ inline at::Tensor delayed(const at::Tensor& h, const at::Tensor& h0, int64_t del
 // delayed copy of h: one GEMM over the steps that read h, plus (sum of the
 // remaining e_t)^T h0.
 inline at::Tensor delayed_gram(const at::Tensor& e, const at::Tensor& h, const at::Tensor& h0,
-                               int64_t delay, bool reverse) {
+                               bool has_h0, int64_t delay, bool reverse) {
   const int64_t T = h.size(0), B = h.size(1), H = h.size(2);
   const int64_t n = std::max<int64_t>(T - delay, 0), n0 = T - n;
   at::Tensor e_main = reverse ? e.slice(0, 0, n) : e.slice(0, n0);
   at::Tensor h_main = reverse ? h.slice(0, delay) : h.slice(0, 0, n);
   at::Tensor e_start = reverse ? e.slice(0, n) : e.slice(0, 0, n0);
+  const at::Tensor e2 = e_main.reshape({n * B, H}).t(), h2 = h_main.reshape({n * B, H});
+  if (!has_h0) return n > 0 ? e2.mm(h2) : at::zeros({H, H}, e.options());  // h0 = 0
   at::Tensor out = e_start.sum(0).t().mm(h0);
-  if (n > 0) out.addmm_(e_main.reshape({n * B, H}).t(), h_main.reshape({n * B, H}));
+  if (n > 0) out.addmm_(e2, h2);
   return out;
 }
 
@@ -129,9 +131,20 @@ inline Problem make_problem(const Shape& s, c10::string_view nonlinearity, const
   return pr;
 }
 
+// What a Loop policy may leave out (it inherits these defaults):
+//   empty_like(t)  allocates the (T, B, H) outputs;
+//   kDirectBwd     false: the caller copies grad_h into delta, which
+//                  Loop::bwd(pr, u, delta, e_all, dh0) completes in place; true:
+//                  Loop::bwd_direct(pr, grad_h, h, u, e_all, dh0, dalpha) runs the
+//                  whole backward loop from grad_h and also fills dalpha.
+struct LoopDefaults {
+  static constexpr bool kDirectBwd = false;
+  static at::Tensor empty_like(const at::Tensor& t) { return at::empty_like(t); }
+};
+
 // The time loops over ATen ops: one (cu)BLAS GEMM per step (two with skip) and
 // in-place pointwise ops; no host synchronisation, so CUDA-graph capturable.
-struct AtenLoop {
+struct AtenLoop : LoopDefaults {
   // Fills h (and u when leaky) from p.
   static void fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
     const Shape& s = pr.s;
@@ -187,8 +200,8 @@ std::tuple<at::Tensor, at::Tensor> leaky_rnn_fwd(
   const at::Tensor p = compute(p_in).contiguous();
   const Problem pr = make_problem(s, nonlinearity, w_in, h0_in, alpha_in, w_skip_in, skip,
                                   dilation, reverse, p.options());
-  at::Tensor h = at::empty({s.T, s.B, s.H}, p.options());
-  at::Tensor u = pr.leak ? at::empty_like(h) : at::Tensor();
+  at::Tensor h = Loop::empty_like(p);
+  at::Tensor u = pr.leak ? Loop::empty_like(p) : at::Tensor();
   Loop::fwd(pr, p, h, u);
   const auto dtype = p_in.scalar_type();
   return {h.to(dtype), pr.leak ? u.to(dtype) : at::empty({0}, p_in.options())};
@@ -210,18 +223,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> leaky_rnn
   const Problem pr = make_problem(s, nonlinearity, w_in, h0_in, alpha_in, w_skip_in, skip,
                                   dilation, reverse, h.options());
   const at::Tensor u = pr.leak ? compute(u_in).contiguous() : h;
-  // delta_t, completed in place as later steps are processed (a private copy).
-  at::Tensor delta =
-      grad_h.to(h.scalar_type(), /*non_blocking=*/false, /*copy=*/true).contiguous();
   at::Tensor dh0 = at::zeros({s.B, s.H}, h.options());
-  at::Tensor e_all = at::empty_like(h);
-  Loop::bwd(pr, u, delta, e_all, dh0);
+  at::Tensor e_all = Loop::empty_like(h);
+  at::Tensor dalpha;
+  const at::Tensor g = compute(grad_h).contiguous();
+  if constexpr (Loop::kDirectBwd) {
+    Loop::bwd_direct(pr, g, h, u, e_all, dh0, dalpha);
+  } else {
+    // delta_t, completed in place as later steps are processed (a private copy).
+    at::Tensor delta = g.is_same(grad_h) ? g.clone() : g;
+    Loop::bwd(pr, u, delta, e_all, dh0);
+    if (pr.leak) dalpha = (delta * (delayed(h, pr.h0, dilation, reverse) - u)).sum({0, 1});
+  }
+  if (!pr.leak) dalpha = at::empty({0}, w_in.options());
   // Weight gradients: one large GEMM each over all steps.
-  at::Tensor dw = delayed_gram(e_all, h, pr.h0, dilation, reverse);
-  at::Tensor dw_skip = skip > 0 ? delayed_gram(e_all, h, pr.h0, skip, reverse)
+  at::Tensor dw = delayed_gram(e_all, h, pr.h0, h0_in.has_value(), dilation, reverse);
+  at::Tensor dw_skip = skip > 0 ? delayed_gram(e_all, h, pr.h0, h0_in.has_value(), skip, reverse)
                                 : at::empty({0}, w_in.options());
-  at::Tensor dalpha = pr.leak ? (delta * (delayed(h, pr.h0, dilation, reverse) - u)).sum({0, 1})
-                              : at::empty({0}, w_in.options());
   const auto dtype = h_in.scalar_type();
   return {e_all.to(dtype), dw.to(dtype), dh0.to(dtype), dalpha.to(dtype), dw_skip.to(dtype)};
 }
