@@ -359,13 +359,14 @@ def test_triton_opcheck_and_limit():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("mode", [None, "grid", "0"], ids=["auto", "grid", "aten"])
+@pytest.mark.parametrize("mode", [None, "grid", "0"], ids=["auto", "grid", "cublas"])
 @pytest.mark.parametrize("H,B", [(16, 3), (300, 70), (700, 3)], ids=str)
 @pytest.mark.parametrize("skip,dilation", [(None, 1), (2, 2), (3, 1)])
 def test_cuda_loops_match_reference(monkeypatch, mode, H, B, skip, dilation):
     """The CUDA time loops (csrc/rnn/leaky_rnn_cuda.cpp): persistent kernels in
-    batch-only and cooperative (grid-barrier) modes, and the ATen/cuBLAS loop,
-    selected with MTS_KERNELS_RNN_PERSISTENT; float64 reference on the CPU."""
+    batch-only and cooperative (grid-barrier) modes, and the cuBLAS loop (GEMM and
+    one fused pointwise kernel per step), selected with MTS_KERNELS_RNN_PERSISTENT;
+    float64 reference on the CPU."""
     if mode is None:
         monkeypatch.delenv("MTS_KERNELS_RNN_PERSISTENT", raising=False)
     else:

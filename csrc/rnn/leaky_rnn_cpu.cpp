@@ -14,10 +14,12 @@
 #include "../cpu_alloc.h"
 #include "leaky_rnn_impl.h"
 
-// Vec<T> values are passed between the helpers below, all in this file's anonymous
-// namespace and inlined into one target's code (the clones are flattened), so
-// the AVX-vs-SSE calling-convention difference GCC warns about never applies.
+// Vec<T> values are passed between the helpers below and those of
+// leaky_rnn_math.h, all inline and inlined into one target's code (the clones are
+// flattened), so the AVX-vs-SSE calling-convention difference GCC warns about
+// never applies.
 #pragma GCC diagnostic ignored "-Wpsabi"
+#include "leaky_rnn_math.h"
 
 namespace mts {
 namespace rnn {
@@ -218,13 +220,13 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
         using V = decltype(v);
         V zv, uv;
         ld(zv, zb + j);
-        uv = r.tanh ? tanh_of(zv) : (zv > V{} ? zv : V{});
+        uv = r.tanh ? tanh_of(zv) : relu_of(zv);
         st(ub + j, uv);
         if (r.alpha) {
           V a, hv;
           ld(a, r.alpha + j);
           ld(hv, hb + j);
-          st(htb + j, a * hv + (T(1) - a) * uv);
+          st(htb + j, leak_mix(a, hv, uv));
         }
       });
     }
@@ -259,7 +261,7 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
         ld(cv, cb + j);
         ld(uv, ub + j);
         const V d = gv + cv;  // delta_t
-        V ev = r.tanh ? (T(1) - uv * uv) * d : (uv > V{} ? d : V{});
+        V ev = dphi_times(d, uv, !r.tanh);
         if (r.alpha) {
           V a, hv, tv, dav;
           ld(a, r.alpha + j);

@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads)
             const float u = phi(v[m] + __ldg(p.p + t_off + o), p.s.relu);
             if (leak) {
               const float a = __ldg(p.alpha + j);
-              st_cg(p.h + t_off + o, ld_cg(hd + o) * a + u * (1.f - a));
+              st_cg(p.h + t_off + o, leak_mix(a, ld_cg(hd + o), u));
               p.u[t_off + o] = u;
             } else {
               st_cg(p.h + t_off + o, u);

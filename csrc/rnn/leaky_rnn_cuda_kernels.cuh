@@ -80,6 +80,7 @@
 #include <cstdint>
 
 #include "leaky_rnn_launch.h"
+#include "leaky_rnn_math.h"
 
 #define MTS_RNN_DEV __device__ __forceinline__
 
@@ -131,14 +132,7 @@ MTS_RNN_DEV Slice block_slice(const Geo& g, int H, int64_t B) {
 MTS_RNN_DEV float ld_cg(const float* p) { return __ldcg(p); }
 MTS_RNN_DEV void st_cg(float* p, float v) { __stcg(p, v); }
 
-MTS_RNN_DEV float phi(float z, bool relu) {
-  return relu ? (z < 0.f ? 0.f : z) : tanhf(z);  // relu keeps NaN, like torch
-}
-
-// e = phi'(z) * delta with u = phi(z): tanh_backward / threshold_backward.
-MTS_RNN_DEV float dphi_times(float delta, float u, bool relu) {
-  return relu ? (u <= 0.f ? 0.f : delta) : delta * (1.f - u * u);
-}
+MTS_RNN_DEV float phi(float z, bool relu) { return relu ? relu_of(z) : tanhf(z); }
 
 template <bool kGrid>
 MTS_RNN_DEV void step_barrier() {

@@ -1,14 +1,14 @@
 #pragma once
 // Fused forward and backward of one layer and direction of the dense leaky
-// recurrence, written once over ATen so the same code drives the CPU (BLAS) and
-// CUDA (cuBLAS) registrations:
+// recurrence: the checks, operand preparation and weight-gradient GEMMs shared by
+// the CPU and CUDA registrations, around a time-loop policy (Loop below):
 //
 //   z_t = p_t + W_hh h_{t-d} [+ W_skip h_{t-s}],   u_t = phi(z_t)
 //   h_t = alpha * h_{t-d} + (1 - alpha) * u_t        (alpha None: h_t = u_t)
 //
 // p_t already holds W_ih x_t + b_ih + b_hh (one large GEMM before the loop, by the
-// caller). The time loop runs here, in C++: one GEMM per step (two with skip),
-// in-place pointwise work, no host synchronisation (CUDA-graph capturable).
+// caller). The time loop runs in C++ (the Loop): one product per step (two with
+// skip) and fused pointwise work, no host synchronisation (CUDA-graph capturable).
 // Backward (DESIGN-NOTES §3), with delta_t = dL/dh_t accumulated in place:
 //   e_t = (1 - alpha) * phi'(z_t) * delta_t              (= dL/dp_t)
 //   delta_{t-d} += alpha * delta_t + W_hh^T e_t,  delta_{t-s} += W_skip^T e_t
@@ -105,14 +105,13 @@ inline at::Tensor delayed_gram(const at::Tensor& e, const at::Tensor& h, const a
 }
 
 // Operands of one call, in the compute dtype (float32 for float16/bfloat16),
-// contiguous (T, B, H) / (B, H) / (H, H), with the time loop left to a Loop
-// policy: AtenLoop below (any device), or the CPU's small-size loop.
+// contiguous (T, B, H) / (B, H) / (H, H), with the time loop left to a Loop policy.
 struct Problem {
   Shape s;
   Phi phi;
   int64_t skip, dilation;
   bool reverse, leak;
-  at::Tensor w, w_skip, h0, alpha, one_minus_alpha;  // w_skip / alpha undefined when absent
+  at::Tensor w, w_skip, h0, alpha;  // w_skip / alpha undefined when absent
 };
 
 inline Problem make_problem(const Shape& s, c10::string_view nonlinearity, const at::Tensor& w_in,
@@ -121,13 +120,10 @@ inline Problem make_problem(const Shape& s, c10::string_view nonlinearity, const
                             const c10::optional<at::Tensor>& w_skip_in, int64_t skip,
                             int64_t dilation, bool reverse, const at::TensorOptions& opts) {
   Problem pr{s, parse_phi(std::string(nonlinearity)), skip, dilation, reverse,
-             alpha_in.has_value(), compute(w_in).contiguous(), compute(w_skip_in), {}, {}, {}};
+             alpha_in.has_value(), compute(w_in).contiguous(), compute(w_skip_in), {}, {}};
   if (pr.w_skip.defined()) pr.w_skip = pr.w_skip.contiguous();
   pr.h0 = h0_in ? compute(*h0_in).contiguous() : at::zeros({s.B, s.H}, opts);
-  if (pr.leak) {
-    pr.alpha = compute(*alpha_in).contiguous();
-    pr.one_minus_alpha = 1 - pr.alpha;
-  }
+  if (pr.leak) pr.alpha = compute(*alpha_in).contiguous();
   return pr;
 }
 
@@ -142,55 +138,9 @@ struct LoopDefaults {
   static at::Tensor empty_like(const at::Tensor& t) { return at::empty_like(t); }
 };
 
-// The time loops over ATen ops: one (cu)BLAS GEMM per step (two with skip) and
-// in-place pointwise ops; no host synchronisation, so CUDA-graph capturable.
-struct AtenLoop : LoopDefaults {
-  // Fills h (and u when leaky) from p.
-  static void fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
-    const Shape& s = pr.s;
-    const at::Tensor wt = pr.w.t();
-    const at::Tensor wst = pr.skip > 0 ? pr.w_skip.t() : at::Tensor();
-    for (int64_t k = 0; k < s.T; ++k) {
-      const int64_t t = time_of(k, s.T, pr.reverse);
-      const at::Tensor hd = k >= pr.dilation ? h[time_of(k - pr.dilation, s.T, pr.reverse)] : pr.h0;
-      at::Tensor z = pr.leak ? u[t] : h[t];  // pre-activation, then u_t, in place
-      at::addmm_out(z, p[t], hd, wt);
-      if (pr.skip > 0) z.addmm_(k >= pr.skip ? h[time_of(k - pr.skip, s.T, pr.reverse)] : pr.h0, wst);
-      if (pr.phi == Phi::kTanh) z.tanh_(); else z.relu_();
-      if (pr.leak) {
-        at::Tensor ht = h[t];
-        at::mul_out(ht, hd, pr.alpha);
-        ht.addcmul_(z, pr.one_minus_alpha);
-      }
-    }
-  }
-
-  // Completes delta (dL/dh, in place) and writes e = dL/dp into e_all and the
-  // part of dL/dh0 that flows through the recurrence into dh0.
-  static void bwd(const Problem& pr, const at::Tensor& u, at::Tensor& delta, at::Tensor& e_all,
-                  at::Tensor& dh0) {
-    const Shape& s = pr.s;
-    for (int64_t k = s.T - 1; k >= 0; --k) {
-      const int64_t t = time_of(k, s.T, pr.reverse);
-      const at::Tensor dt = delta[t];
-      at::Tensor e = e_all[t];
-      if (pr.phi == Phi::kTanh)
-        at::tanh_backward_out(e, dt, u[t]);
-      else
-        at::threshold_backward_out(e, dt, u[t], 0);
-      if (pr.leak) e.mul_(pr.one_minus_alpha);
-      at::Tensor target = k >= pr.dilation ? delta[time_of(k - pr.dilation, s.T, pr.reverse)] : dh0;
-      if (pr.leak) target.addcmul_(dt, pr.alpha);
-      target.addmm_(e, pr.w);
-      if (pr.skip > 0) {
-        at::Tensor target_s = k >= pr.skip ? delta[time_of(k - pr.skip, s.T, pr.reverse)] : dh0;
-        target_s.addmm_(e, pr.w_skip);
-      }
-    }
-  }
-};
-
-// Loop: a policy with static fwd/bwd as AtenLoop (it may pick among loops per call).
+// Loop: a policy deriving from LoopDefaults with a static fwd(pr, p, h, u) filling h
+// (and u when leaky) from p, and bwd or bwd_direct as LoopDefaults describes:
+// CpuLoop (leaky_rnn_cpu.cpp), CudaLoop (leaky_rnn_cuda.cpp).
 template <class Loop>
 std::tuple<at::Tensor, at::Tensor> leaky_rnn_fwd(
     const at::Tensor& p_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& h0_in,

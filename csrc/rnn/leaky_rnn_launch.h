@@ -67,5 +67,38 @@ struct LeakyRnnBwdParams {
 cudaError_t leaky_rnn_fwd_cuda(const LeakyRnnFwdParams& p, cudaStream_t stream, bool* launched);
 cudaError_t leaky_rnn_bwd_cuda(const LeakyRnnBwdParams& p, cudaStream_t stream, bool* launched);
 
+// The pointwise half of one step of the cuBLAS loop (leaky_rnn_cuda_step.cu), one
+// fused kernel per step after the step's GEMM, over n = B * H elements of one
+// (B, H) row block (unit index i % H), in the compute dtype (float or double):
+//   forward:  u = phi(z) in place of z; with alpha also h = alpha * hd + (1 - alpha) * u
+//   backward: e = (1 - alpha) * phi'(u) * delta; with alpha also target += alpha * delta
+template <typename T>
+struct LeakyRnnStepFwd {
+  int64_t n, H;
+  bool relu;
+  const T* alpha;  // (H); nullptr: no leak (then h is unused: z itself becomes h_t)
+  const T* hd;     // (B, H) h_{t-d}; read only with alpha
+  T* z;            // (B, H) pre-activation in, u_t out
+  T* h;            // (B, H) h_t out (with alpha)
+};
+
+template <typename T>
+struct LeakyRnnStepBwd {
+  int64_t n, H;
+  bool relu;
+  const T* alpha;  // (H); nullptr: no leak
+  const T* delta;  // (B, H) dL/dh_t, complete
+  const T* u;      // (B, H) u_t
+  T* e;            // (B, H) dL/dp_t out
+  T* target;       // (B, H) dL/dh_{t-d} (or dh0), accumulated into with alpha
+};
+
+// Launch on `stream`; returns the launch's error (cudaErrorInvalidValue for
+// invalid parameters). No synchronisation.
+cudaError_t leaky_rnn_step_fwd_cuda(const LeakyRnnStepFwd<float>& q, cudaStream_t stream);
+cudaError_t leaky_rnn_step_fwd_cuda(const LeakyRnnStepFwd<double>& q, cudaStream_t stream);
+cudaError_t leaky_rnn_step_bwd_cuda(const LeakyRnnStepBwd<float>& q, cudaStream_t stream);
+cudaError_t leaky_rnn_step_bwd_cuda(const LeakyRnnStepBwd<double>& q, cudaStream_t stream);
+
 }  // namespace rnn
 }  // namespace mts
