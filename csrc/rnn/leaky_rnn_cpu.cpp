@@ -11,6 +11,8 @@
 #include <cstring>
 #include <vector>
 
+#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
+
 #include "../cpu_alloc.h"
 #include "leaky_rnn_impl.h"
 
@@ -21,8 +23,7 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #include "leaky_rnn_math.h"
 
-namespace mts {
-namespace rnn {
+HIDDEN_NAMESPACE_BEGIN(mts, rnn)
 namespace {
 
 // One 32-byte register: 8 floats / 4 doubles (AVX2; the baseline clone lowers it
@@ -179,15 +180,20 @@ inline void product(const Raw<T>& r, const T* a, const T* m, T* c) {
     matmul_acc<T>(r.B, r.H, r.Np, a, r.H, m, c);
 }
 
-// The per-step product through ATen's BLAS (MKL / OpenBLAS, threaded) on views of
-// the loop's buffers; out of line, so the cloned loops call it as it is.
+// The per-step product through torch's BLAS (MKL / OpenBLAS, threaded) on views of
+// the loop's buffers, by the C shim's addmm.out (c = c + a m; the stable ops have
+// no GEMM with accumulation); out of line, so the cloned loops call it as it is.
 template <typename T>
 __attribute__((noinline)) void blas_product(int64_t B, int64_t K, int64_t Np, const T* a,
                                             const T* m, T* c) {
-  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor ct = at::from_blob(c, {B, Np}, opts);
-  ct.addmm_(at::from_blob(const_cast<T*>(a), {B, K}, opts),
-            at::from_blob(const_cast<T*>(m), {K, Np}, opts));
+  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+  const Device cpu(torch::headeronly::DeviceType::CPU);
+  auto view = [&](const T* p, int64_t rows, int64_t cols) {
+    return torch::stable::from_blob(const_cast<T*>(p), {rows, cols}, {cols, 1}, cpu, dtype);
+  };
+  const Tensor ct = view(c, B, Np);
+  TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(ct.get(), ct.get(), view(a, B, K).get(),
+                                                  view(m, K, Np).get(), 1.0, 1.0));
 }
 
 // (H, H) -> (H, Np), zero padding columns.
@@ -322,63 +328,92 @@ inline void run_bwd(const Raw<double>& r, const double* g, const double* h, cons
 constexpr int64_t kSmallWork = int64_t(1) << 17;
 
 template <typename T>
+const T* ptr(const Tensor& t) {
+  return static_cast<const T*>(t.const_data_ptr());
+}
+template <typename T>
+T* mut(const Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
+template <typename T>
 Raw<T> raw_of(const Problem& pr, const std::vector<T>& w, const std::vector<T>& ws,
               int64_t Np) {
   const bool small = pr.s.B * pr.s.H * pr.s.H <= kSmallWork;
   return Raw<T>{pr.s.T, pr.s.B, pr.s.H, Np, pr.dilation, pr.skip, pr.reverse,
-                pr.phi == Phi::kTanh, pr.leak ? pr.alpha.const_data_ptr<T>() : nullptr,
-                w.data(), pr.skip > 0 ? ws.data() : nullptr, pr.h0.const_data_ptr<T>(),
+                pr.phi == Phi::kTanh, pr.alpha ? ptr<T>(*pr.alpha) : nullptr,
+                w.data(), pr.w_skip ? ws.data() : nullptr, ptr<T>(pr.h0),
                 small ? nullptr : &blas_product<T>};
 }
 
 inline int64_t padded_width(int64_t H, int64_t lanes) { return (H + lanes - 1) / lanes * lanes; }
 
-template <typename T>
-void raw_fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
-  const int64_t H = pr.s.H, Np = padded_width(H, kLanes<T>);
-  const std::vector<T> w = padded(pr.w.t().contiguous().const_data_ptr<T>(), H, Np);
-  const std::vector<T> ws =
-      pr.skip > 0 ? padded(pr.w_skip.t().contiguous().const_data_ptr<T>(), H, Np) : std::vector<T>();
-  T* hp = h.mutable_data_ptr<T>();
-  run_fwd(raw_of<T>(pr, w, ws, Np), p.const_data_ptr<T>(), hp,
-          pr.leak ? u.mutable_data_ptr<T>() : hp);
+Tensor transposed(const Tensor& w) {
+  return torch::stable::contiguous(torch::stable::transpose(w, 0, 1));
 }
 
 template <typename T>
-void raw_bwd(const Problem& pr, const at::Tensor& g, const at::Tensor& h, const at::Tensor& u,
-               at::Tensor& e_all, at::Tensor& dh0, at::Tensor& dalpha) {
+void raw_fwd(const Problem& pr, const Tensor& p, Tensor& h, std::optional<Tensor>& u) {
   const int64_t H = pr.s.H, Np = padded_width(H, kLanes<T>);
-  const std::vector<T> w = padded(pr.w.const_data_ptr<T>(), H, Np);
+  const std::vector<T> w = padded(ptr<T>(transposed(pr.w)), H, Np);
   const std::vector<T> ws =
-      pr.skip > 0 ? padded(pr.w_skip.const_data_ptr<T>(), H, Np) : std::vector<T>();
-  std::vector<double> da(pr.leak ? H : 0, 0.0);
-  run_bwd(raw_of<T>(pr, w, ws, Np), g.const_data_ptr<T>(), h.const_data_ptr<T>(),
-          u.const_data_ptr<T>(), e_all.mutable_data_ptr<T>(), dh0.mutable_data_ptr<T>(),
+      pr.w_skip ? padded(ptr<T>(transposed(*pr.w_skip)), H, Np) : std::vector<T>();
+  T* hp = mut<T>(h);
+  run_fwd(raw_of<T>(pr, w, ws, Np), ptr<T>(p), hp, u ? mut<T>(*u) : hp);
+}
+
+template <typename T>
+std::optional<Tensor> raw_bwd(const Problem& pr, const Tensor& g, const Tensor& h,
+                              const Tensor& u, Tensor& e_all, Tensor& dh0) {
+  const int64_t H = pr.s.H, Np = padded_width(H, kLanes<T>);
+  const std::vector<T> w = padded(ptr<T>(pr.w), H, Np);
+  const std::vector<T> ws = pr.w_skip ? padded(ptr<T>(*pr.w_skip), H, Np) : std::vector<T>();
+  std::vector<double> da(pr.leak() ? H : 0, 0.0);
+  run_bwd(raw_of<T>(pr, w, ws, Np), ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e_all), mut<T>(dh0),
           da.data());
-  if (pr.leak) {
-    dalpha = at::empty({H}, h.options());
-    T* out = dalpha.mutable_data_ptr<T>();
-    for (int64_t j = 0; j < H; ++j) out[j] = static_cast<T>(da[j]);
-  }
+  if (!pr.leak()) return std::nullopt;
+  Tensor dalpha = torch::stable::new_empty(h, {H});
+  T* out = mut<T>(dalpha);
+  for (int64_t j = 0; j < H; ++j) out[j] = static_cast<T>(da[j]);
+  return dalpha;
 }
 
 struct CpuLoop : LoopDefaults {
   static constexpr bool kDirectBwd = true;
-  static at::Tensor empty_like(const at::Tensor& t) { return empty_like_cpu(t); }
-  static void fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
-    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "leaky_rnn_fwd_cpu",
-                               [&] { raw_fwd<scalar_t>(pr, p, h, u); });
+  static Tensor empty_like(const Tensor& t) { return empty_like_cpu(t); }
+  static void fwd(const Problem& pr, const Tensor& p, Tensor& h, std::optional<Tensor>& u) {
+    dispatch_compute(p.scalar_type(), "leaky_rnn_fwd_cpu", [&](auto tag) {
+      raw_fwd<typename decltype(tag)::type>(pr, p, h, u);
+    });
   }
-  static void bwd_direct(const Problem& pr, const at::Tensor& g, const at::Tensor& h,
-                         const at::Tensor& u, at::Tensor& e_all, at::Tensor& dh0,
-                         at::Tensor& dalpha) {
-    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "leaky_rnn_bwd_cpu",
-                               [&] { raw_bwd<scalar_t>(pr, g, h, u, e_all, dh0, dalpha); });
+  static std::optional<Tensor> bwd_direct(const Problem& pr, const Tensor& g, const Tensor& h,
+                                          const Tensor& u, Tensor& e_all, Tensor& dh0) {
+    return dispatch_compute(h.scalar_type(), "leaky_rnn_bwd_cpu", [&](auto tag) {
+      return raw_bwd<typename decltype(tag)::type>(pr, g, h, u, e_all, dh0);
+    });
   }
 };
 
-}  // namespace
-}  // namespace rnn
-}  // namespace mts
+// Plain functions for TORCH_BOX.
+std::tuple<Tensor, Tensor> fwd_cpu(Tensor p, Tensor w, std::optional<Tensor> h0,
+                                   std::optional<Tensor> alpha, std::optional<Tensor> w_skip,
+                                   int64_t skip, int64_t dilation, std::string nonlinearity,
+                                   bool reverse) {
+  return leaky_rnn_fwd<CpuLoop>(p, w, h0, alpha, w_skip, skip, dilation, nonlinearity, reverse);
+}
 
-TORCH_LIBRARY_IMPL(mts_kernels, CPU, m) { mts::rnn::register_impls<mts::rnn::CpuLoop>(m); }
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bwd_cpu(
+    Tensor grad_h, Tensor w, Tensor h, Tensor u, std::optional<Tensor> h0,
+    std::optional<Tensor> alpha, std::optional<Tensor> w_skip, int64_t skip, int64_t dilation,
+    std::string nonlinearity, bool reverse) {
+  return leaky_rnn_bwd<CpuLoop>(grad_h, w, h, u, h0, alpha, w_skip, skip, dilation, nonlinearity,
+                                reverse);
+}
+
+}  // namespace
+HIDDEN_NAMESPACE_END(mts, rnn)
+
+STABLE_TORCH_LIBRARY_IMPL(mts_kernels, CPU, m) {
+  m.impl("leaky_rnn_fwd", TORCH_BOX(&mts::rnn::fwd_cpu));
+  m.impl("leaky_rnn_bwd", TORCH_BOX(&mts::rnn::bwd_cpu));
+}

@@ -26,8 +26,9 @@
 //          test problems exercise that path too (it is otherwise only taken
 //          when W does not fit one block: H > ~240, or ~170 with W_skip)
 //   other values, or unset: CudaLoop chooses.
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cuda.h>
+#include <torch/csrc/stable/accelerator.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -35,8 +36,7 @@
 #include "leaky_rnn_impl.h"
 #include "leaky_rnn_launch.h"
 
-namespace mts {
-namespace rnn {
+HIDDEN_NAMESPACE_BEGIN(mts, rnn)
 namespace {
 
 enum class Mode { kCublas, kAuto, kForceGrid };
@@ -49,15 +49,19 @@ Mode persistent_mode() {
 }
 
 void check_cuda(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "mts_kernels: ", what, " failed: ", cudaGetErrorString(err));
+  STD_TORCH_CHECK(err == cudaSuccess, "mts_kernels: ", what, " failed: ",
+                  cudaGetErrorString(err));
 }
 
-// A tensor the persistent kernels can take as is (an undefined one stands for
-// an absent operand).
-bool usable(const at::Tensor& t, const at::Device& dev) {
-  return !t.defined() ||
-         (t.scalar_type() == at::kFloat && t.device() == dev && t.is_contiguous());
+cudaStream_t stream_of(const Tensor& t) {
+  return static_cast<cudaStream_t>(current_cuda_stream(t.get_device()));
 }
+
+// A tensor the persistent kernels can take as is (none stands for an absent operand).
+bool usable(const Tensor& t, const Device& dev) {
+  return t.scalar_type() == ScalarType::Float && t.device() == dev && t.is_contiguous();
+}
+bool usable(const std::optional<Tensor>& t, const Device& dev) { return !t || usable(*t, dev); }
 
 LeakyRnnCudaShape shape_of(const Problem& pr, Mode mode) {
   LeakyRnnCudaShape s{};
@@ -72,127 +76,158 @@ LeakyRnnCudaShape shape_of(const Problem& pr, Mode mode) {
   return s;
 }
 
-const float* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<float>() : nullptr;
+template <typename T>
+const T* ptr(const Tensor& t) {
+  return static_cast<const T*>(t.const_data_ptr());
+}
+template <typename T>
+const T* ptr(const std::optional<Tensor>& t) {
+  return t ? ptr<T>(*t) : nullptr;
+}
+template <typename T>
+T* mut(const Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
 }
 
 // The loop beyond the persistent kernels' limits: per step the GEMM(s) through
-// ATen (cuBLAS) and one fused pointwise kernel, all on the current stream, with
-// no host synchronisation (CUDA-graph capturable). delta is completed in place.
+// the C shim's addmm.out (cuBLAS; the stable ops have no accumulating GEMM) and
+// one fused pointwise kernel, all on the current stream, with no host
+// synchronisation (CUDA-graph capturable). delta is completed in place. The
+// (B, H) rows of the (T, B, H) tensors are addressed as views from raw pointers.
 struct CublasLoop {
-  static void fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
-    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "leaky_rnn_fwd_cublas",
-                               [&] { fwd_typed<scalar_t>(pr, p, h, u); });
+  static void fwd(const Problem& pr, const Tensor& p, Tensor& h, std::optional<Tensor>& u) {
+    dispatch_compute(p.scalar_type(), "leaky_rnn_fwd_cublas",
+                     [&](auto tag) { fwd_typed<typename decltype(tag)::type>(pr, p, h, u); });
   }
-  static void bwd(const Problem& pr, const at::Tensor& u, at::Tensor& delta, at::Tensor& e_all,
-                  at::Tensor& dh0) {
-    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "leaky_rnn_bwd_cublas",
-                               [&] { bwd_typed<scalar_t>(pr, u, delta, e_all, dh0); });
+  static void bwd(const Problem& pr, const Tensor& u, Tensor& delta, Tensor& e_all, Tensor& dh0) {
+    dispatch_compute(u.scalar_type(), "leaky_rnn_bwd_cublas", [&](auto tag) {
+      bwd_typed<typename decltype(tag)::type>(pr, u, delta, e_all, dh0);
+    });
   }
 
  private:
+  // (rows, cols) row-major view of device memory shaped like `like`'s device and dtype.
+  static Tensor view(const Tensor& like, const void* data, int64_t rows, int64_t cols) {
+    return torch::stable::from_blob(const_cast<void*>(data), {rows, cols}, {cols, 1},
+                                    like.device(), like.scalar_type());
+  }
+  // c = c + a m (cuBLAS)
+  static void addmm(const Tensor& c, const Tensor& a, const Tensor& m) {
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cuda_addmm_out(c.get(), c.get(), a.get(), m.get(), 1.0, 1.0));
+  }
+
   template <typename T>
-  static void fwd_typed(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
+  static void fwd_typed(const Problem& pr, const Tensor& p, Tensor& h, std::optional<Tensor>& u) {
     const Shape& s = pr.s;
-    const c10::cuda::CUDAGuard guard(p.device());
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-    const at::Tensor wt = pr.w.t();
-    const at::Tensor wst = pr.skip > 0 ? pr.w_skip.t() : at::Tensor();
+    const int64_t BH = s.B * s.H;
+    const torch::stable::accelerator::DeviceGuard guard(p.get_device());
+    const cudaStream_t stream = stream_of(p);
+    const Tensor wt = torch::stable::transpose(pr.w, 0, 1);
+    // W_skip^T, read only with skip (else an unused view of W^T: a plain Tensor
+    // rather than an optional, which GCC 12 misreads as maybe-uninitialized)
+    const Tensor wst = torch::stable::transpose(pr.w_skip ? *pr.w_skip : pr.w, 0, 1);
+    T* hp = mut<T>(h);
+    T* up = u ? mut<T>(*u) : hp;  // the pre-activation, then u_t, in place
+    const T* h0 = ptr<T>(pr.h0);
+    auto h_at = [&](int64_t k) { return hp + time_of(k, s.T, pr.reverse) * BH; };
     for (int64_t k = 0; k < s.T; ++k) {
-      const int64_t t = time_of(k, s.T, pr.reverse);
-      const at::Tensor hd = k >= pr.dilation ? h[time_of(k - pr.dilation, s.T, pr.reverse)] : pr.h0;
-      at::Tensor z = pr.leak ? u[t] : h[t];  // pre-activation, then u_t, in place
-      at::addmm_out(z, p[t], hd, wt);
-      if (pr.skip > 0) z.addmm_(k >= pr.skip ? h[time_of(k - pr.skip, s.T, pr.reverse)] : pr.h0, wst);
+      const int64_t off = time_of(k, s.T, pr.reverse) * BH;
+      const T* hd = k >= pr.dilation ? h_at(k - pr.dilation) : h0;
+      const Tensor z = view(p, up + off, s.B, s.H);
+      TORCH_ERROR_CODE_CHECK(aoti_torch_cuda_addmm_out(z.get(), view(p, ptr<T>(p) + off, s.B, s.H).get(),
+                                                       view(p, hd, s.B, s.H).get(), wt.get(), 1.0,
+                                                       1.0));
+      if (pr.w_skip) addmm(z, view(p, k >= pr.skip ? h_at(k - pr.skip) : h0, s.B, s.H), wst);
       LeakyRnnStepFwd<T> q{};
-      q.n = s.B * s.H;
+      q.n = BH;
       q.H = s.H;
       q.relu = pr.phi == Phi::kRelu;
-      q.alpha = pr.leak ? pr.alpha.const_data_ptr<T>() : nullptr;
-      q.hd = hd.const_data_ptr<T>();
-      q.z = z.mutable_data_ptr<T>();
-      q.h = h[t].mutable_data_ptr<T>();
+      q.alpha = ptr<T>(pr.alpha);
+      q.hd = hd;
+      q.z = up + off;
+      q.h = hp + off;
       check_cuda(leaky_rnn_step_fwd_cuda(q, stream), "leaky_rnn forward step launch");
     }
   }
 
   template <typename T>
-  static void bwd_typed(const Problem& pr, const at::Tensor& u, at::Tensor& delta,
-                        at::Tensor& e_all, at::Tensor& dh0) {
+  static void bwd_typed(const Problem& pr, const Tensor& u, Tensor& delta, Tensor& e_all,
+                        Tensor& dh0) {
     const Shape& s = pr.s;
-    const c10::cuda::CUDAGuard guard(u.device());
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    const int64_t BH = s.B * s.H;
+    const torch::stable::accelerator::DeviceGuard guard(u.get_device());
+    const cudaStream_t stream = stream_of(u);
+    T* dp = mut<T>(delta);
+    T* ep = mut<T>(e_all);
+    T* dh0p = mut<T>(dh0);
+    auto delta_at = [&](int64_t k) {
+      return k >= 0 ? dp + time_of(k, s.T, pr.reverse) * BH : dh0p;
+    };
     for (int64_t k = s.T - 1; k >= 0; --k) {
-      const int64_t t = time_of(k, s.T, pr.reverse);
-      at::Tensor e = e_all[t];
-      at::Tensor target = k >= pr.dilation ? delta[time_of(k - pr.dilation, s.T, pr.reverse)] : dh0;
+      const int64_t off = time_of(k, s.T, pr.reverse) * BH;
+      T* target = delta_at(k - pr.dilation);
       LeakyRnnStepBwd<T> q{};
-      q.n = s.B * s.H;
+      q.n = BH;
       q.H = s.H;
       q.relu = pr.phi == Phi::kRelu;
-      q.alpha = pr.leak ? pr.alpha.const_data_ptr<T>() : nullptr;
-      q.delta = delta[t].const_data_ptr<T>();
-      q.u = u[t].const_data_ptr<T>();
-      q.e = e.mutable_data_ptr<T>();
-      q.target = target.mutable_data_ptr<T>();
+      q.alpha = ptr<T>(pr.alpha);
+      q.delta = dp + off;
+      q.u = ptr<T>(u) + off;
+      q.e = ep + off;
+      q.target = target;
       check_cuda(leaky_rnn_step_bwd_cuda(q, stream), "leaky_rnn backward step launch");
-      target.addmm_(e, pr.w);  // dL/dh_{t-d} += e_t W
-      if (pr.skip > 0) {
-        at::Tensor target_s = k >= pr.skip ? delta[time_of(k - pr.skip, s.T, pr.reverse)] : dh0;
-        target_s.addmm_(e, pr.w_skip);
-      }
+      const Tensor e = view(u, ep + off, s.B, s.H);
+      addmm(view(u, target, s.B, s.H), e, pr.w);  // dL/dh_{t-d} += e_t W
+      if (pr.w_skip) addmm(view(u, delta_at(k - pr.skip), s.B, s.H), e, *pr.w_skip);
     }
   }
 };
 
 struct CudaLoop : LoopDefaults {
-  static void fwd(const Problem& pr, const at::Tensor& p, at::Tensor& h, at::Tensor& u) {
-    const at::Device dev = p.device();
+  static void fwd(const Problem& pr, const Tensor& p, Tensor& h, std::optional<Tensor>& u) {
+    const Device dev = p.device();
     const Mode mode = persistent_mode();
-    const bool take = mode != Mode::kCublas && p.scalar_type() == at::kFloat && usable(p, dev) &&
-                      usable(h, dev) && (!pr.leak || (u.defined() && usable(u, dev))) &&
-                      usable(pr.w, dev) && usable(pr.w_skip, dev) && usable(pr.h0, dev) &&
-                      (!pr.leak || usable(pr.alpha, dev));
+    const bool take = mode != Mode::kCublas && usable(p, dev) && usable(h, dev) &&
+                      (!pr.leak() || usable(u, dev)) && usable(pr.w, dev) &&
+                      usable(pr.w_skip, dev) && usable(pr.h0, dev) && usable(pr.alpha, dev);
     if (take) {
-      const c10::cuda::CUDAGuard guard(dev);
+      const torch::stable::accelerator::DeviceGuard guard(p.get_device());
       LeakyRnnFwdParams q{};
       q.s = shape_of(pr, mode);
-      q.p = p.const_data_ptr<float>();
-      q.w = pr.w.const_data_ptr<float>();
-      q.w_skip = pr.skip > 0 ? ptr_or_null(pr.w_skip) : nullptr;
-      q.h0 = pr.h0.const_data_ptr<float>();
-      q.alpha = pr.leak ? pr.alpha.const_data_ptr<float>() : nullptr;
-      q.h = h.mutable_data_ptr<float>();
-      q.u = pr.leak ? u.mutable_data_ptr<float>() : nullptr;
+      q.p = ptr<float>(p);
+      q.w = ptr<float>(pr.w);
+      q.w_skip = ptr<float>(pr.w_skip);
+      q.h0 = ptr<float>(pr.h0);
+      q.alpha = ptr<float>(pr.alpha);
+      q.h = mut<float>(h);
+      q.u = u ? mut<float>(*u) : nullptr;
       bool launched = false;
-      check_cuda(leaky_rnn_fwd_cuda(q, c10::cuda::getCurrentCUDAStream().stream(), &launched),
+      check_cuda(leaky_rnn_fwd_cuda(q, stream_of(p), &launched),
                  "leaky_rnn persistent forward launch");
       if (launched) return;
     }
     CublasLoop::fwd(pr, p, h, u);
   }
 
-  static void bwd(const Problem& pr, const at::Tensor& u, at::Tensor& delta, at::Tensor& e_all,
-                  at::Tensor& dh0) {
-    const at::Device dev = u.device();
+  static void bwd(const Problem& pr, const Tensor& u, Tensor& delta, Tensor& e_all, Tensor& dh0) {
+    const Device dev = u.device();
     const Mode mode = persistent_mode();
-    const bool take = mode != Mode::kCublas && u.scalar_type() == at::kFloat && usable(u, dev) &&
-                      usable(delta, dev) && usable(e_all, dev) && usable(dh0, dev) &&
-                      usable(pr.w, dev) && usable(pr.w_skip, dev) &&
-                      (!pr.leak || usable(pr.alpha, dev));
+    const bool take = mode != Mode::kCublas && usable(u, dev) && usable(delta, dev) &&
+                      usable(e_all, dev) && usable(dh0, dev) && usable(pr.w, dev) &&
+                      usable(pr.w_skip, dev) && usable(pr.alpha, dev);
     if (take) {
-      const c10::cuda::CUDAGuard guard(dev);
+      const torch::stable::accelerator::DeviceGuard guard(u.get_device());
       LeakyRnnBwdParams q{};
       q.s = shape_of(pr, mode);
-      q.u = u.const_data_ptr<float>();
-      q.w = pr.w.const_data_ptr<float>();
-      q.w_skip = pr.skip > 0 ? ptr_or_null(pr.w_skip) : nullptr;
-      q.alpha = pr.leak ? pr.alpha.const_data_ptr<float>() : nullptr;
-      q.delta = delta.mutable_data_ptr<float>();
-      q.e = e_all.mutable_data_ptr<float>();
-      q.dh0 = dh0.mutable_data_ptr<float>();
+      q.u = ptr<float>(u);
+      q.w = ptr<float>(pr.w);
+      q.w_skip = ptr<float>(pr.w_skip);
+      q.alpha = ptr<float>(pr.alpha);
+      q.delta = mut<float>(delta);
+      q.e = mut<float>(e_all);
+      q.dh0 = mut<float>(dh0);
       bool launched = false;
-      check_cuda(leaky_rnn_bwd_cuda(q, c10::cuda::getCurrentCUDAStream().stream(), &launched),
+      check_cuda(leaky_rnn_bwd_cuda(q, stream_of(u), &launched),
                  "leaky_rnn persistent backward launch");
       if (launched) return;
     }
@@ -200,8 +235,26 @@ struct CudaLoop : LoopDefaults {
   }
 };
 
-}  // namespace
-}  // namespace rnn
-}  // namespace mts
+// Plain functions for TORCH_BOX.
+std::tuple<Tensor, Tensor> fwd_cuda(Tensor p, Tensor w, std::optional<Tensor> h0,
+                                    std::optional<Tensor> alpha, std::optional<Tensor> w_skip,
+                                    int64_t skip, int64_t dilation, std::string nonlinearity,
+                                    bool reverse) {
+  return leaky_rnn_fwd<CudaLoop>(p, w, h0, alpha, w_skip, skip, dilation, nonlinearity, reverse);
+}
 
-TORCH_LIBRARY_IMPL(mts_kernels, CUDA, m) { mts::rnn::register_impls<mts::rnn::CudaLoop>(m); }
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bwd_cuda(
+    Tensor grad_h, Tensor w, Tensor h, Tensor u, std::optional<Tensor> h0,
+    std::optional<Tensor> alpha, std::optional<Tensor> w_skip, int64_t skip, int64_t dilation,
+    std::string nonlinearity, bool reverse) {
+  return leaky_rnn_bwd<CudaLoop>(grad_h, w, h, u, h0, alpha, w_skip, skip, dilation,
+                                 nonlinearity, reverse);
+}
+
+}  // namespace
+HIDDEN_NAMESPACE_END(mts, rnn)
+
+STABLE_TORCH_LIBRARY_IMPL(mts_kernels, CUDA, m) {
+  m.impl("leaky_rnn_fwd", TORCH_BOX(&mts::rnn::fwd_cuda));
+  m.impl("leaky_rnn_bwd", TORCH_BOX(&mts::rnn::bwd_cuda));
+}

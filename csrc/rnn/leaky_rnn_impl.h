@@ -9,29 +9,29 @@
 // p_t already holds W_ih x_t + b_ih + b_hh (one large GEMM before the loop, by the
 // caller). The time loop runs in C++ (the Loop): one product per step (two with
 // skip) and fused pointwise work, no host synchronisation (CUDA-graph capturable).
-// Backward (DESIGN-NOTES §3), with delta_t = dL/dh_t accumulated in place:
+// Backward (DESIGN-NOTES §3), with delta_t = dL/dh_t:
 //   e_t = (1 - alpha) * phi'(z_t) * delta_t              (= dL/dp_t)
 //   delta_{t-d} += alpha * delta_t + W_hh^T e_t,  delta_{t-s} += W_skip^T e_t
 //   dW_hh = sum_t e_t h_{t-d}^T,  dW_skip = sum_t e_t h_{t-s}^T   (one GEMM each, after)
 //   dalpha = sum_{t,b} delta_t * (h_{t-d} - u_t)
 // A delay reaching before the sequence start lands in dh0 (h_tau = h0, tau <= 0).
 // float16/bfloat16 run in float32 (state and accumulation), stored in the input dtype.
-#include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
-#include <torch/library.h>
-
+//
+// Written against torch's stable ABI only (csrc/stable_util.h).
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <tuple>
 
-namespace mts {
-namespace rnn {
+#include "../stable_util.h"
+
+HIDDEN_NAMESPACE_BEGIN(mts, rnn)
 
 enum class Phi { kTanh, kRelu };
 
 inline Phi parse_phi(const std::string& s) {
-  TORCH_CHECK(s == "tanh" || s == "relu",
-              "leaky_rnn: nonlinearity must be 'tanh' or 'relu', got '", s, "'");
+  STD_TORCH_CHECK(s == "tanh" || s == "relu",
+                  "leaky_rnn: nonlinearity must be 'tanh' or 'relu', got '", s, "'");
   return s == "tanh" ? Phi::kTanh : Phi::kRelu;
 }
 
@@ -39,68 +39,75 @@ struct Shape {
   int64_t T, B, H;
 };
 
-inline Shape check_args(const at::Tensor& p, const at::Tensor& w,
-                        const c10::optional<at::Tensor>& h0,
-                        const c10::optional<at::Tensor>& alpha,
-                        const c10::optional<at::Tensor>& w_skip, int64_t skip, int64_t dilation) {
-  TORCH_CHECK(p.dim() == 3, "leaky_rnn: p must be 3-D (T, B, H), got shape ", p.sizes());
-  TORCH_CHECK(at::isFloatingType(p.scalar_type()), "leaky_rnn: p must be floating point, got ",
-              p.scalar_type());
+inline bool same_shape(IntRef a, std::initializer_list<int64_t> b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+}
+
+inline Shape check_args(const Tensor& p, const Tensor& w, const std::optional<Tensor>& h0,
+                        const std::optional<Tensor>& alpha, const std::optional<Tensor>& w_skip,
+                        int64_t skip, int64_t dilation) {
+  STD_TORCH_CHECK(p.dim() == 3, "leaky_rnn: p must be 3-D (T, B, H), got shape ",
+                  shape_str(p.sizes()));
+  STD_TORCH_CHECK(is_kernel_float(p.scalar_type()), "leaky_rnn: p must be floating point, got ",
+                  torch::headeronly::toString(p.scalar_type()));
   const int64_t T = p.size(0), B = p.size(1), H = p.size(2);
-  TORCH_CHECK(T > 0, "leaky_rnn: p needs at least one time step");
-  auto same = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape) {
-    TORCH_CHECK(t.sizes() == shape, "leaky_rnn: ", name, " must have shape ", shape, ", got ",
-                t.sizes());
-    TORCH_CHECK(t.scalar_type() == p.scalar_type() && t.device() == p.device(), "leaky_rnn: ",
-                name, " must be ", p.scalar_type(), " on ", p.device(), ", got ", t.scalar_type(),
-                " on ", t.device());
+  STD_TORCH_CHECK(T > 0, "leaky_rnn: p needs at least one time step");
+  auto same = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
+    STD_TORCH_CHECK(same_shape(t.sizes(), shape), "leaky_rnn: ", name, " must have shape ",
+                    shape_str(IntRef(shape)), ", got ", shape_str(t.sizes()));
+    STD_TORCH_CHECK(t.scalar_type() == p.scalar_type() && t.device() == p.device(),
+                    "leaky_rnn: ", name, " must be ", torch::headeronly::toString(p.scalar_type()),
+                    " on ", device_str(p.device()), ", got ",
+                    torch::headeronly::toString(t.scalar_type()), " on ", device_str(t.device()));
   };
   same(w, "weight_hh", {H, H});
   if (h0) same(*h0, "h0", {B, H});
   if (alpha) same(*alpha, "alpha", {H});
-  TORCH_CHECK(dilation >= 1, "leaky_rnn: dilation must be >= 1, got ", dilation);
-  TORCH_CHECK(skip >= 0, "leaky_rnn: skip must be >= 1 (or 0 for none), got ", skip);
-  TORCH_CHECK((skip > 0) == w_skip.has_value(),
-              "leaky_rnn: weight_skip must be given exactly when skip > 0");
+  STD_TORCH_CHECK(dilation >= 1, "leaky_rnn: dilation must be >= 1, got ", dilation);
+  STD_TORCH_CHECK(skip >= 0, "leaky_rnn: skip must be >= 1 (or 0 for none), got ", skip);
+  STD_TORCH_CHECK((skip > 0) == w_skip.has_value(),
+                  "leaky_rnn: weight_skip must be given exactly when skip > 0");
   if (w_skip) same(*w_skip, "weight_skip", {H, H});
   return {T, B, H};
 }
 
-// The dtype the recurrence runs in: float32 for float16/bfloat16 inputs.
-inline at::Tensor compute(const at::Tensor& t) {
-  return t.to(at::toOpMathType(t.scalar_type()));
-}
-inline at::Tensor compute(const c10::optional<at::Tensor>& t) {
-  return t ? compute(*t) : at::Tensor();
+// The dtype the recurrence runs in (float32 for float16/bfloat16 inputs),
+// contiguous; the tensor itself when it already is both.
+inline Tensor compute(const Tensor& t) {
+  return torch::stable::contiguous(torch::stable::to(t, opmath_dtype(t.scalar_type())));
 }
 
 // Time index of processing step k.
 inline int64_t time_of(int64_t k, int64_t T, bool reverse) { return reverse ? T - 1 - k : k; }
 
-// For each time t, the state `delay` processing steps back (h0 before the start),
-// in time order: the right-hand operand of the weight-gradient GEMMs.
-inline at::Tensor delayed(const at::Tensor& h, const at::Tensor& h0, int64_t delay, bool reverse) {
-  const int64_t T = h.size(0);
-  const int64_t n0 = std::min(delay, T);
-  at::Tensor pad = h0.unsqueeze(0).expand({n0, h.size(1), h.size(2)});
-  if (n0 == T) return pad.contiguous();
-  return reverse ? at::cat({h.slice(0, delay), pad}) : at::cat({pad, h.slice(0, 0, T - delay)});
+// Rows [start, start + n) of dim 0.
+inline Tensor rows(Tensor t, int64_t start, int64_t n) {
+  return torch::stable::narrow(t, 0, start, n);
 }
+
+// a + b through the one binary op with a scalar factor the stable ops have
+// (subtract: a - alpha * b).
+inline Tensor add(const Tensor& a, const Tensor& b) { return torch::stable::subtract(a, b, -1.0); }
 
 // sum_t e_t^T h_{t-delay} (h0 before the start) without materialising the
 // delayed copy of h: one GEMM over the steps that read h, plus (sum of the
 // remaining e_t)^T h0.
-inline at::Tensor delayed_gram(const at::Tensor& e, const at::Tensor& h, const at::Tensor& h0,
-                               bool has_h0, int64_t delay, bool reverse) {
+inline Tensor delayed_gram(const Tensor& e, const Tensor& h, const Tensor& h0, bool has_h0,
+                           int64_t delay, bool reverse) {
   const int64_t T = h.size(0), B = h.size(1), H = h.size(2);
   const int64_t n = std::max<int64_t>(T - delay, 0), n0 = T - n;
-  at::Tensor e_main = reverse ? e.slice(0, 0, n) : e.slice(0, n0);
-  at::Tensor h_main = reverse ? h.slice(0, delay) : h.slice(0, 0, n);
-  at::Tensor e_start = reverse ? e.slice(0, n) : e.slice(0, 0, n0);
-  const at::Tensor e2 = e_main.reshape({n * B, H}).t(), h2 = h_main.reshape({n * B, H});
-  if (!has_h0) return n > 0 ? e2.mm(h2) : at::zeros({H, H}, e.options());  // h0 = 0
-  at::Tensor out = e_start.sum(0).t().mm(h0);
-  if (n > 0) out.addmm_(e2, h2);
+  if (n == 0 && !has_h0) return torch::stable::new_zeros(e, {H, H});
+  Tensor out = torch::stable::new_zeros(e, {H, H});
+  if (n > 0) {
+    const Tensor e2 = torch::stable::reshape(reverse ? rows(e, 0, n) : rows(e, n0, n), {n * B, H});
+    const Tensor h2 = torch::stable::reshape(reverse ? rows(h, delay, n) : rows(h, 0, n), {n * B, H});
+    out = torch::stable::matmul(torch::stable::transpose(e2, 0, 1), h2);
+  }
+  if (has_h0) {  // else h0 = 0 and the start steps add nothing
+    const Tensor e_start = reverse ? rows(e, n, n0) : rows(e, 0, n0);
+    const Tensor s = torch::stable::sum(e_start, std::vector<int64_t>{0});
+    out = add(out, torch::stable::matmul(torch::stable::transpose(s, 0, 1), h0));
+  }
   return out;
 }
 
@@ -110,20 +117,22 @@ struct Problem {
   Shape s;
   Phi phi;
   int64_t skip, dilation;
-  bool reverse, leak;
-  at::Tensor w, w_skip, h0, alpha;  // w_skip / alpha undefined when absent
+  bool reverse;
+  Tensor w, h0;
+  std::optional<Tensor> w_skip, alpha;  // none when absent
+  bool leak() const { return alpha.has_value(); }
 };
 
-inline Problem make_problem(const Shape& s, c10::string_view nonlinearity, const at::Tensor& w_in,
-                            const c10::optional<at::Tensor>& h0_in,
-                            const c10::optional<at::Tensor>& alpha_in,
-                            const c10::optional<at::Tensor>& w_skip_in, int64_t skip,
-                            int64_t dilation, bool reverse, const at::TensorOptions& opts) {
-  Problem pr{s, parse_phi(std::string(nonlinearity)), skip, dilation, reverse,
-             alpha_in.has_value(), compute(w_in).contiguous(), compute(w_skip_in), {}, {}};
-  if (pr.w_skip.defined()) pr.w_skip = pr.w_skip.contiguous();
-  pr.h0 = h0_in ? compute(*h0_in).contiguous() : at::zeros({s.B, s.H}, opts);
-  if (pr.leak) pr.alpha = compute(*alpha_in).contiguous();
+inline Problem make_problem(const Shape& s, const std::string& nonlinearity, const Tensor& w_in,
+                            const std::optional<Tensor>& h0_in,
+                            const std::optional<Tensor>& alpha_in,
+                            const std::optional<Tensor>& w_skip_in, int64_t skip,
+                            int64_t dilation, bool reverse, const Tensor& like) {
+  Problem pr{s, parse_phi(nonlinearity), skip, dilation, reverse, compute(w_in),
+             h0_in ? compute(*h0_in) : torch::stable::new_zeros(like, {s.B, s.H}),
+             std::nullopt, std::nullopt};
+  if (w_skip_in) pr.w_skip = compute(*w_skip_in);
+  if (alpha_in) pr.alpha = compute(*alpha_in);
   return pr;
 }
 
@@ -131,74 +140,100 @@ inline Problem make_problem(const Shape& s, c10::string_view nonlinearity, const
 //   empty_like(t)  allocates the (T, B, H) outputs;
 //   kDirectBwd     false: the caller copies grad_h into delta, which
 //                  Loop::bwd(pr, u, delta, e_all, dh0) completes in place; true:
-//                  Loop::bwd_direct(pr, grad_h, h, u, e_all, dh0, dalpha) runs the
-//                  whole backward loop from grad_h and also fills dalpha.
+//                  Loop::bwd_direct(pr, grad_h, h, u, e_all, dh0) runs the whole
+//                  backward loop from grad_h and returns dalpha (when leaky).
 struct LoopDefaults {
   static constexpr bool kDirectBwd = false;
-  static at::Tensor empty_like(const at::Tensor& t) { return at::empty_like(t); }
+  static Tensor empty_like(const Tensor& t) { return torch::stable::empty_like(t); }
 };
+
+// sum_{t,b} delta_t * (h_{t-d} - u_t) (h0 before the start), for loops that
+// complete delta in place; through the dispatcher, since the stable ops have no
+// multiplication.
+inline Tensor dalpha_of(const Tensor& delta, const Tensor& h, const Tensor& u, const Tensor& h0,
+                        int64_t d, bool reverse) {
+  const int64_t T = h.size(0);
+  const int64_t n = std::max<int64_t>(T - d, 0), n0 = T - n;
+  const std::vector<int64_t> dims{0, 1};
+  auto part = [&](const Tensor& dl, const Tensor& hd, const Tensor& ul) {
+    return torch::stable::sum(call_aten("aten::mul", "Tensor", dl, torch::stable::subtract(hd, ul)),
+                              dims);
+  };
+  // steps reading h0 (the first d processed), broadcast over their rows
+  const int64_t s0 = reverse ? n : 0, s1 = reverse ? 0 : n0;
+  Tensor out = part(rows(delta, s0, n0), torch::stable::unsqueeze(h0, 0), rows(u, s0, n0));
+  if (n > 0)
+    out = add(out, part(rows(delta, s1, n), reverse ? rows(h, d, n) : rows(h, 0, n), rows(u, s1, n)));
+  return out;
+}
 
 // Loop: a policy deriving from LoopDefaults with a static fwd(pr, p, h, u) filling h
 // (and u when leaky) from p, and bwd or bwd_direct as LoopDefaults describes:
 // CpuLoop (leaky_rnn_cpu.cpp), CudaLoop (leaky_rnn_cuda.cpp).
 template <class Loop>
-std::tuple<at::Tensor, at::Tensor> leaky_rnn_fwd(
-    const at::Tensor& p_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& h0_in,
-    const c10::optional<at::Tensor>& alpha_in, const c10::optional<at::Tensor>& w_skip_in,
-    int64_t skip, int64_t dilation, c10::string_view nonlinearity, bool reverse) {
+std::tuple<Tensor, Tensor> leaky_rnn_fwd(Tensor p_in, Tensor w_in, std::optional<Tensor> h0_in,
+                                         std::optional<Tensor> alpha_in,
+                                         std::optional<Tensor> w_skip_in, int64_t skip,
+                                         int64_t dilation, std::string nonlinearity, bool reverse) {
   const Shape s = check_args(p_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
-  const at::Tensor p = compute(p_in).contiguous();
+  const Tensor p = compute(p_in);
   const Problem pr = make_problem(s, nonlinearity, w_in, h0_in, alpha_in, w_skip_in, skip,
-                                  dilation, reverse, p.options());
-  at::Tensor h = Loop::empty_like(p);
-  at::Tensor u = pr.leak ? Loop::empty_like(p) : at::Tensor();
+                                  dilation, reverse, p);
+  Tensor h = Loop::empty_like(p);
+  std::optional<Tensor> u;
+  if (pr.leak()) u = Loop::empty_like(p);
   Loop::fwd(pr, p, h, u);
-  const auto dtype = p_in.scalar_type();
-  return {h.to(dtype), pr.leak ? u.to(dtype) : at::empty({0}, p_in.options())};
+  const ScalarType dtype = p_in.scalar_type();
+  return {torch::stable::to(h, dtype),
+          u ? torch::stable::to(*u, dtype) : torch::stable::new_empty(p_in, {0})};
 }
 
 template <class Loop>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> leaky_rnn_bwd(
-    const at::Tensor& grad_h, const at::Tensor& w_in, const at::Tensor& h_in,
-    const at::Tensor& u_in, const c10::optional<at::Tensor>& h0_in,
-    const c10::optional<at::Tensor>& alpha_in, const c10::optional<at::Tensor>& w_skip_in,
-    int64_t skip, int64_t dilation, c10::string_view nonlinearity, bool reverse) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
+    Tensor grad_h, Tensor w_in, Tensor h_in, Tensor u_in, std::optional<Tensor> h0_in,
+    std::optional<Tensor> alpha_in, std::optional<Tensor> w_skip_in, int64_t skip,
+    int64_t dilation, std::string nonlinearity, bool reverse) {
   const Shape s = check_args(h_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
-  TORCH_CHECK(grad_h.sizes() == h_in.sizes(), "leaky_rnn_bwd: grad_h must have shape ",
-              h_in.sizes(), ", got ", grad_h.sizes());
-  TORCH_CHECK(!alpha_in.has_value() || u_in.sizes() == h_in.sizes(),
-              "leaky_rnn_bwd: u must have shape ", h_in.sizes(), " when alpha is given, got ",
-              u_in.sizes());
-  const at::Tensor h = compute(h_in).contiguous();
+  STD_TORCH_CHECK(same_shape(grad_h.sizes(), {s.T, s.B, s.H}),
+                  "leaky_rnn_bwd: grad_h must have shape ", shape_str(h_in.sizes()), ", got ",
+                  shape_str(grad_h.sizes()));
+  STD_TORCH_CHECK(!alpha_in.has_value() || same_shape(u_in.sizes(), {s.T, s.B, s.H}),
+                  "leaky_rnn_bwd: u must have shape ", shape_str(h_in.sizes()),
+                  " when alpha is given, got ", shape_str(u_in.sizes()));
+  const Tensor h = compute(h_in);
   const Problem pr = make_problem(s, nonlinearity, w_in, h0_in, alpha_in, w_skip_in, skip,
-                                  dilation, reverse, h.options());
-  const at::Tensor u = pr.leak ? compute(u_in).contiguous() : h;
-  at::Tensor dh0 = at::zeros({s.B, s.H}, h.options());
-  at::Tensor e_all = Loop::empty_like(h);
-  at::Tensor dalpha;
-  const at::Tensor g = compute(grad_h).contiguous();
+                                  dilation, reverse, h);
+  const Tensor u = pr.leak() ? compute(u_in) : h;
+  Tensor dh0 = torch::stable::new_zeros(h, {s.B, s.H});
+  Tensor e_all = Loop::empty_like(h);
+  std::optional<Tensor> dalpha;
+  const Tensor g = compute(grad_h);
   if constexpr (Loop::kDirectBwd) {
-    Loop::bwd_direct(pr, g, h, u, e_all, dh0, dalpha);
+    dalpha = Loop::bwd_direct(pr, g, h, u, e_all, dh0);
   } else {
     // delta_t, completed in place as later steps are processed (a private copy).
-    at::Tensor delta = g.is_same(grad_h) ? g.clone() : g;
+    Tensor delta = g.data_ptr() == grad_h.data_ptr() ? torch::stable::clone(g) : g;
     Loop::bwd(pr, u, delta, e_all, dh0);
-    if (pr.leak) dalpha = (delta * (delayed(h, pr.h0, dilation, reverse) - u)).sum({0, 1});
+    if (pr.leak()) dalpha = dalpha_of(delta, h, u, pr.h0, dilation, reverse);
   }
-  if (!pr.leak) dalpha = at::empty({0}, w_in.options());
   // Weight gradients: one large GEMM each over all steps.
-  at::Tensor dw = delayed_gram(e_all, h, pr.h0, h0_in.has_value(), dilation, reverse);
-  at::Tensor dw_skip = skip > 0 ? delayed_gram(e_all, h, pr.h0, h0_in.has_value(), skip, reverse)
-                                : at::empty({0}, w_in.options());
-  const auto dtype = h_in.scalar_type();
-  return {e_all.to(dtype), dw.to(dtype), dh0.to(dtype), dalpha.to(dtype), dw_skip.to(dtype)};
+  const Tensor dw = delayed_gram(e_all, h, pr.h0, h0_in.has_value(), dilation, reverse);
+  const ScalarType dtype = h_in.scalar_type();
+  auto out = [&](const Tensor& t) { return torch::stable::to(t, dtype); };
+  return {out(e_all), out(dw), out(dh0),
+          dalpha ? out(*dalpha) : torch::stable::new_empty(w_in, {0}),
+          skip > 0 ? out(delayed_gram(e_all, h, pr.h0, h0_in.has_value(), skip, reverse))
+                   : torch::stable::new_empty(w_in, {0})};
 }
 
-template <class Loop>
-void register_impls(torch::Library& m) {
-  m.impl("leaky_rnn_fwd", &leaky_rnn_fwd<Loop>);
-  m.impl("leaky_rnn_bwd", &leaky_rnn_bwd<Loop>);
+// The compute dtypes (float32 / float64; float16 / bfloat16 run in float32):
+// f(TypeTag<T>{}) for t's.
+template <typename F>
+decltype(auto) dispatch_compute(ScalarType t, const char* name, F&& f) {
+  if (t == ScalarType::Double) return f(TypeTag<double>{});
+  STD_TORCH_CHECK(t == ScalarType::Float, name, ": unexpected compute dtype ",
+                  torch::headeronly::toString(t));
+  return f(TypeTag<float>{});
 }
 
-}  // namespace rnn
-}  // namespace mts
+HIDDEN_NAMESPACE_END(mts, rnn)
