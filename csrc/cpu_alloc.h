@@ -10,110 +10,48 @@
 // off this is an ordinary aligned allocation). Even huge pages are zeroed by the
 // kernel on first touch (~7 ms per 64 MiB there), so freed large blocks are kept
 // for reuse, exact size only (a training loop asks for the same sizes every
-// step), up to kCacheLimit bytes in all, like a small caching allocator.
-#include <ATen/ATen.h>
-#include <ATen/EmptyTensor.h>
-#include <c10/core/Allocator.h>
-#include <c10/core/CPUAllocator.h>
+// step), up to kCacheLimit bytes in all, like a small caching allocator
+// (csrc/huge_page_cache.h).
+//
+// The stable ABI has no c10::Allocator: a block is handed to torch with
+// torch::stable::from_blob, whose deleter returns it to the cache.
+#ifndef TORCH_TARGET_VERSION
+// csrc/rnn/ still uses the regular C++ API and includes this header.
+#include "cpu_alloc_aten.h"
+#else
 
-#include <cstdlib>
-#include <cstring>
-#include <map>
-#include <mutex>
+#include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
+#include "huge_page_cache.h"
+#include "stable_util.h"
 
-namespace mts {
+HIDDEN_NAMESPACE_BEGIN(mts)
 
-class HugePageCPUAllocator final : public c10::Allocator {
- public:
-  c10::DataPtr allocate(size_t n) override {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (n >= kThreshold) {
-      const size_t bytes = (n + kHugePage - 1) / kHugePage * kHugePage;
-      auto* block = new Block{take_cached(bytes), bytes};
-      if (block->ptr == nullptr) {
-        if (posix_memalign(&block->ptr, kHugePage, bytes) != 0) block->ptr = nullptr;
-        if (block->ptr == nullptr) {
-          delete block;
-          TORCH_CHECK(false, "mts_kernels: out of CPU memory allocating ", bytes, " bytes");
-        }
-        (void)madvise(block->ptr, bytes, MADV_HUGEPAGE);
-      }
-      return {block->ptr, block, &release, c10::Device(c10::DeviceType::CPU)};
+// torch::stable::empty_like(t) (same sizes and dtype; t's strides when t is
+// non-overlapping and dense, else contiguous), large outputs from the block cache.
+inline Tensor empty_like_cpu(const Tensor& t) {
+#if defined(MTS_HUGE_PAGE_CACHE)
+  const size_t n = static_cast<size_t>(t.numel()) * t.element_size();
+  if (n >= huge_page::kThreshold) {
+    const size_t bytes = huge_page::rounded(n);
+    void* ptr = huge_page::allocate(bytes);
+    MTS_CHECK(ptr != nullptr, "mts_kernels: out of CPU memory allocating ", bytes,
+              " bytes");
+    const std::vector<int64_t> strides = empty_like_strides(t);
+    try {
+      return torch::stable::from_blob(ptr, t.sizes(), strides,
+                                      Device(torch::headeronly::DeviceType::CPU),
+                                      t.scalar_type(),
+                                      [bytes](void* p) { huge_page::release(p, bytes); });
+    } catch (...) {
+      huge_page::release(ptr, bytes);  // no tensor owns the block
+      throw;
     }
+  }
 #endif
-    return c10::GetCPUAllocator()->allocate(n);
-  }
-
-  // Small and large blocks carry different deleters, so there is no single raw one.
-  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
-
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    std::memcpy(dest, src, count);
-  }
-
- private:
-  static constexpr size_t kHugePage = size_t(2) << 20;
-  static constexpr size_t kThreshold = size_t(2) << 20;  // one huge page
-  static constexpr size_t kCacheLimit = size_t(512) << 20;
-
-  struct Block {
-    void* ptr;
-    size_t bytes;
-  };
-  struct Cache {
-    std::mutex mutex;
-    std::multimap<size_t, void*> blocks;
-    size_t total = 0;
-  };
-  // Never destroyed: tensors may be freed during interpreter shutdown.
-  static Cache& cache() {
-    static Cache* c = new Cache();
-    return *c;
-  }
-
-  static void* take_cached(size_t bytes) {
-    Cache& c = cache();
-    std::lock_guard<std::mutex> lock(c.mutex);
-    auto it = c.blocks.find(bytes);
-    if (it == c.blocks.end()) return nullptr;
-    void* p = it->second;
-    c.blocks.erase(it);
-    c.total -= bytes;
-    return p;
-  }
-
-  static void release(void* ctx) {
-    auto* block = static_cast<Block*>(ctx);
-    {
-      Cache& c = cache();
-      std::lock_guard<std::mutex> lock(c.mutex);
-      if (c.total + block->bytes <= kCacheLimit) {
-        c.blocks.emplace(block->bytes, block->ptr);
-        c.total += block->bytes;
-        block->ptr = nullptr;
-      }
-    }
-    std::free(block->ptr);
-    delete block;
-  }
-};
-
-// at::empty_like(t) (same sizes and dtype; t's strides when t is non-overlapping
-// and dense, else contiguous), allocated by HugePageCPUAllocator.
-inline at::Tensor empty_like_cpu(const at::Tensor& t) {
-  static HugePageCPUAllocator allocator;
-  if (t.is_non_overlapping_and_dense()) {
-    return at::detail::empty_strided_generic(t.sizes(), t.strides(), &allocator,
-                                             c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                             t.scalar_type());
-  }
-  return at::detail::empty_generic(t.sizes(), &allocator,
-                                   c10::DispatchKeySet(c10::DispatchKey::CPU), t.scalar_type(),
-                                   c10::MemoryFormat::Contiguous);
+  return torch::stable::empty_like(t);
 }
 
-}  // namespace mts
+HIDDEN_NAMESPACE_END(mts)
+
+#endif  // TORCH_TARGET_VERSION

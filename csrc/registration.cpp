@@ -1,12 +1,16 @@
 // Schemas of every op, defined once. Backends register per dispatch key in
 // csrc/<op>/; fake kernels and autograd are registered from Python
 // (mts_kernels/ops/), so torch.compile traces the ops without graph breaks.
+// Defined through the stable ABI (csrc/stable_util.h); kernels registered with the
+// regular TORCH_LIBRARY_IMPL (csrc/rnn/) attach to these schemas all the same,
+// since both end up in the one dispatcher.
 #include <Python.h>
-#include <torch/library.h>
+
+#include "stable_util.h"
 
 extern "C" {
 // Importing mts_kernels._C only has to load this shared object so the static
-// TORCH_LIBRARY initialisers run; there is no Python-level API in it.
+// STABLE_TORCH_LIBRARY initialisers run; there is no Python-level API in it.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
@@ -14,7 +18,7 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(mts_kernels, m) {
+STABLE_TORCH_LIBRARY(mts_kernels, m) {
   // (B, T, D) operands of any strides; a/alpha is (B, T, D) or (D,) per channel;
   // h0 is (B, D) or None. Backwards return the gradient of every input, dh0
   // always as a (B, D) tensor.

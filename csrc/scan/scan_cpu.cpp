@@ -1,13 +1,10 @@
 // CPU kernels of linear_scan / leaky_integrate (math in scan_math.h).
 //
-// Work is split over (batch, block of channels) with at::parallel_for; each task
+// Work is split over (batch, block of channels) with torch::stable::parallel_for
+// (at::parallel_for behind the stable ABI: torch's thread pool); each task
 // walks time sequentially with its block's state in a small local array. The
 // channel loop is innermost and unit-stride, so the compiler vectorizes it, and
 // each task streams rows of its operands in time order (prefetcher-friendly).
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <array>
 
@@ -15,7 +12,7 @@
 #include "scan_math.h"
 #include "scan_ops.h"
 
-namespace mts {
+HIDDEN_NAMESPACE_BEGIN(mts)
 namespace {
 
 constexpr int64_t kMaxBlock = 512;  // channels per task: 2 KiB of float state, stays in L1
@@ -25,7 +22,7 @@ constexpr int64_t kMinBlock = 64;
 // would otherwise be too few tasks to occupy every thread.
 int64_t channel_block(int64_t B, int64_t D) {
   int64_t blk = std::min(D, kMaxBlock);
-  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t want = 4 * static_cast<int64_t>(torch::stable::get_num_threads());
   while (blk > kMinBlock && B * ((D + blk - 1) / blk) < want) blk /= 2;
   return std::max<int64_t>(blk, 1);
 }
@@ -38,10 +35,10 @@ T* mptr(const BTDView& v) { return static_cast<T*>(v.ptr); }
 template <typename scalar_t, bool LEAKY>
 void fwd_kernel(int64_t B, int64_t T, int64_t D, BTDView a, BTDView x, const scalar_t* h0,
                 int64_t h0_sb, BTDView h) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t blk = channel_block(B, D);
   const int64_t nblk = (D + blk - 1) / blk;
-  at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
     std::array<acc_t, kMaxBlock> state;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk;
@@ -74,9 +71,9 @@ template <typename scalar_t, bool LEAKY, bool PER_CHANNEL, typename hprev_t>
 inline void bwd_step(int64_t n, const scalar_t* __restrict__ gk, const scalar_t* __restrict__ ak,
                      const scalar_t* __restrict__ xk, const hprev_t* __restrict__ hprev,
                      scalar_t* __restrict__ dxk, scalar_t* __restrict__ dak,
-                     at::opmath_type<scalar_t>* __restrict__ da_row,
-                     at::opmath_type<scalar_t>* __restrict__ carry) {
-  using acc_t = at::opmath_type<scalar_t>;
+                     opmath_t<scalar_t>* __restrict__ da_row,
+                     opmath_t<scalar_t>* __restrict__ carry) {
+  using acc_t = opmath_t<scalar_t>;
   for (int64_t j = 0; j < n; ++j) {
     const acc_t a = static_cast<acc_t>(ak[j]);
     const acc_t delta = static_cast<acc_t>(gk[j]) + carry[j];
@@ -94,11 +91,11 @@ inline void bwd_step(int64_t n, const scalar_t* __restrict__ gk, const scalar_t*
 template <typename scalar_t, bool LEAKY, bool PER_CHANNEL>
 void bwd_kernel(int64_t B, int64_t T, int64_t D, BTDView g, BTDView a, BTDView x, BTDView h,
                 const scalar_t* h0, int64_t h0_sb, BTDView dx, BTDView da,
-                at::opmath_type<scalar_t>* da_rows, scalar_t* dh0) {
-  using acc_t = at::opmath_type<scalar_t>;
+                opmath_t<scalar_t>* da_rows, scalar_t* dh0) {
+  using acc_t = opmath_t<scalar_t>;
   const int64_t blk = channel_block(B, D);
   const int64_t nblk = (D + blk - 1) / blk;
-  at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
     std::array<acc_t, kMaxBlock> carry;
     std::array<acc_t, kMaxBlock> hinit;
     for (int64_t task = begin; task < end; ++task) {
@@ -129,11 +126,12 @@ void bwd_kernel(int64_t B, int64_t T, int64_t D, BTDView g, BTDView a, BTDView x
 }
 
 struct CpuBackend {
-  static at::Tensor empty_like(const at::Tensor& t) { return empty_like_cpu(t); }
+  static Tensor empty_like(const Tensor& t) { return empty_like_cpu(t); }
 
   static void fwd(ScanFwd& f, bool reverse, bool leaky) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "scan_fwd_cpu", [&] {
-      const scalar_t* h0p = f.h0.defined() ? f.h0.const_data_ptr<scalar_t>() : nullptr;
+    dispatch_floating(f.x.scalar_type(), "scan_fwd_cpu", [&](auto dtype_tag) {
+      using scalar_t = typename decltype(dtype_tag)::type;
+      const auto* h0p = static_cast<const scalar_t*>(data_or_null(f.h0));
       auto run = [&](auto leaky_tag) {
         fwd_kernel<scalar_t, decltype(leaky_tag)::value>(f.B, f.T, f.D, btd_view(f.a, reverse),
                                                          btd_view(f.x, reverse), h0p, f.D,
@@ -143,33 +141,35 @@ struct CpuBackend {
     });
   }
 
-  static at::Tensor bwd(ScanBwd& p, bool reverse, bool leaky) {
-    const auto acc_type = at::toOpMathType(p.h.scalar_type());
-    at::Tensor da_rows =
-        p.per_channel ? at::zeros({p.B, p.D}, p.h.options().dtype(acc_type)) : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.h.scalar_type(), "scan_bwd_cpu", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* h0p = p.h0.defined() ? p.h0.const_data_ptr<scalar_t>() : nullptr;
-      const BTDView xv = p.x.defined() ? btd_view(p.x, reverse) : BTDView{nullptr, 0, 0};
-      const BTDView dav = p.da.defined() ? btd_view(p.da, reverse) : BTDView{nullptr, 0, 0};
-      acc_t* rows = p.per_channel ? da_rows.mutable_data_ptr<acc_t>() : nullptr;
+  static std::optional<Tensor> bwd(ScanBwd& p, bool reverse, bool leaky) {
+    std::optional<Tensor> da_rows;
+    if (p.per_channel)
+      da_rows = torch::stable::new_zeros(p.h, {p.B, p.D}, opmath_dtype(p.h.scalar_type()));
+    dispatch_floating(p.h.scalar_type(), "scan_bwd_cpu", [&](auto dtype_tag) {
+      using scalar_t = typename decltype(dtype_tag)::type;
+      using acc_t = opmath_t<scalar_t>;
+      const auto* h0p = static_cast<const scalar_t*>(data_or_null(p.h0));
+      const BTDView xv = btd_view_or_null(p.x, reverse);
+      const BTDView dav = btd_view_or_null(p.da, reverse);
+      acc_t* rows = da_rows.has_value() ? static_cast<acc_t*>(da_rows->mutable_data_ptr()) : nullptr;
       auto run = [&](auto leaky_tag, auto per_channel_tag) {
         bwd_kernel<scalar_t, decltype(leaky_tag)::value, decltype(per_channel_tag)::value>(
             p.B, p.T, p.D, btd_view(p.g, reverse), btd_view(p.a, reverse), xv,
             btd_view(p.h, reverse), h0p, p.D, btd_view(p.dx, reverse), dav, rows,
-            p.dh0.mutable_data_ptr<scalar_t>());
+            static_cast<scalar_t*>(p.dh0.mutable_data_ptr()));
       };
       auto with_leak = [&](auto per_channel_tag) {
         if (leaky) run(std::true_type{}, per_channel_tag); else run(std::false_type{}, per_channel_tag);
       };
       if (p.per_channel) with_leak(std::true_type{}); else with_leak(std::false_type{});
     });
-    return p.per_channel ? da_rows.sum(0).to(p.a.scalar_type()) : at::Tensor();
+    if (!da_rows.has_value()) return std::nullopt;
+    return sum_rows_to(*da_rows, p.a.scalar_type());
   }
 };
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mts_kernels, CPU, m) { ScanOps<CpuBackend>::register_impls(m); }
+STABLE_TORCH_LIBRARY_IMPL(mts_kernels, CPU, m) { ScanOps<CpuBackend>::register_impls(m); }
 
-}  // namespace mts
+HIDDEN_NAMESPACE_END(mts)

@@ -1,0 +1,191 @@
+#pragma once
+// Helpers for host code written against torch's stable ABI (torch/csrc/stable and
+// torch/headeronly only), shared by every op ported to it: argument-check
+// formatting, per-dtype dispatch, tensor layout helpers and the current CUDA
+// stream. Such files must never include ATen, c10 or torch/library.h: the stable
+// ABI is what lets one binary load under every torch from TORCH_TARGET_VERSION on.
+#ifndef TORCH_TARGET_VERSION
+// Without a target the stable headers offer whatever the building torch has, and
+// the binary could call shim functions older torch releases lack (setup.py passes
+// the target to exactly the files that include this header).
+#error "stable-ABI sources must be compiled with -DTORCH_TARGET_VERSION (see setup.py)"
+#endif
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Exception.h>
+#include <torch/headeronly/util/Half.h>
+#include <torch/headeronly/util/shim_utils.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <iterator>
+#include <numeric>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// Hidden like torch::stable itself: types holding a torch::stable::Tensor must be
+// at least as hidden, and no two extensions built against different torch headers
+// can then bind each other's inline helpers.
+HIDDEN_NAMESPACE_BEGIN(mts)
+
+using torch::headeronly::ScalarType;
+using torch::stable::Device;
+using torch::stable::Tensor;
+using IntRef = torch::headeronly::IntHeaderOnlyArrayRef;
+
+// ---------------------------------------------------------------- messages
+
+namespace detail {
+template <typename... Args>
+std::string cat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+}  // namespace detail
+
+// TORCH_CHECK of the regular API. STD_TORCH_CHECK would prefix every message with
+// the function, file and line, which TORCH_CHECK's messages (what Python shows)
+// never had; the op boundary turns the std::runtime_error into a RuntimeError.
+#define MTS_CHECK(cond, ...)                                                \
+  do {                                                                      \
+    if (!(cond)) throw std::runtime_error(::mts::detail::cat(__VA_ARGS__)); \
+  } while (0)
+
+// What c10 prints for an IntArrayRef ("[2, 5, 3]") and a Device ("cuda:0"), so
+// messages read as they did; as strings because the stable types have no operator<<.
+inline std::string shape_str(IntRef sizes) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < sizes.size(); ++i) os << (i ? ", " : "") << sizes[i];
+  os << ']';
+  return os.str();
+}
+
+inline std::string device_str(const Device& d) {
+  // c10::DeviceTypeName, lower case, indexed by DeviceType.
+  static constexpr const char* kNames[] = {
+      "cpu",  "cuda",   "mkldnn", "opengl", "opencl", "ideep", "hip",
+      "fpga", "maia",   "xla",    "vulkan", "metal",  "xpu",   "mps",
+      "meta", "hpu",    "ve",     "lazy",   "ipu",    "mtia",  "privateuseone"};
+  const int type = static_cast<int>(d.type());
+  std::string s = type >= 0 && type < static_cast<int>(std::size(kNames))
+                      ? kNames[type]
+                      : "device_type_" + std::to_string(type);
+  if (d.index() >= 0) s += ":" + std::to_string(static_cast<int>(d.index()));
+  return s;
+}
+
+// ---------------------------------------------------------------- dtypes
+
+// The dtypes the kernels are written for (at::isFloatingType minus the float8
+// formats, which no kernel here implements).
+inline bool is_kernel_float(ScalarType t) {
+  return t == ScalarType::Float || t == ScalarType::Double || t == ScalarType::Half ||
+         t == ScalarType::BFloat16;
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// at::opmath_type: reduced-precision types compute in float.
+template <typename T>
+struct OpMath {
+  using type = T;
+};
+template <>
+struct OpMath<torch::headeronly::Half> {
+  using type = float;
+};
+template <>
+struct OpMath<torch::headeronly::BFloat16> {
+  using type = float;
+};
+template <typename T>
+using opmath_t = typename OpMath<T>::type;
+
+inline ScalarType opmath_dtype(ScalarType t) {
+  return (t == ScalarType::Half || t == ScalarType::BFloat16) ? ScalarType::Float : t;
+}
+
+// AT_DISPATCH_FLOATING_TYPES_AND2(kHalf, kBFloat16, t, name, ...) of the regular
+// API: calls f(TypeTag<scalar_t>{}) for the C++ type of `t`, e.g.
+//   dispatch_floating(t, "op", [&](auto tag) { using scalar_t = typename decltype(tag)::type; });
+// Same error as AT_DISPATCH for any other dtype.
+template <typename F>
+decltype(auto) dispatch_floating(ScalarType t, const char* name, F&& f) {
+  switch (t) {
+    case ScalarType::Float: return f(TypeTag<float>{});
+    case ScalarType::Double: return f(TypeTag<double>{});
+    case ScalarType::Half: return f(TypeTag<torch::headeronly::Half>{});
+    case ScalarType::BFloat16: return f(TypeTag<torch::headeronly::BFloat16>{});
+    default: break;
+  }
+  throw std::runtime_error(detail::cat('"', name, "\" not implemented for '", t, "'"));
+}
+
+// ---------------------------------------------------------------- layout
+
+// c10's TensorImpl::is_non_overlapping_and_dense, which the stable Tensor does
+// not expose: some permutation of the dims is contiguous (size-1 dims ignored).
+inline bool is_non_overlapping_and_dense(IntRef sizes, IntRef strides) {
+  const size_t dim = sizes.size();
+  if (dim == 1) return sizes[0] < 2 || strides[0] == 1;
+  std::vector<size_t> perm(dim);
+  std::iota(perm.begin(), perm.end(), size_t(0));
+  std::sort(perm.begin(), perm.end(), [&](size_t a, size_t b) {
+    if (sizes[a] < 2) return false;
+    if (sizes[b] < 2) return true;
+    return strides[a] < strides[b];
+  });
+  int64_t require = 1;
+  for (size_t i : perm) {
+    if (sizes[i] < 2) return true;
+    if (strides[i] != require) return false;
+    require *= sizes[i];
+  }
+  return true;
+}
+
+inline std::vector<int64_t> contiguous_strides(IntRef sizes) {
+  std::vector<int64_t> strides(sizes.size());
+  int64_t s = 1;
+  for (size_t i = sizes.size(); i-- > 0;) {
+    strides[i] = s;
+    s *= std::max<int64_t>(sizes[i], 1);
+  }
+  return strides;
+}
+
+// The strides at::empty_like(t) gives its result (memory_format=preserve, for
+// tensors without a channels-last layout): t's own when t is non-overlapping and
+// dense, else contiguous. For allocators that must build the tensor themselves.
+inline std::vector<int64_t> empty_like_strides(const Tensor& t) {
+  const IntRef sizes = t.sizes(), strides = t.strides();
+  if (is_non_overlapping_and_dense(sizes, strides))
+    return std::vector<int64_t>(strides.begin(), strides.end());
+  return contiguous_strides(sizes);
+}
+
+// ---------------------------------------------------------------- CUDA
+
+#if defined(USE_CUDA)
+// c10::cuda::getCurrentCUDAStream(index).stream(), as a void* so that this header
+// needs no CUDA include (cast it to cudaStream_t). The accelerator API's Stream
+// only exposes its native handle from torch 2.13 on; this shim call is older.
+inline void* current_cuda_stream(int32_t device_index) {
+  void* stream = nullptr;
+  TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream));
+  return stream;
+}
+#endif
+
+HIDDEN_NAMESPACE_END(mts)
