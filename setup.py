@@ -14,16 +14,14 @@ Environment switches:
                                   else /usr/local/cuda
 
 Versions and ABI (README, "Wheels and installs"):
-  - the local version names what the binary was built against:
-    0.1.0+cu130.torch2.14 (CUDA kernels) or 0.1.0+cpu.torch2.14 (CPU only), and the
-    wheel requires that torch minor series. An sdist is plain 0.1.0: what it builds
-    into is decided on the machine that builds it.
-  - host sources ported to torch's stable ABI (STABLE_HOST_SOURCES, csrc/stable_util.h)
-    are compiled with -DTORCH_TARGET_VERSION=<TORCH_TARGET>, the others (csrc/rnn/, on
-    the regular C++ API, whose headers refuse that macro) without it. Once every host
-    source is stable (STABLE_ABI), the binary loads under any torch >= TORCH_TARGET:
-    the local version becomes 0.1.0+cu130.stableabi.torch2.11 / +cpu.stableabi.torch2.11
-    and the wheel requires torch>=2.11.
+  - every host source is written against torch's stable ABI (torch/csrc/stable,
+    torch/headeronly and the C shims; csrc/stable_util.h) and compiled with
+    -DTORCH_TARGET_VERSION=<TORCH_TARGET>, so the binary loads under any torch >=
+    TORCH_TARGET (2.11): the local version names the kernels and that floor,
+    0.1.0+cu130.stableabi.torch2.11 (CUDA kernels built with CUDA 13.0) or
+    0.1.0+cpu.stableabi.torch2.11, and the wheel requires torch>=2.11 (with the same
+    CUDA major for the CUDA kernels). An sdist is plain 0.1.0: what it builds into is
+    decided on the machine that builds it.
   - _C uses only Python's limited API (its PyInit__C is an empty module; the ops
     reach Python through the torch dispatcher), so the wheel is tagged
     cp310-abi3 and one wheel serves every CPython >= 3.10.
@@ -58,10 +56,9 @@ BUILDING_SDIST = "sdist" in sys.argv[1:]
 TORCH_TARGET = (2, 11)
 # torch/headeronly/version.h layout: major and minor in the top two bytes.
 TORCH_TARGET_VERSION = f"0x{TORCH_TARGET[0]:02x}{TORCH_TARGET[1]:02x}000000000000"
-STABLE_HOST_SOURCES = ["csrc/registration.cpp"] + sorted(glob.glob("csrc/scan/*.cpp", root_dir=ROOT))
-# The binary is torch-version independent only when no host source uses the
-# regular C++ API any more (csrc/rnn/ has not been ported yet).
-STABLE_ABI = set(glob.glob("csrc/**/*.cpp", root_dir=ROOT, recursive=True)) <= set(STABLE_HOST_SOURCES)
+# Every host source targets the stable ABI (checked by csrc/stable_util.h, which
+# refuses to compile without TORCH_TARGET_VERSION).
+STABLE_ABI = True
 
 
 def _truthy(name):
@@ -142,14 +139,10 @@ def _gencode_flags(spec):
 
 
 def _local_version(with_cuda):
-    # The torch tag stays in CPU-only builds too: _C links libtorch_cpu/libc10's C++
-    # API, which changes between torch minor versions, so a plain "+cpu" would
-    # claim a compatibility the binary does not have (see README). A stable-ABI
-    # build names the oldest torch it serves instead.
+    # The torch tag names the oldest torch the stable-ABI binary serves (a plain
+    # "+cpu" would hide that floor).
     kernels = "cu" + torch.version.cuda.replace(".", "") if with_cuda else "cpu"
-    if STABLE_ABI:
-        return f"{kernels}.stableabi.torch{TORCH_TARGET[0]}.{TORCH_TARGET[1]}"
-    return f"{kernels}.torch{TORCH_MM}"
+    return f"{kernels}.stableabi.torch{TORCH_TARGET[0]}.{TORCH_TARGET[1]}"
 
 
 def _nvcc_version():
@@ -176,7 +169,7 @@ def _build_info(with_cuda, arch_names):
         # Read by mts_kernels/_extension.py: a stable-ABI build runs under any torch
         # >= torch_target with the same CUDA major, not just the torch it was built with.
         "stable_abi": STABLE_ABI,
-        "torch_target": "{}.{}".format(*TORCH_TARGET) if STABLE_ABI else None,
+        "torch_target": "{}.{}".format(*TORCH_TARGET),
     }
 
 
@@ -185,6 +178,7 @@ def _extension():
     # py_limited_api=True: torch's BuildExtension defines Py_LIMITED_API and does not
     # link libtorch_python; setuptools names the module _C.abi3.so.
     cxx = ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror"]
+    macros = [("TORCH_TARGET_VERSION", TORCH_TARGET_VERSION)]
     sources = ["csrc/registration.cpp"] + sorted(glob.glob("csrc/*/*_cpu.cpp"))
     if BUILDING_SDIST:
         # Nothing is compiled; MANIFEST.in brings all of csrc/ along.
@@ -192,7 +186,7 @@ def _extension():
     with_cuda = _want_cuda()
     if not with_cuda:
         ext = CppExtension("mts_kernels._C", sources, extra_compile_args={"cxx": cxx},
-                           py_limited_api=True)
+                           define_macros=macros, py_limited_api=True)
         return ext, False, _build_info(False, [])
     gencode, arch_names = _gencode_flags(os.environ.get("MTS_KERNELS_CUDA_ARCHS", DEFAULT_ARCHS))
     sources += sorted(glob.glob("csrc/*/*_cuda.cpp")) + sorted(glob.glob("csrc/*/*.cu"))
@@ -206,6 +200,8 @@ def _extension():
         "mts_kernels._C",
         sources,
         extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        # USE_CUDA: the shim declares its CUDA stream accessor only then.
+        define_macros=macros + [("USE_CUDA", None)],
         py_limited_api=True,
     )
     return ext, True, _build_info(True, arch_names)
@@ -215,35 +211,10 @@ EXTENSION, WITH_CUDA, BUILD_INFO = _extension()
 
 
 class BuildExt(BuildExtension.with_options(use_ninja=True)):
-    """torch's BuildExtension, plus: compiles STABLE_HOST_SOURCES with
-    TORCH_TARGET_VERSION, writes _build_info.py beside the compiled _C (in place for
-    editable installs, in build/lib for wheels), and removes _C binaries with
-    another ABI suffix there (a leftover _C.cpython-311-*.so would be imported
-    before the new _C.abi3.so)."""
-
-    def build_extension(self, ext):
-        # torch's ninja build gives every source of an extension the same flags, and
-        # ATen/c10 headers #error under TORCH_TARGET_VERSION, so the stable sources
-        # are compiled in a pass of their own and linked in as extra objects.
-        stable = [s for s in ext.sources if s in STABLE_HOST_SOURCES]
-        if not stable:
-            return super().build_extension(ext)
-        macros = [("TORCH_TARGET_VERSION", TORCH_TARGET_VERSION)]
-        if WITH_CUDA:
-            macros.append(("USE_CUDA", None))  # declares the shim's CUDA stream call
-        objects = self.compiler.compile(
-            stable, output_dir=self.build_temp, macros=ext.define_macros + macros,
-            include_dirs=ext.include_dirs, debug=self.debug,
-            extra_postargs=ext.extra_compile_args, depends=ext.depends)
-        saved = ext.sources, ext.extra_objects, ext.depends
-        # The stable sources stay in `depends`, so that editing only them still relinks.
-        ext.sources = [s for s in ext.sources if s not in stable]
-        ext.extra_objects = list(ext.extra_objects) + objects
-        ext.depends = list(ext.depends) + stable
-        try:
-            super().build_extension(ext)
-        finally:
-            ext.sources, ext.extra_objects, ext.depends = saved
+    """torch's BuildExtension, plus: writes _build_info.py beside the compiled _C
+    (in place for editable installs, in build/lib for wheels), and removes _C
+    binaries with another ABI suffix there (a leftover _C.cpython-311-*.so would
+    be imported before the new _C.abi3.so)."""
 
     def _info_paths(self):
         return [os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_build_info.py")
@@ -268,15 +239,9 @@ class BuildExt(BuildExtension.with_options(use_ninja=True)):
 
 if BUILDING_SDIST:
     VERSION = BASE_VERSION
-    INSTALL_REQUIRES = ["torch"]
 else:
     VERSION = BUILD_INFO["version"]
-    if STABLE_ABI:
-        INSTALL_REQUIRES = ["torch>={}.{}".format(*TORCH_TARGET)]
-    else:
-        # The binary runs on the torch minor series it was built against only.
-        major, minor = (int(p) for p in TORCH_MM.split("."))
-        INSTALL_REQUIRES = [f"torch>={TORCH_MM},<{major}.{minor + 1}"]
+INSTALL_REQUIRES = ["torch>={}.{}".format(*TORCH_TARGET)]
 
 setup(
     name="mts_kernels",

@@ -15,11 +15,6 @@
 //
 // The stable ABI has no c10::Allocator: a block is handed to torch with
 // torch::stable::from_blob, whose deleter returns it to the cache.
-#ifndef TORCH_TARGET_VERSION
-// csrc/rnn/ still uses the regular C++ API and includes this header.
-#include "cpu_alloc_aten.h"
-#else
-
 #include <vector>
 
 #include "huge_page_cache.h"
@@ -53,5 +48,3 @@ inline Tensor empty_like_cpu(const Tensor& t) {
 }
 
 HIDDEN_NAMESPACE_END(mts)
-
-#endif  // TORCH_TARGET_VERSION

@@ -1,8 +1,6 @@
 #pragma once
 // The block cache behind empty_like_cpu (csrc/cpu_alloc.h; the reasons are there).
-// Plain C++, no torch types: the stable-ABI front end (csrc/cpu_alloc.h) and the
-// regular-API one still used by csrc/rnn/ (csrc/cpu_alloc_aten.h) share it, so
-// their outputs recycle each other's blocks.
+// Plain C++, no torch types.
 #include <cstddef>
 #include <cstdlib>
 #include <map>

@@ -21,6 +21,7 @@
 #include <torch/headeronly/util/shim_utils.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <iterator>
 #include <numeric>
@@ -75,11 +76,15 @@ inline std::string device_str(const Device& d) {
       "fpga", "maia",   "xla",    "vulkan", "metal",  "xpu",   "mps",
       "meta", "hpu",    "ve",     "lazy",   "ipu",    "mtia",  "privateuseone"};
   const int type = static_cast<int>(d.type());
-  std::string s = type >= 0 && type < static_cast<int>(std::size(kNames))
-                      ? kNames[type]
-                      : "device_type_" + std::to_string(type);
-  if (d.index() >= 0) s += ":" + std::to_string(static_cast<int>(d.index()));
-  return s;
+  // A stream, not string concatenation: GCC 12 at -O3 raises a false -Wrestrict
+  // on `s += ":" + std::to_string(i)` once this is inlined into a caller.
+  std::ostringstream os;
+  if (type >= 0 && type < static_cast<int>(std::size(kNames)))
+    os << kNames[type];
+  else
+    os << "device_type_" << type;
+  if (d.index() >= 0) os << ':' << static_cast<int>(d.index());
+  return os.str();
 }
 
 // ---------------------------------------------------------------- dtypes
@@ -173,6 +178,19 @@ inline std::vector<int64_t> empty_like_strides(const Tensor& t) {
   if (is_non_overlapping_and_dense(sizes, strides))
     return std::vector<int64_t>(strides.begin(), strides.end());
   return contiguous_strides(sizes);
+}
+
+// ---------------------------------------------------------------- other ops
+
+// An aten op the stable ops do not wrap, through the boxed dispatcher, e.g.
+// call_aten("aten::mul", "Tensor", a, b). Every argument of the schema must be
+// given (no defaults), as a type the stable ABI carries (tensors, ints, bools,
+// int lists, optionals, strings; no Scalar). Returns the op's first output.
+template <typename... Args>
+Tensor call_aten(const char* name, const char* overload, const Args&... args) {
+  std::array<StableIValue, sizeof...(Args)> stack{torch::stable::detail::from(args)...};
+  TORCH_ERROR_CODE_CHECK(torch_call_dispatcher(name, overload, stack.data(), TORCH_ABI_VERSION));
+  return torch::stable::detail::to<Tensor>(stack[0]);
 }
 
 // ---------------------------------------------------------------- CUDA

@@ -49,7 +49,7 @@ Mode persistent_mode() {
 }
 
 void check_cuda(cudaError_t err, const char* what) {
-  STD_TORCH_CHECK(err == cudaSuccess, "mts_kernels: ", what, " failed: ",
+  MTS_CHECK(err == cudaSuccess, "mts_kernels: ", what, " failed: ",
                   cudaGetErrorString(err));
 }
 

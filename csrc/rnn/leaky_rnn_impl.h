@@ -30,7 +30,7 @@ HIDDEN_NAMESPACE_BEGIN(mts, rnn)
 enum class Phi { kTanh, kRelu };
 
 inline Phi parse_phi(const std::string& s) {
-  STD_TORCH_CHECK(s == "tanh" || s == "relu",
+  MTS_CHECK(s == "tanh" || s == "relu",
                   "leaky_rnn: nonlinearity must be 'tanh' or 'relu', got '", s, "'");
   return s == "tanh" ? Phi::kTanh : Phi::kRelu;
 }
@@ -46,16 +46,16 @@ inline bool same_shape(IntRef a, std::initializer_list<int64_t> b) {
 inline Shape check_args(const Tensor& p, const Tensor& w, const std::optional<Tensor>& h0,
                         const std::optional<Tensor>& alpha, const std::optional<Tensor>& w_skip,
                         int64_t skip, int64_t dilation) {
-  STD_TORCH_CHECK(p.dim() == 3, "leaky_rnn: p must be 3-D (T, B, H), got shape ",
+  MTS_CHECK(p.dim() == 3, "leaky_rnn: p must be 3-D (T, B, H), got shape ",
                   shape_str(p.sizes()));
-  STD_TORCH_CHECK(is_kernel_float(p.scalar_type()), "leaky_rnn: p must be floating point, got ",
+  MTS_CHECK(is_kernel_float(p.scalar_type()), "leaky_rnn: p must be floating point, got ",
                   torch::headeronly::toString(p.scalar_type()));
   const int64_t T = p.size(0), B = p.size(1), H = p.size(2);
-  STD_TORCH_CHECK(T > 0, "leaky_rnn: p needs at least one time step");
+  MTS_CHECK(T > 0, "leaky_rnn: p needs at least one time step");
   auto same = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
-    STD_TORCH_CHECK(same_shape(t.sizes(), shape), "leaky_rnn: ", name, " must have shape ",
+    MTS_CHECK(same_shape(t.sizes(), shape), "leaky_rnn: ", name, " must have shape ",
                     shape_str(IntRef(shape)), ", got ", shape_str(t.sizes()));
-    STD_TORCH_CHECK(t.scalar_type() == p.scalar_type() && t.device() == p.device(),
+    MTS_CHECK(t.scalar_type() == p.scalar_type() && t.device() == p.device(),
                     "leaky_rnn: ", name, " must be ", torch::headeronly::toString(p.scalar_type()),
                     " on ", device_str(p.device()), ", got ",
                     torch::headeronly::toString(t.scalar_type()), " on ", device_str(t.device()));
@@ -63,9 +63,9 @@ inline Shape check_args(const Tensor& p, const Tensor& w, const std::optional<Te
   same(w, "weight_hh", {H, H});
   if (h0) same(*h0, "h0", {B, H});
   if (alpha) same(*alpha, "alpha", {H});
-  STD_TORCH_CHECK(dilation >= 1, "leaky_rnn: dilation must be >= 1, got ", dilation);
-  STD_TORCH_CHECK(skip >= 0, "leaky_rnn: skip must be >= 1 (or 0 for none), got ", skip);
-  STD_TORCH_CHECK((skip > 0) == w_skip.has_value(),
+  MTS_CHECK(dilation >= 1, "leaky_rnn: dilation must be >= 1, got ", dilation);
+  MTS_CHECK(skip >= 0, "leaky_rnn: skip must be >= 1 (or 0 for none), got ", skip);
+  MTS_CHECK((skip > 0) == w_skip.has_value(),
                   "leaky_rnn: weight_skip must be given exactly when skip > 0");
   if (w_skip) same(*w_skip, "weight_skip", {H, H});
   return {T, B, H};
@@ -194,10 +194,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
     std::optional<Tensor> alpha_in, std::optional<Tensor> w_skip_in, int64_t skip,
     int64_t dilation, std::string nonlinearity, bool reverse) {
   const Shape s = check_args(h_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
-  STD_TORCH_CHECK(same_shape(grad_h.sizes(), {s.T, s.B, s.H}),
+  MTS_CHECK(same_shape(grad_h.sizes(), {s.T, s.B, s.H}),
                   "leaky_rnn_bwd: grad_h must have shape ", shape_str(h_in.sizes()), ", got ",
                   shape_str(grad_h.sizes()));
-  STD_TORCH_CHECK(!alpha_in.has_value() || same_shape(u_in.sizes(), {s.T, s.B, s.H}),
+  MTS_CHECK(!alpha_in.has_value() || same_shape(u_in.sizes(), {s.T, s.B, s.H}),
                   "leaky_rnn_bwd: u must have shape ", shape_str(h_in.sizes()),
                   " when alpha is given, got ", shape_str(u_in.sizes()));
   const Tensor h = compute(h_in);
@@ -231,7 +231,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
 template <typename F>
 decltype(auto) dispatch_compute(ScalarType t, const char* name, F&& f) {
   if (t == ScalarType::Double) return f(TypeTag<double>{});
-  STD_TORCH_CHECK(t == ScalarType::Float, name, ": unexpected compute dtype ",
+  MTS_CHECK(t == ScalarType::Float, name, ": unexpected compute dtype ",
                   torch::headeronly::toString(t));
   return f(TypeTag<float>{});
 }
