@@ -4,7 +4,10 @@ Importing _C runs its static TORCH_LIBRARY initialisers, which define the op
 schemas and register the CPU (and CUDA) kernels. A build made against another
 torch or CUDA is never loaded: that is how kernel libraries die with undefined
 symbols or segfaults. The versions are compared first (mts_kernels/_build_info.py,
-written by setup.py beside _C), and only a matching _C is imported.
+written by setup.py beside _C), and only a matching _C is imported. A build on
+torch's stable ABI (_build_info's stable_abi) matches every torch from its
+torch_target on with the same CUDA major; any other build matches only the torch
+minor and CUDA minor it was compiled against.
 
 When the compiled kernels cannot be used (a mismatched build, no build, or a _C
 that fails to load):
@@ -41,6 +44,11 @@ def _mm(version: str) -> str:
     return ".".join(version.split("+")[0].split(".")[:2])
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """(major, minor) of "2.14.1+cu130", "2.15.0a0+git..." or "2.11"."""
+    return tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in _mm(version).split("."))
+
+
 def _in_source_checkout() -> bool:
     return all(os.path.exists(os.path.join(_SOURCE_ROOT, p)) for p in ("setup.py", "csrc"))
 
@@ -61,7 +69,8 @@ def _describe_build(info: Optional[dict]) -> str:
     if not info:
         return "not built"
     cuda = f"CUDA {info['torch_cuda']}" if info.get("torch_cuda") else "CPU only"
-    return f"torch {info.get('torch')} ({cuda}, Python {info.get('python')})"
+    stable = f", stable ABI: torch >= {info.get('torch_target')}" if info.get("stable_abi") else ""
+    return f"torch {info.get('torch')} ({cuda}, Python {info.get('python')}{stable})"
 
 
 def _describe_running() -> str:
@@ -72,13 +81,25 @@ def _describe_running() -> str:
 def _mismatch(info: dict) -> Optional[str]:
     """Why a build described by `info` cannot run under this torch, or None."""
     built_torch = info.get("torch", "?")
-    if _mm(built_torch) != _mm(torch.__version__):
+    # A stable-ABI _C calls torch only through its versioned C shim, which later
+    # torch releases keep serving; the CUDA runtime it links stays ABI compatible
+    # within a major version only.
+    stable = bool(info.get("stable_abi"))
+    if stable:
+        target = info.get("torch_target") or _mm(built_torch)
+        if _version_tuple(torch.__version__) < _version_tuple(target):
+            return (f"torch {_mm(torch.__version__)} is older than torch {target}, the oldest this "
+                    f"stable-ABI build serves")
+    elif _mm(built_torch) != _mm(torch.__version__):
         return f"torch {_mm(built_torch)} != torch {_mm(torch.__version__)}"
     built_cuda = info.get("torch_cuda")
     if built_cuda is not None:
         if torch.version.cuda is None:
             return f"it has CUDA {built_cuda} kernels but the running torch is a CPU-only build"
-        if _mm(built_cuda) != _mm(torch.version.cuda):
+        if stable and built_cuda.split(".")[0] != torch.version.cuda.split(".")[0]:
+            return (f"CUDA {built_cuda} and CUDA {torch.version.cuda} differ in major version "
+                    f"(a stable-ABI build needs the same one)")
+        if not stable and _mm(built_cuda) != _mm(torch.version.cuda):
             return f"CUDA {built_cuda} != CUDA {torch.version.cuda}"
     abi = info.get("cxx11_abi")
     if abi is not None and bool(abi) != bool(torch._C._GLIBCXX_USE_CXX11_ABI):

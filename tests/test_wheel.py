@@ -126,6 +126,50 @@ def test_mismatched_cuda_without_fallback_raises(tmp_path):
     assert not out["loaded_C"]
 
 
+# A stable-ABI build (what setup.py writes once STABLE_ABI is on) made against an
+# older torch: the copied _C is the in-place build, loadable here, so acceptance
+# shows as a loaded _C and refusal as an error that never loaded it.
+_STABLE_CUDA = torch.version.cuda or "13.0"
+STABLE_OLDER_TORCH = _build_info(
+    version=f"0.1.0+cu{_STABLE_CUDA.replace('.', '')}.stableabi.torch2.11", torch="2.11.0",
+    torch_cuda=torch.version.cuda, stable_abi=True, torch_target="2.11")
+
+
+def test_stable_abi_build_loads_under_newer_torch(tmp_path):
+    out, _ = _probe(tmp_path, STABLE_OLDER_TORCH, TRITON_INTERPRET="0")
+    assert "error" not in out, out
+    assert out["loaded_C"] and out["compiled"] and not out["warnings"], out
+
+
+def test_stable_abi_build_for_newer_torch_raises(tmp_path):
+    info = dict(STABLE_OLDER_TORCH, torch="2.99.0", torch_target="2.99")
+    out, _ = _probe(tmp_path, info, TRITON_INTERPRET="0")
+    assert "error" in out, out
+    msg = out["error"]
+    assert f"torch {TORCH_MM} is older than torch 2.99" in msg, msg
+    assert "stable ABI: torch >= 2.99" in msg, msg
+    assert not out["loaded_C"]
+
+
+def test_without_stable_abi_an_older_torch_still_raises(tmp_path):
+    info = dict(STABLE_OLDER_TORCH, stable_abi=False, torch_target=None)
+    out, _ = _probe(tmp_path, info, TRITON_INTERPRET="0")
+    assert "error" in out and f"torch 2.11 != torch {TORCH_MM}" in out["error"], out
+    assert not out["loaded_C"]
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch to mismatch its CUDA")
+def test_stable_abi_build_accepts_cuda_minor_refuses_major(tmp_path):
+    major, minor = (int(p) for p in torch.version.cuda.split(".")[:2])
+    out, _ = _probe(tmp_path / "minor", dict(STABLE_OLDER_TORCH, torch_cuda=f"{major}.{minor + 1}"),
+                    TRITON_INTERPRET="0")
+    assert "error" not in out and out["loaded_C"], out
+    out, _ = _probe(tmp_path / "major", dict(STABLE_OLDER_TORCH, torch_cuda=f"{major - 1}.8"),
+                    TRITON_INTERPRET="0")
+    assert "error" in out and "differ in major version" in out["error"], out
+    assert not out["loaded_C"]
+
+
 def test_never_compiled_without_fallback_raises(tmp_path):
     out, _ = _probe(tmp_path, None, TRITON_INTERPRET="0")
     assert "error" in out and "not compiled" in out["error"], out
