@@ -47,6 +47,9 @@ def collect() -> dict:
             "py_limited_api": build.get("py_limited_api"),
             "nvcc": build.get("nvcc"),
             "cuda_archs": build.get("cuda_archs", []),
+            # torch's stable ABI: the build serves every torch from torch_target on
+            "stable_abi": bool(build.get("stable_abi")),
+            "torch_target": build.get("torch_target"),
         },
         "running": {
             "torch": torch.__version__,
@@ -103,6 +106,9 @@ def _print_text(info: dict) -> None:
         nvcc = f", nvcc {b['nvcc']}" if b["nvcc"] else ""
         cuda = b["cuda"] or "none (CPU-only build)"
         print(f"  built against: torch {b['torch']}, CUDA {cuda}{nvcc}, Python {b['python']}{abi3}")
+        if b["stable_abi"]:
+            print(f"  torch ABI:     stable, serves torch >= {b['torch_target']}"
+                  + (" with the same CUDA major" if b["cuda"] else ""))
     print(f"  running on:    torch {r['torch']}, CUDA {r['cuda']}, Python {r['python']} ({r['platform']})")
     archs = ", ".join(b["cuda_archs"]) or "none (CPU-only build)"
     print(f"  CUDA archs:    {archs}")
