@@ -1,6 +1,6 @@
 """Loading of the compiled kernels (mts_kernels._C).
 
-Importing _C runs its static TORCH_LIBRARY initialisers, which define the op
+Importing _C runs its static STABLE_TORCH_LIBRARY initialisers, which define the op
 schemas and register the CPU (and CUDA) kernels. A build made against another
 torch or CUDA is never loaded: that is how kernel libraries die with undefined
 symbols or segfaults. The versions are compared first (mts_kernels/_build_info.py,

@@ -25,7 +25,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH_MM = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+
+
+def _mm(version):
+    """'2.14' of '2.14.1+cu130'."""
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+TORCH_MM = _mm(torch.__version__)
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
@@ -232,8 +239,101 @@ def test_mismatch_with_reference_backend_imports_and_warns(tmp_path):
 
 # --------------------------------------------------------------------------- sdist -> wheel -> venv
 
+STABLE_TAG = "stableabi.torch2.11"  # the oldest torch the stable-ABI build serves
+OLDEST_TORCH = "2.11.0"
+
+
+@pytest.fixture(scope="module")
+def cpu_wheel(tmp_path_factory):
+    """`make sdist`, then `make wheel` from it (CPU kernels only); the wheel's path."""
+    dist = tmp_path_factory.mktemp("dist")
+    proc = _run([sys.executable, "-c", f"from setuptools import build_meta as b; "
+                 f"print(b.build_sdist({str(dist)!r}))"], cwd=ROOT, env=_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sdists = list(dist.glob("mts_kernels-*.tar.gz"))
+    assert [p.name for p in sdists] == ["mts_kernels-0.1.0.tar.gz"]
+    # from the sdist, as `make wheel` does: proves the sdist builds
+    proc = _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index",
+                 "--no-cache-dir", "-w", str(dist), str(sdists[0])], cwd=dist,
+                env=_env(MTS_KERNELS_SKIP_CUDA_BUILD="1", MAX_JOBS=os.environ.get("MAX_JOBS", "2")),
+                timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    wheels = list(dist.glob("*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+# Run from outside the source tree by the installed package.
+_INSTALLED_CHECK = textwrap.dedent("""
+    import json, warnings
+    warnings.simplefilter("error")  # a working install imports without warnings
+    import torch, mts_kernels
+    from mts_kernels import _extension
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(3, 17, 5, generator=g, requires_grad=True)
+    alpha = (torch.rand(5, generator=g) * 0.9 + 0.05).requires_grad_()
+    h0 = torch.randn(3, 5, generator=g)
+    h = mts_kernels.leaky_integrate(v, alpha, h0, backend="cpu")
+    ref = mts_kernels.reference.leaky_integrate(v, alpha, h0)
+    torch.testing.assert_close(h, ref)
+    gh = torch.randn_like(h)
+    torch.testing.assert_close(torch.autograd.grad(h, (v, alpha), gh),
+                               torch.autograd.grad(ref, (v, alpha), gh))
+    # and the dense recurrence, whose CPU loop calls torch's BLAS through the C shim
+    p = torch.randn(9, 2, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (torch.randn(6, 6, generator=g, dtype=torch.float64) * 0.4).requires_grad_()
+    a = torch.rand(6, generator=g, dtype=torch.float64).requires_grad_()
+    out = mts_kernels.leaky_rnn(p, w, alpha=a, backend="cpu")
+    ref = mts_kernels.reference.leaky_rnn(p, w, alpha=a)
+    torch.testing.assert_close(out, ref)
+    go = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, (p, w, a), go),
+                               torch.autograd.grad(ref, (p, w, a), go))
+    print(json.dumps({"file": mts_kernels.__file__, "version": mts_kernels.__version__,
+                      "compiled": _extension.COMPILED, "torch": torch.__version__}))
+""")
+
+
+def _check_installed(vpy, venv_site, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    proc = _run([str(vpy), "-c", _INSTALLED_CHECK], cwd=outside, env=_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["file"].startswith(str(venv_site)), out
+    assert out["compiled"] and out["version"] == f"0.1.0+cpu.{STABLE_TAG}", out
+    proc = _run([str(vpy), "-m", "mts_kernels", "info"], cwd=outside, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert f"mts_kernels 0.1.0+cpu.{STABLE_TAG}" in proc.stdout and "compiled:      loaded" in proc.stdout
+    proc = _run([str(vpy), "-m", "mts_kernels", "info", "--json"], cwd=outside, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["version"] == f"0.1.0+cpu.{STABLE_TAG}"
+    assert info["compiled_kernels"] == "loaded" and info["fallback"] is None
+    assert info["built_against"]["torch"] == torch.__version__
+    assert info["built_against"]["stable_abi"] and info["built_against"]["torch_target"] == "2.11"
+    assert info["built_against"]["cuda_archs"] == [] and info["built_against"]["py_limited_api"] == "cp310"
+    assert info["location"] == str(venv_site / "mts_kernels")
+    assert info["backends"]["cpu"]["auto"] == "cpu"
+    return out, info
+
+
+def _venv(path):
+    proc = _run([sys.executable, "-m", "venv", "--without-pip", str(path)], cwd=path.parent, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    vpy = path / "bin" / "python"
+    site_dir = Path(_run([str(vpy), "-c", "import site; print(site.getsitepackages()[0])"],
+                         cwd=path.parent, env=_env()).stdout.strip())
+    return vpy, site_dir
+
+
+def _pip_install(vpy, *args, timeout=300):
+    return _run([sys.executable, "-m", "pip", "--python", str(vpy), "install", "--no-cache-dir", *args],
+                cwd=vpy.parent, env=_env(), timeout=timeout)
+
+
 @pytest.mark.slow
-def test_wheel_builds_installs_and_runs(tmp_path):
+def test_wheel_builds_installs_and_runs(cpu_wheel, tmp_path):
     """What `make sdist` and `make wheel` do, then an install into a fresh venv.
 
     The wheel is CPU-only (MTS_KERNELS_SKIP_CUDA_BUILD=1): the CUDA kernels take
@@ -244,83 +344,42 @@ def test_wheel_builds_installs_and_runs(tmp_path):
     was built against, and the installed package runs outside the source tree.
     Takes about two minutes, nearly all of it compiling the CPU kernels.
     """
-    dist = tmp_path / "dist"
-    # make sdist
-    proc = _run([sys.executable, "-c", f"from setuptools import build_meta as b; "
-                 f"print(b.build_sdist({str(dist)!r}))"], cwd=ROOT, env=_env())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    sdists = list(dist.glob("mts_kernels-*.tar.gz"))
-    assert [p.name for p in sdists] == ["mts_kernels-0.1.0.tar.gz"]
-
-    # make wheel (from the sdist, as `make wheel` does: proves the sdist builds)
-    proc = _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index",
-                 "--no-cache-dir", "-w", str(dist), str(sdists[0])], cwd=tmp_path,
-                env=_env(MTS_KERNELS_SKIP_CUDA_BUILD="1", MAX_JOBS=os.environ.get("MAX_JOBS", "2")),
-                timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    wheels = list(dist.glob("*.whl"))
-    assert len(wheels) == 1, wheels
-    wheel = wheels[0]
-    assert re.fullmatch(rf"mts_kernels-0\.1\.0\+cpu\.torch{re.escape(TORCH_MM)}-cp310-abi3-linux_\w+\.whl",
-                        wheel.name), wheel.name
-    with zipfile.ZipFile(wheel) as z:
+    assert re.fullmatch(rf"mts_kernels-0\.1\.0\+cpu\.{re.escape(STABLE_TAG)}-cp310-abi3-linux_\w+\.whl",
+                        cpu_wheel.name), cpu_wheel.name
+    with zipfile.ZipFile(cpu_wheel) as z:
         names = z.namelist()
         build_info = z.read("mts_kernels/_build_info.py").decode()
+        metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert [n for n in names if n.endswith(".so")] == ["mts_kernels/_C.abi3.so"], names
-    assert f"'torch': {torch.__version__!r}" in build_info, build_info
+    assert f"'torch': {torch.__version__!r}" in build_info and "'stable_abi': True" in build_info, build_info
+    assert "Requires-Dist: torch>=2.11" in metadata, metadata
 
     # A fresh venv that reuses this interpreter's torch: `venv --system-site-packages`
     # would see the base interpreter's site-packages, not this (virtual) environment's,
     # so a .pth file appends ours. Lines of a .pth only extend sys.path (the .pth files
     # in the appended directory are not run), so an editable install of mts_kernels
     # there stays invisible, and the venv's own site-packages comes first anyway.
-    venv = tmp_path / "venv"
-    proc = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path, env=_env())
-    assert proc.returncode == 0, proc.stderr
-    vpy = venv / "bin" / "python"
-    venv_site = Path(_run([str(vpy), "-c", "import site; print(site.getsitepackages()[0])"],
-                          cwd=tmp_path, env=_env()).stdout.strip())
+    vpy, venv_site = _venv(tmp_path / "venv")
     (venv_site / "_reuse_torch.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    proc = _run([sys.executable, "-m", "pip", "--python", str(vpy), "install", "--no-deps", "--no-index",
-                 "--no-cache-dir", str(wheel)], cwd=tmp_path, env=_env())
+    proc = _pip_install(vpy, "--no-deps", "--no-index", str(cpu_wheel))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out, info = _check_installed(vpy, venv_site, tmp_path)
+    assert out["torch"] == torch.__version__ == info["running"]["torch"]
 
-    # From outside the source tree.
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    script = textwrap.dedent("""
-        import json, warnings
-        warnings.simplefilter("error")  # a working install imports without warnings
-        import torch, mts_kernels
-        from mts_kernels import _extension
-        g = torch.Generator().manual_seed(0)
-        v = torch.randn(3, 17, 5, generator=g, requires_grad=True)
-        alpha = (torch.rand(5, generator=g) * 0.9 + 0.05).requires_grad_()
-        h0 = torch.randn(3, 5, generator=g)
-        h = mts_kernels.leaky_integrate(v, alpha, h0, backend="cpu")
-        ref = mts_kernels.reference.leaky_integrate(v, alpha, h0)
-        torch.testing.assert_close(h, ref)
-        gh = torch.randn_like(h)
-        torch.testing.assert_close(torch.autograd.grad(h, (v, alpha), gh),
-                                   torch.autograd.grad(ref, (v, alpha), gh))
-        print(json.dumps({"file": mts_kernels.__file__, "version": mts_kernels.__version__,
-                          "compiled": _extension.COMPILED}))
-    """)
-    proc = _run([str(vpy), "-c", script], cwd=outside, env=_env())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["file"].startswith(str(venv_site)), out
-    assert out["compiled"] and out["version"] == f"0.1.0+cpu.torch{TORCH_MM}", out
 
-    proc = _run([str(vpy), "-m", "mts_kernels", "info"], cwd=outside, env=_env())
-    assert proc.returncode == 0, proc.stderr
-    assert f"mts_kernels 0.1.0+cpu.torch{TORCH_MM}" in proc.stdout and "compiled:      loaded" in proc.stdout
-    proc = _run([str(vpy), "-m", "mts_kernels", "info", "--json"], cwd=outside, env=_env())
-    assert proc.returncode == 0, proc.stderr
-    info = json.loads(proc.stdout)
-    assert info["version"] == f"0.1.0+cpu.torch{TORCH_MM}"
-    assert info["compiled_kernels"] == "loaded" and info["fallback"] is None
-    assert info["built_against"]["torch"] == torch.__version__ == info["running"]["torch"]
-    assert info["built_against"]["cuda_archs"] == [] and info["built_against"]["py_limited_api"] == "cp310"
-    assert info["location"] == str(venv_site / "mts_kernels")
-    assert info["backends"]["cpu"]["auto"] == "cpu"
+@pytest.mark.slow
+def test_stable_abi_wheel_runs_under_the_oldest_torch(cpu_wheel, tmp_path):
+    """The same wheel, built against this torch's headers, in a venv with torch
+    2.11.0 (the oldest the stable-ABI build serves) from the package index: it
+    loads and runs there too. Skipped where pip cannot get that torch (say, no
+    index), with the reason; installing it takes a few minutes."""
+    if TORCH_MM == _mm(OLDEST_TORCH):
+        pytest.skip(f"the running torch is already {torch.__version__}")
+    vpy, venv_site = _venv(tmp_path / "venv")
+    proc = _pip_install(vpy, f"torch=={OLDEST_TORCH}", "numpy", timeout=1200)
+    if proc.returncode != 0:
+        pytest.skip(f"pip could not install torch=={OLDEST_TORCH}: {proc.stderr.strip()[-300:]}")
+    proc = _pip_install(vpy, "--no-deps", "--no-index", str(cpu_wheel))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out, info = _check_installed(vpy, venv_site, tmp_path)
+    assert _mm(out["torch"]) == _mm(OLDEST_TORCH) == _mm(info["running"]["torch"]), out
