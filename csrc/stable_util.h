@@ -175,6 +175,12 @@ inline std::vector<int64_t> empty_like_strides(const Tensor& t) {
   return contiguous_strides(sizes);
 }
 
+// t.contiguous(). torch::stable::contiguous is a boxed dispatcher call (about a
+// microsecond) even for a tensor that already is; is_contiguous is a plain getter.
+inline Tensor as_contiguous(const Tensor& t) {
+  return t.is_contiguous() ? t : torch::stable::contiguous(t);
+}
+
 // ---------------------------------------------------------------- CUDA
 
 #if defined(USE_CUDA)
