@@ -231,6 +231,15 @@ class BuildExt(BuildExtension.with_options(use_ninja=True)):
         macros = [("TORCH_TARGET_VERSION", TORCH_TARGET_VERSION)]
         if WITH_CUDA:
             macros.append(("USE_CUDA", None))  # declares the shim's CUDA stream call
+        if len(stable) == len(ext.sources):
+            # Nothing on the regular API (a CPU-only STABLE_ABI build): one pass. The
+            # .cu kernels, which include no torch headers, never need a pass of their own.
+            saved_macros = ext.define_macros
+            ext.define_macros = list(ext.define_macros) + macros
+            try:
+                return super().build_extension(ext)
+            finally:
+                ext.define_macros = saved_macros
         objects = self.compiler.compile(
             stable, output_dir=self.build_temp, macros=ext.define_macros + macros,
             include_dirs=ext.include_dirs, debug=self.debug,
