@@ -180,6 +180,12 @@ inline std::vector<int64_t> empty_like_strides(const Tensor& t) {
   return contiguous_strides(sizes);
 }
 
+// t.contiguous(). torch::stable::contiguous is a boxed dispatcher call (about a
+// microsecond) even for a tensor that already is; is_contiguous is a plain getter.
+inline Tensor as_contiguous(const Tensor& t) {
+  return t.is_contiguous() ? t : torch::stable::contiguous(t);
+}
+
 // ---------------------------------------------------------------- other ops
 
 // An aten op the stable ops do not wrap, through the boxed dispatcher, e.g.

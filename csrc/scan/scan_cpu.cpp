@@ -27,6 +27,17 @@ int64_t channel_block(int64_t B, int64_t D) {
   return std::max<int64_t>(blk, 1);
 }
 
+// Tasks (one channel block over all T steps) smaller than this many element steps
+// are grouped, and a whole problem that small runs on the calling thread: entering
+// a parallel region costs microseconds, more than such a task's work. (Before the
+// stable-ABI port at::parallel_for ran inline anyway: the extension is compiled
+// without -fopenmp; torch::stable::parallel_for really uses torch's thread pool.)
+constexpr int64_t kMinParallelWork = int64_t(1) << 15;
+
+int64_t task_grain(int64_t T, int64_t blk) {
+  return std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(T * blk, 1));
+}
+
 template <typename T>
 const T* cptr(const BTDView& v) { return static_cast<const T*>(v.ptr); }
 template <typename T>
@@ -38,7 +49,7 @@ void fwd_kernel(int64_t B, int64_t T, int64_t D, BTDView a, BTDView x, const sca
   using acc_t = opmath_t<scalar_t>;
   const int64_t blk = channel_block(B, D);
   const int64_t nblk = (D + blk - 1) / blk;
-  torch::stable::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B * nblk, task_grain(T, blk), [&](int64_t begin, int64_t end) {
     std::array<acc_t, kMaxBlock> state;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nblk;
@@ -95,7 +106,7 @@ void bwd_kernel(int64_t B, int64_t T, int64_t D, BTDView g, BTDView a, BTDView x
   using acc_t = opmath_t<scalar_t>;
   const int64_t blk = channel_block(B, D);
   const int64_t nblk = (D + blk - 1) / blk;
-  torch::stable::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B * nblk, task_grain(T, blk), [&](int64_t begin, int64_t end) {
     std::array<acc_t, kMaxBlock> carry;
     std::array<acc_t, kMaxBlock> hinit;
     for (int64_t task = begin; task < end; ++task) {

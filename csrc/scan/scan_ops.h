@@ -16,7 +16,7 @@ HIDDEN_NAMESPACE_BEGIN(mts)
 // Kernels want unit stride along D (vector loads, coalescing); any other
 // layout is accepted and copied once.
 inline Tensor d_contiguous(const Tensor& t) {
-  return (t.size(-1) <= 1 || t.stride(-1) == 1) ? t : torch::stable::contiguous(t);
+  return (t.size(-1) <= 1 || t.stride(-1) == 1) ? t : as_contiguous(t);
 }
 
 // (base pointer, batch stride, time stride) of a (B, T, D) operand in processing
@@ -96,13 +96,13 @@ inline BTDView btd_view_or_null(const std::optional<Tensor>& t, bool reverse) {
 
 inline std::optional<Tensor> contiguous_or_none(const std::optional<Tensor>& t) {
   if (!t.has_value()) return std::nullopt;
-  return torch::stable::contiguous(*t);
+  return as_contiguous(*t);
 }
 
 template <class Backend>
 ScanFwd prepare_fwd(const Tensor& decay, const Tensor& x_in, const std::optional<Tensor>& h0) {
   Tensor x = d_contiguous(x_in);
-  Tensor a = decay.dim() == 1 ? torch::stable::contiguous(decay) : d_contiguous(decay);
+  Tensor a = decay.dim() == 1 ? as_contiguous(decay) : d_contiguous(decay);
   Tensor h = Backend::empty_like(x);
   return ScanFwd{a, x, h, contiguous_or_none(h0), x.size(0), x.size(1), x.size(2)};
 }
@@ -124,7 +124,7 @@ ScanBwd prepare_bwd(const Tensor& g, const Tensor& decay, const std::optional<Te
   Tensor h = d_contiguous(h_in);
   std::optional<Tensor> x;
   if (x_in.has_value()) x = d_contiguous(*x_in);
-  Tensor a = per_channel ? torch::stable::contiguous(decay) : d_contiguous(decay);
+  Tensor a = per_channel ? as_contiguous(decay) : d_contiguous(decay);
   Tensor dx = Backend::empty_like(x.has_value() ? *x : h);
   std::optional<Tensor> da;
   if (!per_channel) da = Backend::empty_like(a);
@@ -137,7 +137,9 @@ ScanBwd prepare_bwd(const Tensor& g, const Tensor& decay, const std::optional<Te
 // rows.sum(0) in the decay's dtype.
 inline Tensor sum_rows_to(const Tensor& rows, ScalarType dtype) {
   const int64_t dim0 = 0;
-  return torch::stable::to(torch::stable::sum(rows, IntRef(dim0)), dtype);
+  Tensor sum = torch::stable::sum(rows, IntRef(dim0));
+  // Each stable op is a boxed dispatcher call, even a to() that would return self.
+  return sum.scalar_type() == dtype ? sum : torch::stable::to(sum, dtype);
 }
 
 // Backend: static Tensor empty_like(const Tensor&) with empty_like's layout rule;
