@@ -71,10 +71,15 @@ inline Shape check_args(const Tensor& p, const Tensor& w, const std::optional<Te
   return {T, B, H};
 }
 
+// t in `dtype`; t itself when it already is (every stable op is a dispatcher call).
+inline Tensor as_dtype(const Tensor& t, ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : torch::stable::to(t, dtype);
+}
+
 // The dtype the recurrence runs in (float32 for float16/bfloat16 inputs),
 // contiguous; the tensor itself when it already is both.
 inline Tensor compute(const Tensor& t) {
-  return torch::stable::contiguous(torch::stable::to(t, opmath_dtype(t.scalar_type())));
+  return as_contiguous(as_dtype(t, opmath_dtype(t.scalar_type())));
 }
 
 // Time index of processing step k.
@@ -184,8 +189,7 @@ std::tuple<Tensor, Tensor> leaky_rnn_fwd(Tensor p_in, Tensor w_in, std::optional
   if (pr.leak()) u = Loop::empty_like(p);
   Loop::fwd(pr, p, h, u);
   const ScalarType dtype = p_in.scalar_type();
-  return {torch::stable::to(h, dtype),
-          u ? torch::stable::to(*u, dtype) : torch::stable::new_empty(p_in, {0})};
+  return {as_dtype(h, dtype), u ? as_dtype(*u, dtype) : torch::stable::new_empty(p_in, {0})};
 }
 
 template <class Loop>
@@ -219,7 +223,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
   // Weight gradients: one large GEMM each over all steps.
   const Tensor dw = delayed_gram(e_all, h, pr.h0, h0_in.has_value(), dilation, reverse);
   const ScalarType dtype = h_in.scalar_type();
-  auto out = [&](const Tensor& t) { return torch::stable::to(t, dtype); };
+  auto out = [&](const Tensor& t) { return as_dtype(t, dtype); };
   return {out(e_all), out(dw), out(dh0),
           dalpha ? out(*dalpha) : torch::stable::new_empty(w_in, {0}),
           skip > 0 ? out(delayed_gram(e_all, h, pr.h0, h0_in.has_value(), skip, reverse))
