@@ -87,6 +87,11 @@ inline std::string device_str(const Device& d) {
   return os.str();
 }
 
+// a == b for sizes (torch 2.11's headers give IntHeaderOnlyArrayRef no operator==).
+inline bool same_sizes(IntRef a, IntRef b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+}
+
 // ---------------------------------------------------------------- dtypes
 
 // The dtypes the kernels are written for (at::isFloatingType minus the float8

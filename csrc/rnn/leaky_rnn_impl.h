@@ -39,10 +39,6 @@ struct Shape {
   int64_t T, B, H;
 };
 
-inline bool same_shape(IntRef a, std::initializer_list<int64_t> b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
-}
-
 inline Shape check_args(const Tensor& p, const Tensor& w, const std::optional<Tensor>& h0,
                         const std::optional<Tensor>& alpha, const std::optional<Tensor>& w_skip,
                         int64_t skip, int64_t dilation) {
@@ -53,7 +49,7 @@ inline Shape check_args(const Tensor& p, const Tensor& w, const std::optional<Te
   const int64_t T = p.size(0), B = p.size(1), H = p.size(2);
   MTS_CHECK(T > 0, "leaky_rnn: p needs at least one time step");
   auto same = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
-    MTS_CHECK(same_shape(t.sizes(), shape), "leaky_rnn: ", name, " must have shape ",
+    MTS_CHECK(same_sizes(t.sizes(), IntRef(shape)), "leaky_rnn: ", name, " must have shape ",
                     shape_str(IntRef(shape)), ", got ", shape_str(t.sizes()));
     MTS_CHECK(t.scalar_type() == p.scalar_type() && t.device() == p.device(),
                     "leaky_rnn: ", name, " must be ", torch::headeronly::toString(p.scalar_type()),
@@ -198,10 +194,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
     std::optional<Tensor> alpha_in, std::optional<Tensor> w_skip_in, int64_t skip,
     int64_t dilation, std::string nonlinearity, bool reverse) {
   const Shape s = check_args(h_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
-  MTS_CHECK(same_shape(grad_h.sizes(), {s.T, s.B, s.H}),
+  MTS_CHECK(same_sizes(grad_h.sizes(), h_in.sizes()),
                   "leaky_rnn_bwd: grad_h must have shape ", shape_str(h_in.sizes()), ", got ",
                   shape_str(grad_h.sizes()));
-  MTS_CHECK(!alpha_in.has_value() || same_shape(u_in.sizes(), {s.T, s.B, s.H}),
+  MTS_CHECK(!alpha_in.has_value() || same_sizes(u_in.sizes(), h_in.sizes()),
                   "leaky_rnn_bwd: u must have shape ", shape_str(h_in.sizes()),
                   " when alpha is given, got ", shape_str(u_in.sizes()));
   const Tensor h = compute(h_in);

@@ -54,8 +54,8 @@ inline void check_scan_args(const char* op, const Tensor& decay, const char* dec
   MTS_CHECK(decay.device() == x.device(), op, ": ", decay_name, " is on ",
             device_str(decay.device()), " but ", x_name, " is on ", device_str(x.device()));
   const bool per_channel = decay.dim() == 1;
-  MTS_CHECK((per_channel && decay.size(0) == x.size(2)) || decay.sizes() == x.sizes(), op,
-            ": ", decay_name, " must have shape ", shape_str(x.sizes()), " or (", x.size(2),
+  MTS_CHECK((per_channel && decay.size(0) == x.size(2)) || same_sizes(decay.sizes(), x.sizes()),
+            op, ": ", decay_name, " must have shape ", shape_str(x.sizes()), " or (", x.size(2),
             ",), got ", shape_str(decay.sizes()));
   if (h0.has_value()) {
     const Tensor& s = *h0;
@@ -69,7 +69,7 @@ inline void check_scan_args(const char* op, const Tensor& decay, const char* dec
 }
 
 inline void check_same_as(const char* op, const Tensor& t, const char* name, const Tensor& x) {
-  MTS_CHECK(t.sizes() == x.sizes() && t.scalar_type() == x.scalar_type() &&
+  MTS_CHECK(same_sizes(t.sizes(), x.sizes()) && t.scalar_type() == x.scalar_type() &&
                 t.device() == x.device(),
             op, ": ", name, " must be ", x.scalar_type(), " of shape ", shape_str(x.sizes()),
             " on ", device_str(x.device()), ", got ", t.scalar_type(), " of shape ",
