@@ -294,8 +294,7 @@ _INSTALLED_CHECK = textwrap.dedent("""
 """)
 
 
-def _check_installed(vpy, venv_site, tmp_path):
-    outside = tmp_path / "elsewhere"
+def _check_installed(vpy, venv_site, outside, built_torch=torch.__version__):
     outside.mkdir()
     proc = _run([str(vpy), "-c", _INSTALLED_CHECK], cwd=outside, env=_env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -310,7 +309,7 @@ def _check_installed(vpy, venv_site, tmp_path):
     info = json.loads(proc.stdout)
     assert info["version"] == f"0.1.0+cpu.{STABLE_TAG}"
     assert info["compiled_kernels"] == "loaded" and info["fallback"] is None
-    assert info["built_against"]["torch"] == torch.__version__
+    assert info["built_against"]["torch"] == built_torch
     assert info["built_against"]["stable_abi"] and info["built_against"]["torch_target"] == "2.11"
     assert info["built_against"]["cuda_archs"] == [] and info["built_against"]["py_limited_api"] == "cp310"
     assert info["location"] == str(venv_site / "mts_kernels")
@@ -363,7 +362,7 @@ def test_wheel_builds_installs_and_runs(cpu_wheel, tmp_path):
     (venv_site / "_reuse_torch.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     proc = _pip_install(vpy, "--no-deps", "--no-index", str(cpu_wheel))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out, info = _check_installed(vpy, venv_site, tmp_path)
+    out, info = _check_installed(vpy, venv_site, tmp_path / "elsewhere")
     assert out["torch"] == torch.__version__ == info["running"]["torch"]
 
 
@@ -371,15 +370,34 @@ def test_wheel_builds_installs_and_runs(cpu_wheel, tmp_path):
 def test_stable_abi_wheel_runs_under_the_oldest_torch(cpu_wheel, tmp_path):
     """The same wheel, built against this torch's headers, in a venv with torch
     2.11.0 (the oldest the stable-ABI build serves) from the package index: it
-    loads and runs there too. Skipped where pip cannot get that torch (say, no
-    index), with the reason; installing it takes a few minutes."""
+    loads and runs there too; and the sdist builds from source against torch
+    2.11.0's own headers (C++17, fewer conveniences), as on a machine that has
+    only that torch. Skipped where pip cannot get torch 2.11.0 (say, no index),
+    with the reason."""
     if TORCH_MM == _mm(OLDEST_TORCH):
         pytest.skip(f"the running torch is already {torch.__version__}")
     vpy, venv_site = _venv(tmp_path / "venv")
-    proc = _pip_install(vpy, f"torch=={OLDEST_TORCH}", "numpy", timeout=1200)
+    proc = _pip_install(vpy, f"torch=={OLDEST_TORCH}", "numpy", "setuptools", "wheel", "ninja",
+                        timeout=1200)
     if proc.returncode != 0:
         pytest.skip(f"pip could not install torch=={OLDEST_TORCH}: {proc.stderr.strip()[-300:]}")
     proc = _pip_install(vpy, "--no-deps", "--no-index", str(cpu_wheel))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out, info = _check_installed(vpy, venv_site, tmp_path)
+    out, info = _check_installed(vpy, venv_site, tmp_path / "run_built_here")
     assert _mm(out["torch"]) == _mm(OLDEST_TORCH) == _mm(info["running"]["torch"]), out
+
+    # from the sdist, compiled in that venv against torch 2.11.0
+    dist = tmp_path / "dist211"
+    sdist = cpu_wheel.parent / "mts_kernels-0.1.0.tar.gz"
+    proc = _run([sys.executable, "-m", "pip", "--python", str(vpy), "wheel", "--no-build-isolation",
+                 "--no-deps", "--no-index", "--no-cache-dir", "-w", str(dist), str(sdist)],
+                cwd=tmp_path, env=_env(MTS_KERNELS_SKIP_CUDA_BUILD="1",
+                                       MAX_JOBS=os.environ.get("MAX_JOBS", "2")), timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    wheels = list(dist.glob("*.whl"))
+    assert len(wheels) == 1 and wheels[0].name == cpu_wheel.name, wheels
+    proc = _pip_install(vpy, "--no-deps", "--no-index", "--force-reinstall", str(wheels[0]))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _, info = _check_installed(vpy, venv_site, tmp_path / "run_built_there",
+                               built_torch=out["torch"])
+    assert info["built_against"]["torch"] == info["running"]["torch"] == out["torch"]
