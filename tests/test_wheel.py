@@ -367,7 +367,7 @@ def test_wheel_builds_installs_and_runs(cpu_wheel, tmp_path):
 
 
 @pytest.mark.slow
-def test_stable_abi_wheel_runs_under_the_oldest_torch(cpu_wheel, tmp_path):
+def test_stable_abi_wheel_runs_under_the_oldest_torch(cpu_wheel, tmp_path, request):
     """The same wheel, built against this torch's headers, in a venv with torch
     2.11.0 (the oldest the stable-ABI build serves) from the package index: it
     loads and runs there too; and the sdist builds from source against torch
@@ -377,6 +377,8 @@ def test_stable_abi_wheel_runs_under_the_oldest_torch(cpu_wheel, tmp_path):
     if TORCH_MM == _mm(OLDEST_TORCH):
         pytest.skip(f"the running torch is already {torch.__version__}")
     vpy, venv_site = _venv(tmp_path / "venv")
+    # pytest keeps the last runs' tmp_path directories: not this one's several GB of torch
+    request.addfinalizer(lambda: shutil.rmtree(tmp_path / "venv", ignore_errors=True))
     proc = _pip_install(vpy, f"torch=={OLDEST_TORCH}", "numpy", "setuptools", "wheel", "ninja",
                         timeout=1200)
     if proc.returncode != 0:
