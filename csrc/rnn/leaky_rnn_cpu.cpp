@@ -56,7 +56,7 @@ inline void st(T* p, const V& v) {
 
 // c[r, 0:C*L] += sum_k a[r, k] m[k, 0:C*L] for r < R: an R x C register tile of
 // accumulators lives across the whole k loop, each m row segment is loaded once
-// for R rows, each a[r, k] broadcast once for C vectors. R*C = 8 independent FMA
+// for R rows, each a[r, k] broadcast once for C vectors. R*C = 6-8 independent FMA
 // chains cover the FMA latency (4 cycles x 2 pipes) at the small sizes this loop
 // serves, where one step's product is too short to amortise anything bigger.
 template <typename T, int R, int C>
