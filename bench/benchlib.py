@@ -156,3 +156,26 @@ def copy_bandwidth(device, nbytes: Optional[int] = None, repeats: int = 10) -> D
         torch.cuda.empty_cache()
     _COPY_CACHE[key] = result
     return result
+
+
+# --------------------------------------------------------------------------- recurrent models
+
+
+def rnn_fwd_bwd(measure, model, B: int, T: int, I: int, H: int, device, dtype, info: dict,
+                slow: bool = False) -> None:
+    """Times model(x) forward and backward for a time-major (T, B, I) input, with a
+    fixed output gradient (as for every op here: the rounds time the model's forward
+    and backward, not a loss's elementwise passes). GFLOP/s counts the GEMMs:
+    2 * T * B * H * (I + H) forward, twice that backward. `slow`: a few rounds
+    (the reference loops)."""
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(T, B, I, generator=gen, device=device, dtype=dtype, requires_grad=True)
+    params = [x] + list(model.parameters())
+    g = torch.randn(T, B, H, generator=gen, device=device, dtype=dtype)
+
+    def step():
+        out, _ = model(x)
+        return torch.autograd.grad(out, params, g)
+
+    rounds = dict(min_rounds=1, max_rounds=3, warmup_rounds=1) if slow else dict(min_rounds=3, max_rounds=50)
+    measure(step, device=device, flops=3 * 2 * T * B * H * (I + H), info=info, **rounds)

@@ -22,6 +22,8 @@ from torch import nn
 
 from mts_kernels import ClockworkRNN
 
+import benchlib  # bench/ is on sys.path (conftest.py's folder)
+
 OP = "ClockworkRNN"
 LARGE = dict(B=32, T=1024, I=64, H=512, periods=[2 ** i for i in range(8)])
 SMALL = dict(B=4, T=4096, I=8, H=64, periods=[1, 2, 4, 8])
@@ -50,9 +52,6 @@ class MaskedDense(nn.Module):
         return torch.stack(out), h
 
 
-def _flops(B, T, I, H):
-    return 3 * 2 * T * B * H * (I + H)
-
 
 def _bench(measure, cfg, kind, device="cpu", dtype=torch.float32, targets=None):
     B, T, I, H = cfg["B"], cfg["T"], cfg["I"], cfg["H"]
@@ -65,24 +64,12 @@ def _bench(measure, cfg, kind, device="cpu", dtype=torch.float32, targets=None):
             model.backend = "reference"
         elif kind == "masked-dense":
             model = MaskedDense(model)
-    gen = torch.Generator(device=device).manual_seed(1)
-    x = torch.randn(T, B, I, generator=gen, device=device, dtype=dtype, requires_grad=True)
-    params = [x] + list(model.parameters())
-    # A fixed output gradient, as for every op here: the rounds time the model's
-    # forward and backward, not a loss's elementwise passes.
-    g = torch.randn(T, B, H, generator=gen, device=device, dtype=dtype)
-
-    def step():
-        out, _ = model(x)
-        return torch.autograd.grad(out, params, g)
-
     slow = kind in ("reference", "masked-dense")
     backend = {"torch": "torch.nn.RNN", "fused": "fused"}.get(kind, kind)
     role = {"torch": "torch", "reference": "reference"}.get(kind, "kernel")
     info = dict(op=OP, shape=(B, T, H), dtype=dtype, direction="fwd+bwd", backend=backend, role=role,
                 variant=f"I={I}, {len(cfg['periods'])} modules", targets=targets or {})
-    rounds = dict(min_rounds=1, max_rounds=3, warmup_rounds=1) if slow else dict(min_rounds=3, max_rounds=50)
-    measure(step, device=device, flops=_flops(B, T, I, H), info=info, **rounds)
+    benchlib.rnn_fwd_bwd(measure, model, B, T, I, H, device, dtype, info, slow=slow)
 
 
 @pytest.mark.parametrize("kind", ["fused", "torch", "masked-dense", "reference"])

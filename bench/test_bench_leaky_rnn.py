@@ -21,14 +21,13 @@ from torch import nn
 
 from mts_kernels import LeakyRNN
 
+import benchlib  # bench/ is on sys.path (conftest.py's folder)
+
 OP = "LeakyRNN"
 CPU_LARGE = dict(B=32, T=1024, I=256, H=256)
 CPU_SMALL = dict(B=4, T=2048, I=32, H=64)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-
-def _flops(B, T, I, H):
-    return 3 * 2 * T * B * H * (I + H)  # forward GEMMs once, backward twice
 
 
 def _model(kind, I, H, device, dtype):
@@ -45,23 +44,11 @@ def _model(kind, I, H, device, dtype):
 def _bench(measure, cfg, kind, device="cpu", dtype=torch.float32, targets=None, slow=False):
     B, T, I, H = cfg["B"], cfg["T"], cfg["I"], cfg["H"]
     model = _model(kind, I, H, device, dtype)
-    gen = torch.Generator(device=device).manual_seed(1)
-    x = torch.randn(T, B, I, generator=gen, device=device, dtype=dtype, requires_grad=True)
-    params = [x] + list(model.parameters())
-    # A fixed output gradient, as for every op here: the rounds time the model's
-    # forward and backward, not a loss's elementwise passes.
-    g = torch.randn(T, B, H, generator=gen, device=device, dtype=dtype)
-
-    def step():
-        out, _ = model(x)
-        return torch.autograd.grad(out, params, g)
-
     backend = {"torch": "torch.nn.RNN", "reference": "reference", "learned": "fused, leak=learned"}.get(kind, "fused")
     role = {"torch": "torch", "reference": "reference"}.get(kind, "kernel")
     info = dict(op=OP, shape=(B, T, H), dtype=dtype, direction="fwd+bwd", backend=backend, role=role,
                 variant=f"I={I}", targets=targets or {})
-    rounds = dict(min_rounds=1, max_rounds=3, warmup_rounds=1) if slow else dict(min_rounds=3, max_rounds=50)
-    measure(step, device=device, flops=_flops(B, T, I, H), info=info, **rounds)
+    benchlib.rnn_fwd_bwd(measure, model, B, T, I, H, device, dtype, info, slow=slow)
 
 
 @pytest.mark.parametrize("kind", ["fused", "learned", "torch"])
