@@ -394,26 +394,10 @@ struct CpuLoop : LoopDefaults {
   }
 };
 
-// Plain functions for TORCH_BOX.
-std::tuple<Tensor, Tensor> fwd_cpu(Tensor p, Tensor w, std::optional<Tensor> h0,
-                                   std::optional<Tensor> alpha, std::optional<Tensor> w_skip,
-                                   int64_t skip, int64_t dilation, std::string nonlinearity,
-                                   bool reverse) {
-  return leaky_rnn_fwd<CpuLoop>(p, w, h0, alpha, w_skip, skip, dilation, nonlinearity, reverse);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bwd_cpu(
-    Tensor grad_h, Tensor w, Tensor h, Tensor u, std::optional<Tensor> h0,
-    std::optional<Tensor> alpha, std::optional<Tensor> w_skip, int64_t skip, int64_t dilation,
-    std::string nonlinearity, bool reverse) {
-  return leaky_rnn_bwd<CpuLoop>(grad_h, w, h, u, h0, alpha, w_skip, skip, dilation, nonlinearity,
-                                reverse);
-}
-
 }  // namespace
 HIDDEN_NAMESPACE_END(mts, rnn)
 
 STABLE_TORCH_LIBRARY_IMPL(mts_kernels, CPU, m) {
-  m.impl("leaky_rnn_fwd", TORCH_BOX(&mts::rnn::fwd_cpu));
-  m.impl("leaky_rnn_bwd", TORCH_BOX(&mts::rnn::bwd_cpu));
+  m.impl("leaky_rnn_fwd", TORCH_BOX(&mts::rnn::leaky_rnn_fwd<mts::rnn::CpuLoop>));
+  m.impl("leaky_rnn_bwd", TORCH_BOX(&mts::rnn::leaky_rnn_bwd<mts::rnn::CpuLoop>));
 }
