@@ -50,7 +50,7 @@ Mode persistent_mode() {
 
 void check_cuda(cudaError_t err, const char* what) {
   MTS_CHECK(err == cudaSuccess, "mts_kernels: ", what, " failed: ",
-                  cudaGetErrorString(err));
+            cudaGetErrorString(err));
 }
 
 cudaStream_t stream_of(const Tensor& t) {

@@ -31,7 +31,7 @@ enum class Phi { kTanh, kRelu };
 
 inline Phi parse_phi(const std::string& s) {
   MTS_CHECK(s == "tanh" || s == "relu",
-                  "leaky_rnn: nonlinearity must be 'tanh' or 'relu', got '", s, "'");
+            "leaky_rnn: nonlinearity must be 'tanh' or 'relu', got '", s, "'");
   return s == "tanh" ? Phi::kTanh : Phi::kRelu;
 }
 
@@ -43,18 +43,18 @@ inline Shape check_args(const Tensor& p, const Tensor& w, const std::optional<Te
                         const std::optional<Tensor>& alpha, const std::optional<Tensor>& w_skip,
                         int64_t skip, int64_t dilation) {
   MTS_CHECK(p.dim() == 3, "leaky_rnn: p must be 3-D (T, B, H), got shape ",
-                  shape_str(p.sizes()));
+            shape_str(p.sizes()));
   MTS_CHECK(is_kernel_float(p.scalar_type()), "leaky_rnn: p must be floating point, got ",
-                  torch::headeronly::toString(p.scalar_type()));
+            torch::headeronly::toString(p.scalar_type()));
   const int64_t T = p.size(0), B = p.size(1), H = p.size(2);
   MTS_CHECK(T > 0, "leaky_rnn: p needs at least one time step");
   auto same = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
     MTS_CHECK(same_sizes(t.sizes(), IntRef(shape)), "leaky_rnn: ", name, " must have shape ",
-                    shape_str(IntRef(shape)), ", got ", shape_str(t.sizes()));
+              shape_str(IntRef(shape)), ", got ", shape_str(t.sizes()));
     MTS_CHECK(t.scalar_type() == p.scalar_type() && t.device() == p.device(),
-                    "leaky_rnn: ", name, " must be ", torch::headeronly::toString(p.scalar_type()),
-                    " on ", device_str(p.device()), ", got ",
-                    torch::headeronly::toString(t.scalar_type()), " on ", device_str(t.device()));
+              "leaky_rnn: ", name, " must be ", torch::headeronly::toString(p.scalar_type()),
+              " on ", device_str(p.device()), ", got ",
+              torch::headeronly::toString(t.scalar_type()), " on ", device_str(t.device()));
   };
   same(w, "weight_hh", {H, H});
   if (h0) same(*h0, "h0", {B, H});
@@ -62,7 +62,7 @@ inline Shape check_args(const Tensor& p, const Tensor& w, const std::optional<Te
   MTS_CHECK(dilation >= 1, "leaky_rnn: dilation must be >= 1, got ", dilation);
   MTS_CHECK(skip >= 0, "leaky_rnn: skip must be >= 1 (or 0 for none), got ", skip);
   MTS_CHECK((skip > 0) == w_skip.has_value(),
-                  "leaky_rnn: weight_skip must be given exactly when skip > 0");
+            "leaky_rnn: weight_skip must be given exactly when skip > 0");
   if (w_skip) same(*w_skip, "weight_skip", {H, H});
   return {T, B, H};
 }
@@ -97,13 +97,12 @@ inline Tensor delayed_gram(const Tensor& e, const Tensor& h, const Tensor& h0, b
                            int64_t delay, bool reverse) {
   const int64_t T = h.size(0), B = h.size(1), H = h.size(2);
   const int64_t n = std::max<int64_t>(T - delay, 0), n0 = T - n;
-  if (n == 0 && !has_h0) return torch::stable::new_zeros(e, {H, H});
-  Tensor out = torch::stable::new_zeros(e, {H, H});
-  if (n > 0) {
+  auto main_steps = [&] {
     const Tensor e2 = torch::stable::reshape(reverse ? rows(e, 0, n) : rows(e, n0, n), {n * B, H});
     const Tensor h2 = torch::stable::reshape(reverse ? rows(h, delay, n) : rows(h, 0, n), {n * B, H});
-    out = torch::stable::matmul(torch::stable::transpose(e2, 0, 1), h2);
-  }
+    return torch::stable::matmul(torch::stable::transpose(e2, 0, 1), h2);
+  };
+  Tensor out = n > 0 ? main_steps() : torch::stable::new_zeros(e, {H, H});
   if (has_h0) {  // else h0 = 0 and the start steps add nothing
     const Tensor e_start = reverse ? rows(e, n, n0) : rows(e, 0, n0);
     const Tensor s = torch::stable::sum(e_start, std::vector<int64_t>{0});
@@ -195,11 +194,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
     int64_t dilation, std::string nonlinearity, bool reverse) {
   const Shape s = check_args(h_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
   MTS_CHECK(same_sizes(grad_h.sizes(), h_in.sizes()),
-                  "leaky_rnn_bwd: grad_h must have shape ", shape_str(h_in.sizes()), ", got ",
-                  shape_str(grad_h.sizes()));
+            "leaky_rnn_bwd: grad_h must have shape ", shape_str(h_in.sizes()), ", got ",
+            shape_str(grad_h.sizes()));
   MTS_CHECK(!alpha_in.has_value() || same_sizes(u_in.sizes(), h_in.sizes()),
-                  "leaky_rnn_bwd: u must have shape ", shape_str(h_in.sizes()),
-                  " when alpha is given, got ", shape_str(u_in.sizes()));
+            "leaky_rnn_bwd: u must have shape ", shape_str(h_in.sizes()),
+            " when alpha is given, got ", shape_str(u_in.sizes()));
   const Tensor h = compute(h_in);
   const Problem pr = make_problem(s, nonlinearity, w_in, h0_in, alpha_in, w_skip_in, skip,
                                   dilation, reverse, h);
@@ -232,7 +231,7 @@ template <typename F>
 decltype(auto) dispatch_compute(ScalarType t, const char* name, F&& f) {
   if (t == ScalarType::Double) return f(TypeTag<double>{});
   MTS_CHECK(t == ScalarType::Float, name, ": unexpected compute dtype ",
-                  torch::headeronly::toString(t));
+            torch::headeronly::toString(t));
   return f(TypeTag<float>{});
 }
 
