@@ -21,15 +21,18 @@ PyObject* PyInit__C(void) {
 STABLE_TORCH_LIBRARY(mts_kernels, m) {
   // (B, T, D) operands of any strides; a/alpha is (B, T, D) or (D,) per channel;
   // h0 is (B, D) or None. Backwards return the gradient of every input, dh0
-  // always as a (B, D) tensor.
-  m.def("linear_scan_fwd(Tensor a, Tensor x, Tensor? h0, bool reverse) -> Tensor");
+  // always as a (B, D) tensor. lengths (every op): None, or (B,) int64 on the
+  // data's device with values in [0, T] (csrc/lengths.h has the semantics);
+  // outputs at padded steps are 0 and grad_h there is ignored.
+  m.def("linear_scan_fwd(Tensor a, Tensor x, Tensor? h0, bool reverse, Tensor? lengths=None) -> Tensor");
   m.def(
-      "linear_scan_bwd(Tensor grad_h, Tensor a, Tensor h, Tensor? h0, bool reverse)"
-      " -> (Tensor, Tensor, Tensor)");
-  m.def("leaky_integrate_fwd(Tensor v, Tensor alpha, Tensor? h0, bool reverse) -> Tensor");
+      "linear_scan_bwd(Tensor grad_h, Tensor a, Tensor h, Tensor? h0, bool reverse,"
+      " Tensor? lengths=None) -> (Tensor, Tensor, Tensor)");
+  m.def("leaky_integrate_fwd(Tensor v, Tensor alpha, Tensor? h0, bool reverse,"
+        " Tensor? lengths=None) -> Tensor");
   m.def(
       "leaky_integrate_bwd(Tensor grad_h, Tensor v, Tensor alpha, Tensor h, Tensor? h0,"
-      " bool reverse) -> (Tensor, Tensor, Tensor)");
+      " bool reverse, Tensor? lengths=None) -> (Tensor, Tensor, Tensor)");
 
   // One layer and direction of the dense leaky recurrence (csrc/rnn/):
   //   z_t = p_t + W_hh h_{t-d} [+ W_skip h_{t-s}],  u_t = phi(z_t),
@@ -39,11 +42,12 @@ STABLE_TORCH_LIBRARY(mts_kernels, m) {
   // for the backward (an empty tensor when alpha is None: then u = h).
   m.def(
       "leaky_rnn_fwd(Tensor p, Tensor weight_hh, Tensor? h0, Tensor? alpha, Tensor? weight_skip,"
-      " int skip, int dilation, str nonlinearity, bool reverse) -> (Tensor, Tensor)");
+      " int skip, int dilation, str nonlinearity, bool reverse, Tensor? lengths=None)"
+      " -> (Tensor, Tensor)");
   // -> (dp, dweight_hh, dh0, dalpha, dweight_skip); dalpha / dweight_skip are empty
   // tensors when alpha / weight_skip are None.
   m.def(
       "leaky_rnn_bwd(Tensor grad_h, Tensor weight_hh, Tensor h, Tensor u, Tensor? h0,"
       " Tensor? alpha, Tensor? weight_skip, int skip, int dilation, str nonlinearity,"
-      " bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      " bool reverse, Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -1,9 +1,12 @@
 """mts_kernels: fused kernels for multiple-time-scale recurrent networks.
 
-    mts_kernels.linear_scan(a, x, h0=None, *, reverse=False, batch_first=True, backend=None)
-    mts_kernels.leaky_integrate(v, alpha, h0=None, *, reverse=False, batch_first=True, backend=None)
+    mts_kernels.linear_scan(a, x, h0=None, *, reverse=False, batch_first=True, lengths=None, backend=None)
+    mts_kernels.leaky_integrate(v, alpha, h0=None, *, reverse=False, batch_first=True, lengths=None,
+                                backend=None)
     mts_kernels.leaky_rnn(p, weight_hh, h0=None, *, alpha=None, weight_skip=None, skip=None,
-                          dilation=1, nonlinearity="tanh", reverse=False, batch_first=False)
+                          dilation=1, nonlinearity="tanh", reverse=False, batch_first=False,
+                          lengths=None)
+    mts_kernels.final_state(h, lengths, h0=None, *, reverse=False, batch_first=True)
     mts_kernels.LeakyRNN(input_size, hidden_size, ...)   # drop-in for torch.nn.RNN
     mts_kernels.clockwork_rnn(p, weight_hh, h0=None, *, periods, module_sizes, alpha=None, ...)
     mts_kernels.ClockworkRNN(input_size, hidden_size, periods=None, module_sizes=None, ...)
@@ -24,6 +27,7 @@ from mts_kernels.ops import (
     leaky_rnn,
     linear_scan,
 )
+from mts_kernels.ops._lengths import final_state
 
 __version__ = (_extension.BUILD_INFO or {}).get("version", "0.1.0")
 
@@ -33,6 +37,7 @@ __all__ = [
     "ClockworkRNN",
     "LeakyRNN",
     "clockwork_rnn",
+    "final_state",
     "leaky_integrate",
     "leaky_rnn",
     "linear_scan",

@@ -3,6 +3,11 @@ user would write them. They are the oracle of every test and the baseline of
 every benchmark; autograd through the loop gives their gradients.
 
 Same signatures and conventions as the public ops, without `backend`.
+
+lengths (every op; None or a (B,) integer tensor or list): sequence b is computed
+as if alone, cut to its first L_b steps (reverse: t = L_b - 1 .. 0); outputs at
+t >= L_b are 0. The scans mask each step; the recurrent cells run each sequence
+on its own (the plainest statement of the semantics).
 """
 
 from __future__ import annotations
@@ -13,8 +18,14 @@ import torch
 from torch import Tensor
 
 
+def _lengths_list(lengths, B: int):
+    if lengths is None:
+        return None
+    return [int(v) for v in (lengths.tolist() if isinstance(lengths, Tensor) else lengths)]
+
+
 def _scan_loop(decay: Tensor, x: Tensor, h0: Optional[Tensor], reverse: bool, batch_first: bool,
-               leaky: bool) -> Tensor:
+               leaky: bool, lengths=None) -> Tensor:
     time_dim = 1 if batch_first else 0
     xs = x.unbind(time_dim)
     if decay.dim() == 1:
@@ -22,31 +33,54 @@ def _scan_loop(decay: Tensor, x: Tensor, h0: Optional[Tensor], reverse: bool, ba
     else:
         decays = list(decay.unbind(time_dim))
     h = torch.zeros_like(xs[0]) if h0 is None else h0
+    lens = _lengths_list(lengths, xs[0].size(0))
     order = range(len(xs) - 1, -1, -1) if reverse else range(len(xs))
     out = [None] * len(xs)
     for t in order:
         a_t, x_t = decays[t], xs[t]
-        h = a_t * h + ((1 - a_t) * x_t if leaky else x_t)
-        out[t] = h
+        h_new = a_t * h + ((1 - a_t) * x_t if leaky else x_t)
+        if lens is None:
+            h = out[t] = h_new
+        else:  # padded steps keep the state and output 0
+            valid = torch.tensor([t < n for n in lens], device=x.device).unsqueeze(-1)
+            h = torch.where(valid, h_new, h)
+            out[t] = torch.where(valid, h_new, torch.zeros_like(h_new))
     return torch.stack(out, time_dim)
 
 
+def _per_sequence(fn, p: Tensor, h0: Optional[Tensor], lengths, batch_first: bool) -> Tensor:
+    """fn(p_b (T_b, 1, H), h0_b (1, H) or None) for each sequence b cut to its
+    length, zero-padded back to T."""
+    x = p.transpose(0, 1) if batch_first else p
+    T = x.size(0)
+    lens = _lengths_list(lengths, x.size(1))
+    outs = []
+    for b, n in enumerate(lens):
+        if n == 0:
+            outs.append(x.new_zeros(T, 1, x.size(2)) * x[:, b:b + 1])  # keeps the graph
+            continue
+        h_b = fn(x[:n, b:b + 1], None if h0 is None else h0[b:b + 1])
+        outs.append(torch.cat([h_b, h_b.new_zeros(T - n, 1, h_b.size(2))], 0))
+    h = torch.cat(outs, 1)
+    return h.transpose(0, 1) if batch_first else h
+
+
 def linear_scan(a: Tensor, x: Tensor, h0: Optional[Tensor] = None, *, reverse: bool = False,
-                batch_first: bool = True) -> Tensor:
+                batch_first: bool = True, lengths=None) -> Tensor:
     """h_t = a_t * h_{t-1} + x_t, h_0 = h0 (zeros when None); reverse runs t = T..1."""
-    return _scan_loop(a, x, h0, reverse, batch_first, leaky=False)
+    return _scan_loop(a, x, h0, reverse, batch_first, leaky=False, lengths=lengths)
 
 
 def leaky_integrate(v: Tensor, alpha: Tensor, h0: Optional[Tensor] = None, *,
-                    reverse: bool = False, batch_first: bool = True) -> Tensor:
+                    reverse: bool = False, batch_first: bool = True, lengths=None) -> Tensor:
     """h_t = alpha_t * h_{t-1} + (1 - alpha_t) * v_t, h_0 = h0 (zeros when None)."""
-    return _scan_loop(alpha, v, h0, reverse, batch_first, leaky=True)
+    return _scan_loop(alpha, v, h0, reverse, batch_first, leaky=True, lengths=lengths)
 
 
 def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
               alpha: Optional[Tensor] = None, weight_skip: Optional[Tensor] = None,
               skip: Optional[int] = None, dilation: int = 1, nonlinearity: str = "tanh",
-              reverse: bool = False, batch_first: bool = False) -> Tensor:
+              reverse: bool = False, batch_first: bool = False, lengths=None) -> Tensor:
     """One layer and direction of the dense leaky recurrence:
 
         z_t = p_t + W_hh h_{t-d} [+ W_skip h_{t-s}],   h_t = alpha * h_{t-d} + (1 - alpha) * phi(z_t)
@@ -54,6 +88,12 @@ def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     p: (T, B, H) (or (B, T, H) batch_first), the input projection with both
     biases; h_tau = h0 (zeros when None) for tau <= 0; alpha None means 0.
     """
+    if lengths is not None:
+        return _per_sequence(
+            lambda p_b, h0_b: leaky_rnn(p_b, weight_hh, h0_b, alpha=alpha, weight_skip=weight_skip,
+                                        skip=skip, dilation=dilation, nonlinearity=nonlinearity,
+                                        reverse=reverse),
+            p, h0, lengths, batch_first)
     steps = p.unbind(1 if batch_first else 0)
     T = len(steps)
     phi = torch.tanh if nonlinearity == "tanh" else torch.relu
@@ -74,7 +114,7 @@ def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
 
 def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor], periods, module_sizes, *,
                   alpha: Optional[Tensor] = None, nonlinearity: str = "tanh", t0: int = 0,
-                  batch_first: bool = False) -> Tensor:
+                  batch_first: bool = False, lengths=None) -> Tensor:
     """Clockwork recurrence (Koutník et al. 2014), modules ordered fast to slow:
 
         active at step t when (t0 + t) % T_i == 0:
@@ -82,8 +122,14 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor], periods, m
         inactive: h_i(t) = h_i(t-1)
 
     p: (T, B, H) (or (B, T, H) batch_first), W_ih x_t + biases. Only the
-    block-upper-triangular part of weight_hh is read.
+    block-upper-triangular part of weight_hh is read. The clock is shared by the
+    batch; lengths only cut sequences.
     """
+    if lengths is not None:
+        return _per_sequence(
+            lambda p_b, h0_b: clockwork_rnn(p_b, weight_hh, h0_b, periods, module_sizes, alpha=alpha,
+                                            nonlinearity=nonlinearity, t0=t0),
+            p, h0, lengths, batch_first)
     steps = p.unbind(1 if batch_first else 0)
     phi = torch.tanh if nonlinearity == "tanh" else torch.relu
     offsets = [0]

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
@@ -158,6 +159,12 @@ inline void for_lanes(int64_t H, F&& f) {
 // The (B, H) operands of the per-step product are padded to Np columns (a
 // multiple of the vector width) in private buffers: the weights (zero columns)
 // and the accumulators; the (T, B, H) tensors are read and written unpadded.
+//
+// With lengths the loop walks the rows in order of decreasing length (`order`,
+// a permutation of indices, not of data), so the rows still running at step k
+// are the first n_k and the others leave the per-step product; their delayed
+// states, which sit at different times per row, are gathered into a (n_k, H)
+// buffer (B*H copies next to B*H*H multiply-adds).
 template <typename T>
 struct Raw {
   int64_t Tn, B, H, Np, dilation, skip;
@@ -166,18 +173,51 @@ struct Raw {
   const T* w;      // (H, Np) forward: W^T (z = h W^T); backward: W (delta += e W)
   const T* ws;     // the same for W_skip; nullptr without skip
   const T* h0;     // (B, H)
-  // c (B, Np) += a (B, H; row stride H) @ m (H, Np): nullptr for the register-tiled
+  // c (n, Np) += a (n, H; row stride H) @ m (H, Np): nullptr for the register-tiled
   // loop above, else a BLAS call (blas_product) for steps too large for it.
   void (*gemm)(int64_t B, int64_t K, int64_t Np, const T* a, const T* m, T* c);
+  const int64_t* len;     // (B,) sequence lengths; nullptr: every row runs Tn steps
+  const int64_t* order;   // rows by decreasing length (with len)
+  const int64_t* active;  // (Tn,) rows still running at step k (with len)
+  bool ragged() const { return len != nullptr; }
   int64_t offset(int64_t k) const { return (reverse ? Tn - 1 - k : k) * B * H; }
+  int64_t rows_at(int64_t k) const { return len ? active[k] : B; }
+  int64_t row(int64_t i) const { return len ? order[i] : i; }
+  // Offset of row i's (of the processing order) step k in a (T, B, H) tensor.
+  int64_t row_offset(int64_t k, int64_t i) const {
+    if (!len) return offset(k) + i * H;
+    const int64_t b = order[i];
+    return ((reverse ? len[b] - 1 - k : k) * B + b) * H;
+  }
 };
 
 template <typename T>
-inline void product(const Raw<T>& r, const T* a, const T* m, T* c) {
+inline void product(const Raw<T>& r, int64_t n, const T* a, const T* m, T* c) {
   if (r.gemm)
-    r.gemm(r.B, r.H, r.Np, a, m, c);
+    r.gemm(n, r.H, r.Np, a, m, c);
   else
-    matmul_acc<T>(r.B, r.H, r.Np, a, r.H, m, c);
+    matmul_acc<T>(n, r.H, r.Np, a, r.H, m, c);
+}
+
+// The (n, H) state rows step k reads from `delay` steps back (h0 before the
+// start): a view of h itself without lengths, else gathered into buf.
+template <typename T>
+inline const T* delayed_rows(const Raw<T>& r, int64_t k, int64_t delay, int64_t n, const T* h,
+                             T* buf) {
+  if (!r.ragged()) return k >= delay ? h + r.offset(k - delay) : r.h0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* src = k >= delay ? h + r.row_offset(k - delay, i) : r.h0 + r.row(i) * r.H;
+    std::copy(src, src + r.H, buf + i * r.H);
+  }
+  return buf;
+}
+
+// Zeros at every padded step (t >= L_b) of a (T, B, H) tensor.
+template <typename T>
+void zero_padded(const Raw<T>& r, T* x) {
+  if (!r.ragged()) return;
+  for (int64_t b = 0; b < r.B; ++b)
+    for (int64_t t = r.len[b]; t < r.Tn; ++t) std::fill(x + (t * r.B + b) * r.H, x + (t * r.B + b + 1) * r.H, T(0));
 }
 
 // The per-step product through torch's BLAS (MKL / OpenBLAS, threaded) on views of
@@ -207,21 +247,24 @@ std::vector<T> padded(const T* m, int64_t H, int64_t Np) {
 template <typename T>
 inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
   const int64_t B = r.B, H = r.H, Np = r.Np;
-  std::vector<T> zbuf(B * Np);
+  std::vector<T> zbuf(B * Np), gathered(r.ragged() ? 2 * B * H : 0);
   T* z = zbuf.data();
   for (int64_t k = 0; k < r.Tn; ++k) {
-    const T* hd = k >= r.dilation ? h + r.offset(k - r.dilation) : r.h0;
-    const T* pt = p + r.offset(k);
-    for (int64_t b = 0; b < B; ++b) std::copy(pt + b * H, pt + (b + 1) * H, z + b * Np);
-    product(r, hd, r.w, z);
-    if (r.ws) product(r, k >= r.skip ? h + r.offset(k - r.skip) : r.h0, r.ws, z);
-    T* ht = h + r.offset(k);
-    T* ut = u + r.offset(k);  // == ht without leak
-    for (int64_t b = 0; b < B; ++b) {
-      const T* zb = z + b * Np;
-      const T* hb = hd + b * H;
-      T* ub = ut + b * H;
-      T* htb = ht + b * H;
+    const int64_t n = r.rows_at(k);
+    if (n == 0) break;
+    const T* hd = delayed_rows(r, k, r.dilation, n, h, gathered.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const T* pt = p + r.row_offset(k, i);
+      std::copy(pt, pt + H, z + i * Np);
+    }
+    product(r, n, hd, r.w, z);
+    if (r.ws) product(r, n, delayed_rows(r, k, r.skip, n, h, gathered.data() + B * H), r.ws, z);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t off = r.row_offset(k, i);
+      const T* zb = z + i * Np;
+      const T* hb = hd + i * H;
+      T* ub = u + off;  // == h's row without leak
+      T* htb = h + off;
       for_lanes<T>(H, [&](int64_t j, auto v) {
         using V = decltype(v);
         V zv, uv;
@@ -237,29 +280,37 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
       });
     }
   }
+  zero_padded(r, h);
+  if (u != h) zero_padded(r, u);
 }
 
 // Backward without a (T, B, H) delta: delta_t = grad_t + carry_t, where the carry
 // slots for the next max(d, s) steps sit in a ring (slot k mod L), padded like the
 // accumulators; contributions from before the start go to dh0. dalpha is summed
-// per unit over a step's batch rows in T, then across steps in double.
+// per unit over a step's batch rows in T, then across steps in double. With
+// lengths the ring's rows are the processing order's (row i is sequence order[i]
+// at every step) and e_t is formed in a (n_k, H) buffer for the product, then
+// scattered to its rows of e_all.
 template <typename T>
 inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_all, T* dh0,
                       double* dalpha) {
   const int64_t B = r.B, H = r.H, Np = r.Np, BN = B * Np;
   const int64_t L = std::max(r.dilation, r.skip) + 1;  // ring slots
   std::vector<T> ring(L * BN, T(0)), dh0_acc(BN, T(0)), da_step(r.alpha ? Np : 0);
+  std::vector<T> gathered(r.ragged() ? 2 * B * H : 0);
   auto slot = [&](int64_t k) { return k >= 0 ? ring.data() + (k % L) * BN : dh0_acc.data(); };
   for (int64_t k = r.Tn - 1; k >= 0; --k) {
+    const int64_t n = r.rows_at(k);
+    if (n == 0) continue;
     T* carry = slot(k);
     T* target = slot(k - r.dilation);
-    const T* hd = k >= r.dilation ? h + r.offset(k - r.dilation) : r.h0;
-    T* e = e_all + r.offset(k);
+    const T* hd = delayed_rows(r, k, r.dilation, n, h, gathered.data());
+    T* e = r.ragged() ? gathered.data() + B * H : e_all + r.offset(k);
     std::fill(da_step.begin(), da_step.end(), T(0));
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t row = r.offset(k) + b * H;
-      const T *gb = g + row, *ub = u + row, *hb = hd + b * H;
-      T *eb = e + b * H, *cb = carry + b * Np, *tb = target + b * Np;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t off = r.row_offset(k, i);
+      const T *gb = g + off, *ub = u + off, *hb = hd + i * H;
+      T *eb = e + i * H, *cb = carry + i * Np, *tb = target + i * Np;
       for_lanes<T>(H, [&](int64_t j, auto v) {
         using V = decltype(v);
         V gv, cv, uv;
@@ -281,14 +332,16 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
         st(eb + j, ev);
       });
       std::fill(cb, cb + Np, T(0));  // the slot is step k - L's next
+      if (r.ragged()) std::copy(eb, eb + H, e_all + off);
     }
     for (int64_t j = 0; j < (r.alpha ? H : 0); ++j) dalpha[j] += double(da_step[j]);
     // dL/dh_{t-d} += e_t W (and through the skip weights)
-    product(r, e, r.w, target);
-    if (r.ws) product(r, e, r.ws, slot(k - r.skip));
+    product(r, n, e, r.w, target);
+    if (r.ws) product(r, n, e, r.ws, slot(k - r.skip));
   }
-  for (int64_t b = 0; b < B; ++b)
-    std::copy(dh0_acc.data() + b * Np, dh0_acc.data() + b * Np + H, dh0 + b * H);
+  for (int64_t i = 0; i < B; ++i)
+    std::copy(dh0_acc.data() + i * Np, dh0_acc.data() + i * Np + H, dh0 + r.row(i) * H);
+  zero_padded(r, e_all);
 }
 
 // float32 is the common case: on x86-64 it is compiled twice, for the baseline
@@ -336,14 +389,41 @@ T* mut(const Tensor& t) {
   return static_cast<T*>(t.mutable_data_ptr());
 }
 
+// The processing order of a ragged batch: rows by decreasing length (stable, so
+// equal lengths keep the batch order) and the number still running at each step.
+struct RowOrder {
+  std::vector<int64_t> len, order, active;
+};
+
+inline RowOrder row_order(const Problem& pr) {
+  RowOrder o;
+  if (!pr.lengths) return o;
+  const int64_t B = pr.s.B, T = pr.s.T;
+  o.len = lengths_on_host("leaky_rnn", *pr.lengths, T);
+  o.order.resize(B);
+  std::iota(o.order.begin(), o.order.end(), int64_t(0));
+  std::stable_sort(o.order.begin(), o.order.end(),
+                   [&](int64_t a, int64_t b) { return o.len[a] > o.len[b]; });
+  o.active.resize(T);
+  int64_t n = B;
+  for (int64_t k = 0; k < T; ++k) {
+    while (n > 0 && o.len[o.order[n - 1]] <= k) --n;
+    o.active[k] = n;
+  }
+  return o;
+}
+
 template <typename T>
-Raw<T> raw_of(const Problem& pr, const std::vector<T>& w, const std::vector<T>& ws,
-              int64_t Np) {
+Raw<T> raw_of(const Problem& pr, const std::vector<T>& w, const std::vector<T>& ws, int64_t Np,
+              const RowOrder& o) {
   const bool small = pr.s.B * pr.s.H * pr.s.H <= kSmallWork;
+  const bool ragged = pr.lengths.has_value();
   return Raw<T>{pr.s.T, pr.s.B, pr.s.H, Np, pr.dilation, pr.skip, pr.reverse,
                 pr.phi == Phi::kTanh, pr.alpha ? ptr<T>(*pr.alpha) : nullptr,
                 w.data(), pr.w_skip ? ws.data() : nullptr, ptr<T>(pr.h0),
-                small ? nullptr : &blas_product<T>};
+                small ? nullptr : &blas_product<T>,
+                ragged ? o.len.data() : nullptr, ragged ? o.order.data() : nullptr,
+                ragged ? o.active.data() : nullptr};
 }
 
 inline int64_t padded_width(int64_t H, int64_t lanes) { return (H + lanes - 1) / lanes * lanes; }
@@ -359,7 +439,7 @@ void raw_fwd(const Problem& pr, const Tensor& p, Tensor& h, std::optional<Tensor
   const std::vector<T> ws =
       pr.w_skip ? padded(ptr<T>(transposed(*pr.w_skip)), H, Np) : std::vector<T>();
   T* hp = mut<T>(h);
-  run_fwd(raw_of<T>(pr, w, ws, Np), ptr<T>(p), hp, u ? mut<T>(*u) : hp);
+  run_fwd(raw_of<T>(pr, w, ws, Np, row_order(pr)), ptr<T>(p), hp, u ? mut<T>(*u) : hp);
 }
 
 template <typename T>
@@ -369,7 +449,7 @@ std::optional<Tensor> raw_bwd(const Problem& pr, const Tensor& g, const Tensor& 
   const std::vector<T> w = padded(ptr<T>(pr.w), H, Np);
   const std::vector<T> ws = pr.w_skip ? padded(ptr<T>(*pr.w_skip), H, Np) : std::vector<T>();
   std::vector<double> da(pr.leak() ? H : 0, 0.0);
-  run_bwd(raw_of<T>(pr, w, ws, Np), ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e_all), mut<T>(dh0),
+  run_bwd(raw_of<T>(pr, w, ws, Np, row_order(pr)), ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e_all), mut<T>(dh0),
           da.data());
   if (!pr.leak()) return std::nullopt;
   Tensor dalpha = torch::stable::new_empty(h, {H});
@@ -378,9 +458,31 @@ std::optional<Tensor> raw_bwd(const Problem& pr, const Tensor& g, const Tensor& 
   return dalpha;
 }
 
+template <typename T>
+Tensor window_sum_typed(const Problem& pr, const Tensor& x_in, int64_t delay) {
+  const int64_t T_ = pr.s.T, B = pr.s.B, H = pr.s.H;
+  const Tensor x = as_contiguous(x_in);
+  const std::vector<int64_t> len = lengths_on_host("leaky_rnn", *pr.lengths, T_);
+  Tensor out = torch::stable::new_zeros(x, {B, H});
+  const T* xp = ptr<T>(x);
+  T* op = mut<T>(out);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t k = 0; k < std::min(delay, len[b]); ++k) {
+      const int64_t t = pr.reverse ? len[b] - 1 - k : k;
+      const T* row = xp + (t * B + b) * H;
+      for (int64_t j = 0; j < H; ++j) op[b * H + j] += row[j];
+    }
+  return out;
+}
+
 struct CpuLoop : LoopDefaults {
   static constexpr bool kDirectBwd = true;
   static Tensor empty_like(const Tensor& t) { return empty_like_cpu(t); }
+  static Tensor window_sum(const Problem& pr, const Tensor& x, int64_t delay) {
+    return dispatch_compute(x.scalar_type(), "leaky_rnn_window_sum", [&](auto tag) {
+      return window_sum_typed<typename decltype(tag)::type>(pr, x, delay);
+    });
+  }
   static void fwd(const Problem& pr, const Tensor& p, Tensor& h, std::optional<Tensor>& u) {
     dispatch_compute(p.scalar_type(), "leaky_rnn_fwd_cpu", [&](auto tag) {
       raw_fwd<typename decltype(tag)::type>(pr, p, h, u);

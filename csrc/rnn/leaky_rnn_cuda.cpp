@@ -185,6 +185,7 @@ struct CublasLoop {
 
 struct CudaLoop : LoopDefaults {
   static void fwd(const Problem& pr, const Tensor& p, Tensor& h, std::optional<Tensor>& u) {
+    MTS_CHECK(!pr.lengths, "mts_kernels: the CUDA leaky_rnn kernels do not take lengths yet");
     const Device dev = p.device();
     const Mode mode = persistent_mode();
     const bool take = mode != Mode::kCublas && usable(p, dev) && usable(h, dev) &&
@@ -210,6 +211,7 @@ struct CudaLoop : LoopDefaults {
   }
 
   static void bwd(const Problem& pr, const Tensor& u, Tensor& delta, Tensor& e_all, Tensor& dh0) {
+    MTS_CHECK(!pr.lengths, "mts_kernels: the CUDA leaky_rnn kernels do not take lengths yet");
     const Device dev = u.device();
     const Mode mode = persistent_mode();
     const bool take = mode != Mode::kCublas && usable(u, dev) && usable(delta, dev) &&

@@ -16,6 +16,10 @@
 //   dalpha = sum_{t,b} delta_t * (h_{t-d} - u_t)
 // A delay reaching before the sequence start lands in dh0 (h_tau = h0, tau <= 0).
 // float16/bfloat16 run in float32 (state and accumulation), stored in the input dtype.
+// With lengths (csrc/lengths.h) row b runs its own L_b steps: processing step k is
+// time k, or L_b - 1 - k with reverse; h, u, e = dp are 0 at t >= L_b and grad_h
+// there is ignored. "The first d steps read h0" then means row b's first d
+// processing steps, which with reverse are times [L_b - d, L_b).
 //
 // Written against torch's stable ABI only (csrc/stable_util.h).
 #include <algorithm>
@@ -23,6 +27,7 @@
 #include <string>
 #include <tuple>
 
+#include "../lengths.h"
 #include "../stable_util.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, rnn)
@@ -92,9 +97,12 @@ inline Tensor add(const Tensor& a, const Tensor& b) { return torch::stable::subt
 
 // sum_t e_t^T h_{t-delay} (h0 before the start) without materialising the
 // delayed copy of h: one GEMM over the steps that read h, plus (sum of the
-// remaining e_t)^T h0.
+// remaining e_t)^T h0. e_start, when given, is that sum per row (B, H) (with
+// reverse and lengths the steps that read h0 differ per row: the Loop's
+// window_sum); the GEMM's pairs with a padded h are 0 because padded h is.
 inline Tensor delayed_gram(const Tensor& e, const Tensor& h, const Tensor& h0, bool has_h0,
-                           int64_t delay, bool reverse) {
+                           int64_t delay, bool reverse,
+                           const std::optional<Tensor>& e_start = std::nullopt) {
   const int64_t T = h.size(0), B = h.size(1), H = h.size(2);
   const int64_t n = std::max<int64_t>(T - delay, 0), n0 = T - n;
   auto main_steps = [&] {
@@ -104,8 +112,12 @@ inline Tensor delayed_gram(const Tensor& e, const Tensor& h, const Tensor& h0, b
   };
   Tensor out = n > 0 ? main_steps() : torch::stable::new_zeros(e, {H, H});
   if (has_h0) {  // else h0 = 0 and the start steps add nothing
-    const Tensor e_start = reverse ? rows(e, n, n0) : rows(e, 0, n0);
-    const Tensor s = torch::stable::sum(e_start, std::vector<int64_t>{0});
+    if (e_start) {  // sum_b e_start[b]^T h0[b]
+      out = add(out, torch::stable::matmul(torch::stable::transpose(*e_start, 0, 1), h0));
+      return out;
+    }
+    const Tensor first = reverse ? rows(e, n, n0) : rows(e, 0, n0);
+    const Tensor s = torch::stable::sum(first, std::vector<int64_t>{0});
     out = add(out, torch::stable::matmul(torch::stable::transpose(s, 0, 1), h0));
   }
   return out;
@@ -120,17 +132,23 @@ struct Problem {
   bool reverse;
   Tensor w, h0;
   std::optional<Tensor> w_skip, alpha;  // none when absent
+  std::optional<Tensor> lengths;        // (B,) int64, contiguous; none: all T steps
   bool leak() const { return alpha.has_value(); }
+  // With reverse and lengths the steps reading h0 are not the same rows of every
+  // (T, B, H) tensor (see delayed_gram, dalpha_of).
+  bool ragged_start() const { return reverse && lengths.has_value(); }
 };
 
 inline Problem make_problem(const Shape& s, const std::string& nonlinearity, const Tensor& w_in,
                             const std::optional<Tensor>& h0_in,
                             const std::optional<Tensor>& alpha_in,
                             const std::optional<Tensor>& w_skip_in, int64_t skip,
-                            int64_t dilation, bool reverse, const Tensor& like) {
+                            int64_t dilation, bool reverse, const Tensor& like,
+                            const std::optional<Tensor>& lengths) {
   Problem pr{s, parse_phi(nonlinearity), skip, dilation, reverse, compute(w_in),
              h0_in ? compute(*h0_in) : torch::stable::new_zeros(like, {s.B, s.H}),
-             std::nullopt, std::nullopt};
+             std::nullopt, std::nullopt, std::nullopt};
+  if (lengths) pr.lengths = as_contiguous(*lengths);
   if (w_skip_in) pr.w_skip = compute(*w_skip_in);
   if (alpha_in) pr.alpha = compute(*alpha_in);
   return pr;
@@ -138,6 +156,8 @@ inline Problem make_problem(const Shape& s, const std::string& nonlinearity, con
 
 // What a Loop policy may leave out (it inherits these defaults):
 //   empty_like(t)  allocates the (T, B, H) outputs;
+//   window_sum(pr, x, d)  (B, H): sum over row b's first d processing steps of
+//                  x[t, b] (needed with lengths and reverse only);
 //   kDirectBwd     false: the caller copies grad_h into delta, which
 //                  Loop::bwd(pr, u, delta, e_all, dh0) completes in place; true:
 //                  Loop::bwd_direct(pr, grad_h, h, u, e_all, dh0) runs the whole
@@ -145,22 +165,38 @@ inline Problem make_problem(const Shape& s, const std::string& nonlinearity, con
 struct LoopDefaults {
   static constexpr bool kDirectBwd = false;
   static Tensor empty_like(const Tensor& t) { return torch::stable::empty_like(t); }
+  static Tensor window_sum(const Problem&, const Tensor&, int64_t) {
+    throw std::runtime_error("leaky_rnn: this backend does not take lengths");
+  }
 };
 
 // sum_{t,b} delta_t * (h_{t-d} - u_t) (h0 before the start), for loops that
 // complete delta in place; through the dispatcher, since the stable ops have no
-// multiplication.
+// multiplication. delta_start (ragged starts only): window_sum of delta.
 inline Tensor dalpha_of(const Tensor& delta, const Tensor& h, const Tensor& u, const Tensor& h0,
-                        int64_t d, bool reverse) {
+                        int64_t d, bool reverse,
+                        const std::optional<Tensor>& delta_start = std::nullopt) {
   const int64_t T = h.size(0);
   const int64_t n = std::max<int64_t>(T - d, 0), n0 = T - n;
   const std::vector<int64_t> dims{0, 1};
+  auto mul = [](const Tensor& a, const Tensor& b) { return call_aten("aten::mul", "Tensor", a, b); };
   auto part = [&](const Tensor& dl, const Tensor& hd, const Tensor& ul) {
-    return torch::stable::sum(call_aten("aten::mul", "Tensor", dl, torch::stable::subtract(hd, ul)),
-                              dims);
+    return torch::stable::sum(mul(dl, torch::stable::subtract(hd, ul)), dims);
   };
+  const int64_t s1 = reverse ? 0 : n0;
+  if (delta_start) {
+    // -sum delta u over every step, + the pairs with a delayed h (padded h is 0,
+    // which drops the steps that read h0), + sum_b delta_start[b] h0[b].
+    Tensor out = torch::stable::subtract(
+        torch::stable::sum(mul(*delta_start, h0), std::vector<int64_t>{0}),
+        torch::stable::sum(mul(delta, u), dims));
+    if (n > 0)
+      out = add(out, torch::stable::sum(mul(rows(delta, s1, n), reverse ? rows(h, d, n) : rows(h, 0, n)),
+                                        dims));
+    return out;
+  }
   // steps reading h0 (the first d processed), broadcast over their rows
-  const int64_t s0 = reverse ? n : 0, s1 = reverse ? 0 : n0;
+  const int64_t s0 = reverse ? n : 0;
   Tensor out = part(rows(delta, s0, n0), torch::stable::unsqueeze(h0, 0), rows(u, s0, n0));
   if (n > 0)
     out = add(out, part(rows(delta, s1, n), reverse ? rows(h, d, n) : rows(h, 0, n), rows(u, s1, n)));
@@ -174,11 +210,13 @@ template <class Loop>
 std::tuple<Tensor, Tensor> leaky_rnn_fwd(Tensor p_in, Tensor w_in, std::optional<Tensor> h0_in,
                                          std::optional<Tensor> alpha_in,
                                          std::optional<Tensor> w_skip_in, int64_t skip,
-                                         int64_t dilation, std::string nonlinearity, bool reverse) {
+                                         int64_t dilation, std::string nonlinearity, bool reverse,
+                                         std::optional<Tensor> lengths) {
   const Shape s = check_args(p_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
+  check_lengths("leaky_rnn", lengths, s.B, p_in.device());
   const Tensor p = compute(p_in);
   const Problem pr = make_problem(s, nonlinearity, w_in, h0_in, alpha_in, w_skip_in, skip,
-                                  dilation, reverse, p);
+                                  dilation, reverse, p, lengths);
   Tensor h = Loop::empty_like(p);
   std::optional<Tensor> u;
   if (pr.leak()) u = Loop::empty_like(p);
@@ -191,8 +229,9 @@ template <class Loop>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
     Tensor grad_h, Tensor w_in, Tensor h_in, Tensor u_in, std::optional<Tensor> h0_in,
     std::optional<Tensor> alpha_in, std::optional<Tensor> w_skip_in, int64_t skip,
-    int64_t dilation, std::string nonlinearity, bool reverse) {
+    int64_t dilation, std::string nonlinearity, bool reverse, std::optional<Tensor> lengths) {
   const Shape s = check_args(h_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
+  check_lengths("leaky_rnn_bwd", lengths, s.B, h_in.device());
   MTS_CHECK(same_sizes(grad_h.sizes(), h_in.sizes()),
             "leaky_rnn_bwd: grad_h must have shape ", shape_str(h_in.sizes()), ", got ",
             shape_str(grad_h.sizes()));
@@ -201,7 +240,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
             " when alpha is given, got ", shape_str(u_in.sizes()));
   const Tensor h = compute(h_in);
   const Problem pr = make_problem(s, nonlinearity, w_in, h0_in, alpha_in, w_skip_in, skip,
-                                  dilation, reverse, h);
+                                  dilation, reverse, h, lengths);
   const Tensor u = pr.leak() ? compute(u_in) : h;
   Tensor dh0 = torch::stable::new_zeros(h, {s.B, s.H});
   Tensor e_all = Loop::empty_like(h);
@@ -213,15 +252,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
     // delta_t, completed in place as later steps are processed (a private copy).
     Tensor delta = g.data_ptr() == grad_h.data_ptr() ? torch::stable::clone(g) : g;
     Loop::bwd(pr, u, delta, e_all, dh0);
-    if (pr.leak()) dalpha = dalpha_of(delta, h, u, pr.h0, dilation, reverse);
+    if (pr.leak())
+      dalpha = dalpha_of(delta, h, u, pr.h0, dilation, reverse,
+                         pr.ragged_start() ? std::optional<Tensor>(Loop::window_sum(pr, delta, dilation))
+                                           : std::nullopt);
   }
   // Weight gradients: one large GEMM each over all steps.
-  const Tensor dw = delayed_gram(e_all, h, pr.h0, h0_in.has_value(), dilation, reverse);
+  const bool has_h0 = h0_in.has_value();
+  auto start = [&](int64_t delay) -> std::optional<Tensor> {
+    if (!has_h0 || !pr.ragged_start()) return std::nullopt;
+    return Loop::window_sum(pr, e_all, delay);
+  };
+  const Tensor dw = delayed_gram(e_all, h, pr.h0, has_h0, dilation, reverse, start(dilation));
   const ScalarType dtype = h_in.scalar_type();
   auto out = [&](const Tensor& t) { return as_dtype(t, dtype); };
   return {out(e_all), out(dw), out(dh0),
           dalpha ? out(*dalpha) : torch::stable::new_empty(w_in, {0}),
-          skip > 0 ? out(delayed_gram(e_all, h, pr.h0, h0_in.has_value(), skip, reverse))
+          skip > 0 ? out(delayed_gram(e_all, h, pr.h0, has_h0, skip, reverse, start(skip)))
                    : torch::stable::new_empty(w_in, {0})};
 }
 

@@ -43,9 +43,19 @@ const T* cptr(const BTDView& v) { return static_cast<const T*>(v.ptr); }
 template <typename T>
 T* mptr(const BTDView& v) { return static_cast<T*>(v.ptr); }
 
+// Row b runs L_b = len[b] steps (T without lengths); processing step k is time
+// k, or L_b - 1 - k with reverse (views are passed unreversed). Outputs at the
+// padded times [L_b, T) are zero-filled.
+inline int64_t row_len(const int64_t* len, int64_t b, int64_t T) { return len ? len[b] : T; }
+
+template <typename scalar_t>
+void zero_tail(scalar_t* base, int64_t st, int64_t L, int64_t T, int64_t n) {
+  for (int64_t t = L; t < T; ++t) std::fill(base + t * st, base + t * st + n, scalar_t(0));
+}
+
 template <typename scalar_t, bool LEAKY>
 void fwd_kernel(int64_t B, int64_t T, int64_t D, BTDView a, BTDView x, const scalar_t* h0,
-                int64_t h0_sb, BTDView h) {
+                int64_t h0_sb, BTDView h, const int64_t* len, bool reverse) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t blk = channel_block(B, D);
   const int64_t nblk = (D + blk - 1) / blk;
@@ -55,21 +65,24 @@ void fwd_kernel(int64_t B, int64_t T, int64_t D, BTDView a, BTDView x, const sca
       const int64_t b = task / nblk;
       const int64_t d0 = (task % nblk) * blk;
       const int64_t n = std::min(blk, D - d0);
+      const int64_t L = row_len(len, b, T);
       for (int64_t j = 0; j < n; ++j)
         state[j] = h0 ? static_cast<acc_t>(h0[b * h0_sb + d0 + j]) : acc_t(0);
       const scalar_t* ap = cptr<scalar_t>(a) + b * a.sb + d0;
       const scalar_t* xp = cptr<scalar_t>(x) + b * x.sb + d0;
       scalar_t* hp = mptr<scalar_t>(h) + b * h.sb + d0;
-      for (int64_t k = 0; k < T; ++k) {
-        const scalar_t* __restrict__ ak = ap + k * a.st;
-        const scalar_t* __restrict__ xk = xp + k * x.st;
-        scalar_t* __restrict__ hk = hp + k * h.st;
+      for (int64_t k = 0; k < L; ++k) {
+        const int64_t t = reverse ? L - 1 - k : k;
+        const scalar_t* __restrict__ ak = ap + t * a.st;
+        const scalar_t* __restrict__ xk = xp + t * x.st;
+        scalar_t* __restrict__ hk = hp + t * h.st;
         for (int64_t j = 0; j < n; ++j) {
           state[j] = scan_step<LEAKY, acc_t>(static_cast<acc_t>(ak[j]), static_cast<acc_t>(xk[j]),
                                              state[j]);
           hk[j] = static_cast<scalar_t>(state[j]);
         }
       }
+      zero_tail(hp, h.st, L, T, n);
     }
   });
 }
@@ -102,7 +115,7 @@ inline void bwd_step(int64_t n, const scalar_t* __restrict__ gk, const scalar_t*
 template <typename scalar_t, bool LEAKY, bool PER_CHANNEL>
 void bwd_kernel(int64_t B, int64_t T, int64_t D, BTDView g, BTDView a, BTDView x, BTDView h,
                 const scalar_t* h0, int64_t h0_sb, BTDView dx, BTDView da,
-                opmath_t<scalar_t>* da_rows, scalar_t* dh0) {
+                opmath_t<scalar_t>* da_rows, scalar_t* dh0, const int64_t* len, bool reverse) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t blk = channel_block(B, D);
   const int64_t nblk = (D + blk - 1) / blk;
@@ -113,6 +126,7 @@ void bwd_kernel(int64_t B, int64_t T, int64_t D, BTDView g, BTDView a, BTDView x
       const int64_t b = task / nblk;
       const int64_t d0 = (task % nblk) * blk;
       const int64_t n = std::min(blk, D - d0);
+      const int64_t L = row_len(len, b, T);
       for (int64_t j = 0; j < n; ++j) {
         carry[j] = acc_t(0);
         hinit[j] = h0 ? static_cast<acc_t>(h0[b * h0_sb + d0 + j]) : acc_t(0);
@@ -124,14 +138,18 @@ void bwd_kernel(int64_t B, int64_t T, int64_t D, BTDView g, BTDView a, BTDView x
       const scalar_t* hp = cptr<scalar_t>(h) + b * h.sb + d0;
       scalar_t* dxp = mptr<scalar_t>(dx) + b * dx.sb + d0;
       scalar_t* dap = PER_CHANNEL ? nullptr : mptr<scalar_t>(da) + b * da.sb + d0;
+      auto time = [&](int64_t k) { return reverse ? L - 1 - k : k; };
       auto step = [&](int64_t k, const auto* hprev) {
+        const int64_t t = time(k);
         bwd_step<scalar_t, LEAKY, PER_CHANNEL>(
-            n, gp + k * g.st, ap + k * a.st, LEAKY ? xp + k * x.st : nullptr, hprev,
-            dxp + k * dx.st, PER_CHANNEL ? nullptr : dap + k * da.st, row, carry.data());
+            n, gp + t * g.st, ap + t * a.st, LEAKY ? xp + t * x.st : nullptr, hprev,
+            dxp + t * dx.st, PER_CHANNEL ? nullptr : dap + t * da.st, row, carry.data());
       };
-      for (int64_t k = T - 1; k >= 1; --k) step(k, hp + (k - 1) * h.st);
-      step(0, hinit.data());  // h_{-1} is the initial state
+      for (int64_t k = L - 1; k >= 1; --k) step(k, hp + time(k - 1) * h.st);
+      if (L > 0) step(0, hinit.data());  // h_{-1} is the initial state
       for (int64_t j = 0; j < n; ++j) dh0[b * D + d0 + j] = static_cast<scalar_t>(carry[j]);
+      zero_tail(dxp, dx.st, L, T, n);
+      if constexpr (!PER_CHANNEL) zero_tail(dap, da.st, L, T, n);
     }
   });
 }
@@ -140,19 +158,25 @@ struct CpuBackend {
   static Tensor empty_like(const Tensor& t) { return empty_like_cpu(t); }
 
   static void fwd(ScanFwd& f, bool reverse, bool leaky) {
+    std::vector<int64_t> lens;
+    if (f.lengths) lens = lengths_on_host("linear_scan/leaky_integrate", *f.lengths, f.T);
+    const int64_t* len = f.lengths ? lens.data() : nullptr;
     dispatch_floating(f.x.scalar_type(), "scan_fwd_cpu", [&](auto dtype_tag) {
       using scalar_t = typename decltype(dtype_tag)::type;
       const auto* h0p = static_cast<const scalar_t*>(data_or_null(f.h0));
       auto run = [&](auto leaky_tag) {
-        fwd_kernel<scalar_t, decltype(leaky_tag)::value>(f.B, f.T, f.D, btd_view(f.a, reverse),
-                                                         btd_view(f.x, reverse), h0p, f.D,
-                                                         btd_view(f.h, reverse));
+        fwd_kernel<scalar_t, decltype(leaky_tag)::value>(f.B, f.T, f.D, btd_view(f.a, false),
+                                                         btd_view(f.x, false), h0p, f.D,
+                                                         btd_view(f.h, false), len, reverse);
       };
       if (leaky) run(std::true_type{}); else run(std::false_type{});
     });
   }
 
   static std::optional<Tensor> bwd(ScanBwd& p, bool reverse, bool leaky) {
+    std::vector<int64_t> lens;
+    if (p.lengths) lens = lengths_on_host("linear_scan/leaky_integrate backward", *p.lengths, p.T);
+    const int64_t* len = p.lengths ? lens.data() : nullptr;
     std::optional<Tensor> da_rows;
     if (p.per_channel)
       da_rows = torch::stable::new_zeros(p.h, {p.B, p.D}, opmath_dtype(p.h.scalar_type()));
@@ -160,14 +184,14 @@ struct CpuBackend {
       using scalar_t = typename decltype(dtype_tag)::type;
       using acc_t = opmath_t<scalar_t>;
       const auto* h0p = static_cast<const scalar_t*>(data_or_null(p.h0));
-      const BTDView xv = btd_view_or_null(p.x, reverse);
-      const BTDView dav = btd_view_or_null(p.da, reverse);
+      const BTDView xv = btd_view_or_null(p.x, false);
+      const BTDView dav = btd_view_or_null(p.da, false);
       acc_t* rows = da_rows.has_value() ? static_cast<acc_t*>(da_rows->mutable_data_ptr()) : nullptr;
       auto run = [&](auto leaky_tag, auto per_channel_tag) {
         bwd_kernel<scalar_t, decltype(leaky_tag)::value, decltype(per_channel_tag)::value>(
-            p.B, p.T, p.D, btd_view(p.g, reverse), btd_view(p.a, reverse), xv,
-            btd_view(p.h, reverse), h0p, p.D, btd_view(p.dx, reverse), dav, rows,
-            static_cast<scalar_t*>(p.dh0.mutable_data_ptr()));
+            p.B, p.T, p.D, btd_view(p.g, false), btd_view(p.a, false), xv,
+            btd_view(p.h, false), h0p, p.D, btd_view(p.dx, false), dav, rows,
+            static_cast<scalar_t*>(p.dh0.mutable_data_ptr()), len, reverse);
       };
       auto with_leak = [&](auto per_channel_tag) {
         if (leaky) run(std::true_type{}, per_channel_tag); else run(std::false_type{}, per_channel_tag);

@@ -41,6 +41,7 @@ struct CudaBackend {
   static Tensor empty_like(const Tensor& t) { return torch::stable::empty_like(t); }
 
   static void fwd(ScanFwd& f, bool reverse, bool leaky) {
+    MTS_CHECK(!f.lengths, "mts_kernels: the CUDA scan kernels do not take lengths yet");
     const torch::stable::accelerator::DeviceGuard guard(f.x.get_device_index());
     ScanFwdParams p{};
     p.B = f.B; p.T = f.T; p.D = f.D;
@@ -55,6 +56,7 @@ struct CudaBackend {
   }
 
   static std::optional<Tensor> bwd(ScanBwd& s, bool reverse, bool leaky) {
+    MTS_CHECK(!s.lengths, "mts_kernels: the CUDA scan kernels do not take lengths yet");
     const torch::stable::accelerator::DeviceGuard guard(s.h.get_device_index());
     ScanBwdParams p{};
     p.B = s.B; p.T = s.T; p.D = s.D;

@@ -7,6 +7,7 @@
 #include <optional>
 #include <tuple>
 
+#include "../lengths.h"
 #include "../stable_util.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts)
@@ -82,7 +83,8 @@ inline void check_same_as(const char* op, const Tensor& t, const char* name, con
 // torch::stable::Tensor is not free (it allocates an undefined-tensor handle).
 struct ScanFwd {
   Tensor a, x, h;
-  std::optional<Tensor> h0;  // none: zero initial state
+  std::optional<Tensor> h0;       // none: zero initial state
+  std::optional<Tensor> lengths;  // none: every sequence has T steps (csrc/lengths.h)
   int64_t B, T, D;
 };
 
@@ -100,17 +102,20 @@ inline std::optional<Tensor> contiguous_or_none(const std::optional<Tensor>& t) 
 }
 
 template <class Backend>
-ScanFwd prepare_fwd(const Tensor& decay, const Tensor& x_in, const std::optional<Tensor>& h0) {
+ScanFwd prepare_fwd(const Tensor& decay, const Tensor& x_in, const std::optional<Tensor>& h0,
+                    const std::optional<Tensor>& lengths) {
   Tensor x = d_contiguous(x_in);
   Tensor a = decay.dim() == 1 ? as_contiguous(decay) : d_contiguous(decay);
   Tensor h = Backend::empty_like(x);
-  return ScanFwd{a, x, h, contiguous_or_none(h0), x.size(0), x.size(1), x.size(2)};
+  return ScanFwd{a, x, h, contiguous_or_none(h0), contiguous_or_none(lengths),
+                 x.size(0), x.size(1), x.size(2)};
 }
 
 struct ScanBwd {
   Tensor g, a, h;
   std::optional<Tensor> x;  // none for the linear scan (never read)
   std::optional<Tensor> h0;
+  std::optional<Tensor> lengths;
   Tensor dx, dh0;
   std::optional<Tensor> da;  // none when the decay is per channel
   bool per_channel;
@@ -119,7 +124,8 @@ struct ScanBwd {
 
 template <class Backend>
 ScanBwd prepare_bwd(const Tensor& g, const Tensor& decay, const std::optional<Tensor>& x_in,
-                    const Tensor& h_in, const std::optional<Tensor>& h0) {
+                    const Tensor& h_in, const std::optional<Tensor>& h0,
+                    const std::optional<Tensor>& lengths) {
   const bool per_channel = decay.dim() == 1;
   Tensor h = d_contiguous(h_in);
   std::optional<Tensor> x;
@@ -129,8 +135,8 @@ ScanBwd prepare_bwd(const Tensor& g, const Tensor& decay, const std::optional<Te
   std::optional<Tensor> da;
   if (!per_channel) da = Backend::empty_like(a);
   Tensor dh0 = torch::stable::new_empty(h, {h.size(0), h.size(2)});
-  return ScanBwd{d_contiguous(g), a, h, x, contiguous_or_none(h0), dx, dh0, da, per_channel,
-                 h.size(0), h.size(1), h.size(2)};
+  return ScanBwd{d_contiguous(g), a, h, x, contiguous_or_none(h0), contiguous_or_none(lengths),
+                 dx, dh0, da, per_channel, h.size(0), h.size(1), h.size(2)};
 }
 
 // The per-channel decay gradient from a backend's (rows, D) float partial sums:
@@ -143,14 +149,15 @@ inline Tensor sum_rows_to(const Tensor& rows, ScalarType dtype) {
 }
 
 // Backend: static Tensor empty_like(const Tensor&) with empty_like's layout rule;
-//          static void fwd(ScanFwd&, bool reverse, bool leaky);
+//          static void fwd(ScanFwd&, bool reverse, bool leaky) (writes every element
+//          of f.h, zeros at padded steps when f.lengths is given);
 //          static std::optional<Tensor> bwd(ScanBwd&, bool reverse, bool leaky) -> the
 //          per-channel decay gradient (D,) when p.per_channel, else none (p.da is filled).
 template <class Backend>
 struct ScanOps {
   static Tensor run_fwd(const Tensor& decay, const Tensor& x, const std::optional<Tensor>& h0,
-                        bool reverse, bool leaky) {
-    ScanFwd f = prepare_fwd<Backend>(decay, x, h0);
+                        bool reverse, bool leaky, const std::optional<Tensor>& lengths) {
+    ScanFwd f = prepare_fwd<Backend>(decay, x, h0, lengths);
     if (f.h.numel() > 0) Backend::fwd(f, reverse, leaky);
     return f.h;
   }
@@ -160,8 +167,9 @@ struct ScanOps {
                                                      const std::optional<Tensor>& x,
                                                      const Tensor& h,
                                                      const std::optional<Tensor>& h0,
-                                                     bool reverse, bool leaky) {
-    ScanBwd p = prepare_bwd<Backend>(g, decay, x, h, h0);
+                                                     bool reverse, bool leaky,
+                                                     const std::optional<Tensor>& lengths) {
+    ScanBwd p = prepare_bwd<Backend>(g, decay, x, h, h0, lengths);
     if (p.h.numel() == 0) {
       torch::stable::zero_(p.dh0);
       return {p.dx, p.per_channel ? torch::stable::new_zeros(p.a, p.a.sizes()) : *p.da, p.dh0};
@@ -170,34 +178,42 @@ struct ScanOps {
     return {p.dx, p.per_channel ? *da_channel : *p.da, p.dh0};
   }
 
-  static Tensor linear_scan_fwd(Tensor a, Tensor x, std::optional<Tensor> h0, bool reverse) {
+  static Tensor linear_scan_fwd(Tensor a, Tensor x, std::optional<Tensor> h0, bool reverse,
+                                std::optional<Tensor> lengths) {
     check_scan_args("linear_scan", a, "a", x, "x", h0);
-    return run_fwd(a, x, h0, reverse, /*leaky=*/false);
+    check_lengths("linear_scan", lengths, x.size(0), x.device());
+    return run_fwd(a, x, h0, reverse, /*leaky=*/false, lengths);
   }
 
   static std::tuple<Tensor, Tensor, Tensor> linear_scan_bwd(Tensor grad_h, Tensor a, Tensor h,
                                                             std::optional<Tensor> h0,
-                                                            bool reverse) {
+                                                            bool reverse,
+                                                            std::optional<Tensor> lengths) {
     check_scan_args("linear_scan_bwd", a, "a", h, "h", h0);
     check_same_as("linear_scan_bwd", grad_h, "grad_h", h);
-    auto [dx, da, dh0] = run_bwd(grad_h, a, std::nullopt, h, h0, reverse, /*leaky=*/false);
+    check_lengths("linear_scan_bwd", lengths, h.size(0), h.device());
+    auto [dx, da, dh0] =
+        run_bwd(grad_h, a, std::nullopt, h, h0, reverse, /*leaky=*/false, lengths);
     return {da, dx, dh0};
   }
 
   static Tensor leaky_integrate_fwd(Tensor v, Tensor alpha, std::optional<Tensor> h0,
-                                    bool reverse) {
+                                    bool reverse, std::optional<Tensor> lengths) {
     check_scan_args("leaky_integrate", alpha, "alpha", v, "v", h0);
-    return run_fwd(alpha, v, h0, reverse, /*leaky=*/true);
+    check_lengths("leaky_integrate", lengths, v.size(0), v.device());
+    return run_fwd(alpha, v, h0, reverse, /*leaky=*/true, lengths);
   }
 
   static std::tuple<Tensor, Tensor, Tensor> leaky_integrate_bwd(Tensor grad_h, Tensor v,
                                                                 Tensor alpha, Tensor h,
                                                                 std::optional<Tensor> h0,
-                                                                bool reverse) {
+                                                                bool reverse,
+                                                                std::optional<Tensor> lengths) {
     check_scan_args("leaky_integrate_bwd", alpha, "alpha", v, "v", h0);
     check_same_as("leaky_integrate_bwd", grad_h, "grad_h", v);
     check_same_as("leaky_integrate_bwd", h, "h", v);
-    return run_bwd(grad_h, alpha, v, h, h0, reverse, /*leaky=*/true);
+    check_lengths("leaky_integrate_bwd", lengths, v.size(0), v.device());
+    return run_bwd(grad_h, alpha, v, h, h0, reverse, /*leaky=*/true, lengths);
   }
 
   static void register_impls(torch::stable::detail::StableLibrary& m) {

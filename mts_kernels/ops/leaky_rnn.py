@@ -16,17 +16,19 @@ import torch
 from torch import Tensor
 
 from mts_kernels import _extension, reference
-from mts_kernels.ops import _backend
+from mts_kernels.ops import _backend, _lengths
 
 NONLINEARITIES = ("tanh", "relu")
 
 
-def _fake_fwd(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse):
+def _fake_fwd(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse,
+              lengths=None):
     h = p.new_empty(p.shape)
     return h, (p.new_empty(p.shape) if alpha is not None else p.new_empty((0,)))
 
 
-def _fake_bwd(grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse):
+def _fake_bwd(grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse,
+              lengths=None):
     T, B, H = h.shape
     return (h.new_empty((T, B, H)), h.new_empty((H, H)), h.new_empty((B, H)),
             h.new_empty((H,) if alpha is not None else (0,)),
@@ -34,24 +36,24 @@ def _fake_bwd(grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip, dilation, n
 
 
 def _setup_context(ctx, inputs, output):
-    p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse = inputs
+    p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse, lengths = inputs
     h, u = output
     ctx.mark_non_differentiable(u)
     ctx.config = (skip, dilation, nonlinearity, reverse)
     ctx.has = (h0 is not None, alpha is not None, weight_skip is not None)
-    ctx.save_for_backward(weight_hh, h, u, h0, alpha, weight_skip)
+    ctx.save_for_backward(weight_hh, h, u, h0, alpha, weight_skip, lengths)
 
 
 def _make_backward(bwd_name: str):
     def backward(ctx, grad_h, _grad_u):
-        weight_hh, h, u, h0, alpha, weight_skip = ctx.saved_tensors
+        weight_hh, h, u, h0, alpha, weight_skip, lengths = ctx.saved_tensors
         if grad_h is None:
             grad_h = torch.zeros_like(h)
         dp, dw, dh0, dalpha, dws = getattr(torch.ops.mts_kernels, bwd_name)(
-            grad_h, weight_hh, h, u, h0, alpha, weight_skip, *ctx.config)
+            grad_h, weight_hh, h, u, h0, alpha, weight_skip, *ctx.config, lengths)
         has_h0, has_alpha, has_skip = ctx.has
         return (dp, dw, dh0 if has_h0 else None, dalpha if has_alpha else None,
-                dws if has_skip else None, None, None, None, None)
+                dws if has_skip else None, None, None, None, None, None)
 
     return backward
 
@@ -69,22 +71,22 @@ def _register(suffix: str) -> None:
 @torch.library.custom_op("mts_kernels::leaky_rnn_fwd_triton", mutates_args=())
 def _leaky_rnn_fwd_triton(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor], alpha: Optional[Tensor],
                           weight_skip: Optional[Tensor], skip: int, dilation: int, nonlinearity: str,
-                          reverse: bool) -> tuple[Tensor, Tensor]:
+                          reverse: bool, lengths: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     from mts_kernels.triton import leaky_rnn as triton_rnn
 
     return triton_rnn.leaky_rnn_fwd(p, weight_hh, h0, alpha, weight_skip, skip, dilation,
-                                    nonlinearity, reverse)
+                                    nonlinearity, reverse, lengths)
 
 
 @torch.library.custom_op("mts_kernels::leaky_rnn_bwd_triton", mutates_args=())
 def _leaky_rnn_bwd_triton(grad_h: Tensor, weight_hh: Tensor, h: Tensor, u: Tensor, h0: Optional[Tensor],
                           alpha: Optional[Tensor], weight_skip: Optional[Tensor], skip: int,
-                          dilation: int, nonlinearity: str,
-                          reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                          dilation: int, nonlinearity: str, reverse: bool,
+                          lengths: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     from mts_kernels.triton import leaky_rnn as triton_rnn
 
     return triton_rnn.leaky_rnn_bwd(grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip,
-                                    dilation, nonlinearity, reverse)
+                                    dilation, nonlinearity, reverse, lengths)
 
 
 _register("_triton")
@@ -142,7 +144,7 @@ def _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlineari
 def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
               alpha: Optional[Tensor] = None, weight_skip: Optional[Tensor] = None,
               skip: Optional[int] = None, dilation: int = 1, nonlinearity: str = "tanh",
-              reverse: bool = False, batch_first: bool = False,
+              reverse: bool = False, batch_first: bool = False, lengths=None,
               backend: Optional[str] = None) -> Tensor:
     """One layer and direction of the dense leaky recurrence, fused forward and backward.
 
@@ -154,14 +156,20 @@ def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     weight_hh: (H, H); h0: (B, H) or None (zeros), the state for every tau <= 0;
     alpha: (H,) leak per unit or None; skip / weight_skip: an extra connection from
     s steps back; dilation d: the recurrent connection reaches d steps back (d
-    interleaved chains). reverse runs t = T..1. Returns h shaped like p.
+    interleaved chains). reverse runs t = T..1. lengths: None, or (B,) ints
+    (tensor or list): sequence b runs its first L_b steps (reverse: t = L_b-1..0,
+    its delays counted in its own steps) and h is 0 beyond; its final state is
+    mts_kernels.final_state(h, lengths, h0, reverse=reverse, batch_first=batch_first).
+    Returns h shaped like p.
     """
     _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, batch_first)
+    T, B, _ = check_projection("leaky_rnn", p, batch_first)
+    lens = _lengths.check_lengths("leaky_rnn", lengths, B, T, p.device)
     be = _backend.resolve(backend, "leaky_rnn_fwd", p.device, p.dtype)
     kw = dict(alpha=alpha, weight_skip=weight_skip, skip=skip, dilation=dilation,
               nonlinearity=nonlinearity, reverse=reverse, batch_first=batch_first)
     if be == "reference":
-        return reference.leaky_rnn(p, weight_hh, h0, **kw)
+        return reference.leaky_rnn(p, weight_hh, h0, lengths=lens, **kw)
     op = torch.ops.mts_kernels.leaky_rnn_fwd
     if be == "triton":
         from mts_kernels.triton.leaky_rnn import MAX_HIDDEN
@@ -173,5 +181,5 @@ def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
                 f"backend='reference'")
         op = torch.ops.mts_kernels.leaky_rnn_fwd_triton
     pt = p.transpose(0, 1) if batch_first else p
-    h, _ = op(pt, weight_hh, h0, alpha, weight_skip, skip or 0, dilation, nonlinearity, reverse)
+    h, _ = op(pt, weight_hh, h0, alpha, weight_skip, skip or 0, dilation, nonlinearity, reverse, lens)
     return h.transpose(0, 1) if batch_first else h

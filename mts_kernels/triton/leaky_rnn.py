@@ -369,10 +369,13 @@ def leaky_rnn_fwd(
     dilation: int,
     nonlinearity: str,
     reverse: bool,
+    lengths: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Returns (h, u): h (T, B, H) contiguous in p's dtype; u (T, B, H) when
     alpha is given (the activations phi(z_t), needed by the backward), else
     an empty tensor."""
+    if lengths is not None:
+        raise NotImplementedError("the Triton kernels do not take lengths yet")
     skip, dilation = int(skip), int(dilation)
     T, B, H = _check(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity)
     dtype = p.dtype
@@ -442,11 +445,14 @@ def leaky_rnn_bwd(
     dilation: int,
     nonlinearity: str,
     reverse: bool,
+    lengths: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dp, dweight_hh, dh0, dalpha, dweight_skip) of leaky_rnn_fwd,
     given grad_h = dL/dh and the forward outputs h and u (u only used when
     alpha is given).  dh0 is always (B, H); dalpha / dweight_skip are empty
     when alpha / weight_skip are None."""
+    if lengths is not None:
+        raise NotImplementedError("the Triton kernels do not take lengths yet")
     skip, dilation = int(skip), int(dilation)
     T, B, H = _check(h, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, "h")
     if tuple(grad_h.shape) != (T, B, H):

@@ -299,8 +299,11 @@ def scan_fwd(
     h0: Optional[torch.Tensor],
     reverse: bool,
     leaky: bool,
+    lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """h_t = a_t * h_{t-1} + x_t  (leaky: + (1 - a_t) * x_t); returns h like x."""
+    if lengths is not None:
+        raise NotImplementedError("the Triton kernels do not take lengths yet")
     _check(a, x, h0)
     x = _unit_last(x)
     h = torch.empty_like(x)
@@ -346,11 +349,14 @@ def scan_bwd(
     h0: Optional[torch.Tensor],
     reverse: bool,
     leaky: bool,
+    lengths: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dx, da, dh0) of scan_fwd given grad_h = dL/dh and the forward output h.
 
     x (v) is read only when leaky; the linear scan may pass None, and dx then
     follows h's layout (as the C++ kernels do)."""
+    if lengths is not None:
+        raise NotImplementedError("the Triton kernels do not take lengths yet")
     if x is None:
         if leaky:
             raise ValueError("scan_bwd: the leaky integrator's backward needs v")
