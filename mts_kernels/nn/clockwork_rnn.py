@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mts_kernels.ops.clockwork_rnn import check_modules, clockwork_rnn
+from mts_kernels.nn import _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
+from mts_kernels.ops._lengths import check_lengths, final_state
+from mts_kernels.ops.clockwork_rnn import check_modules, clockwork_rnn
 from mts_kernels.ops.leaky_rnn import NONLINEARITIES
 
 DEFAULT_MODULES = 4
@@ -103,11 +105,24 @@ class ClockworkRNN(nn.Module):
                     param.uniform_(-bound, bound)
             self.weight_hh.masked_fill_(~self.block_mask(), 0.0)
 
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None, t0: int = 0) -> Tuple[Tensor, Tensor]:
+    def forward(self, input, hx: Optional[Tensor] = None, t0: int = 0, lengths=None):
+        """input: (T, B, input_size) ((B, T, ...) batch_first) or a PackedSequence (as
+        torch.nn.RNN takes it: the output is packed the same way and h_n holds each
+        sequence's final state in the batch order); hx: (1, B, hidden_size) or None;
+        t0: the clock at the first step (shared by the batch). lengths (padded input
+        only): (B,) ints; the output is 0 beyond each length. Returns (output, h_n)."""
+        if isinstance(input, nn.utils.rnn.PackedSequence):
+            return _packed.forward_packed(
+                "ClockworkRNN", lambda x, h, lens: self._run(x, h, t0, lens, batch_first=False), input,
+                hx, lengths)
+        return self._run(input, hx, t0, lengths, self.batch_first)
+
+    def _run(self, input: Tensor, hx: Optional[Tensor], t0: int, lengths,
+             batch_first: bool) -> Tuple[Tensor, Tensor]:
         if not isinstance(input, Tensor):
             raise TypeError(f"ClockworkRNN: input must be a torch.Tensor, got {type(input).__name__}")
         if input.dim() != 3:
-            layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+            layout = "(B, T, input_size)" if batch_first else "(T, B, input_size)"
             raise ValueError(f"ClockworkRNN: input must be 3-D {layout}, got shape {tuple(input.shape)}")
         if input.size(-1) != self.input_size:
             raise ValueError(f"ClockworkRNN: input.size(-1) must be equal to input_size. "
@@ -115,7 +130,9 @@ class ClockworkRNN(nn.Module):
         if input.dtype != self.weight_hh.dtype:
             raise TypeError(f"ClockworkRNN: input has dtype {input.dtype} but the parameters are "
                             f"{self.weight_hh.dtype}")
-        B = input.size(0 if self.batch_first else 1)
+        B = input.size(0 if batch_first else 1)
+        lens = check_lengths("ClockworkRNN", lengths, B, input.size(1 if batch_first else 0),
+                             input.device)
         h0 = None
         if hx is not None:
             if not isinstance(hx, Tensor):
@@ -130,9 +147,10 @@ class ClockworkRNN(nn.Module):
         b = self.bias_ih + self.bias_hh if self.bias else None
         p = F.linear(input, self.weight_ih, b)  # all steps: one GEMM
         h = clockwork_rnn(p, self.weight_hh, h0, periods=self.periods, module_sizes=self.module_sizes,
-                          alpha=alpha_of(self.leak, getattr(self, "log_tau", None), self.hidden_size, p), nonlinearity=self.nonlinearity, t0=t0,
-                          batch_first=self.batch_first, backend=self.backend)
-        h_n = (h[:, -1] if self.batch_first else h[-1]).unsqueeze(0)
+                          alpha=alpha_of(self.leak, getattr(self, "log_tau", None), self.hidden_size, p),
+                          nonlinearity=self.nonlinearity, t0=t0, batch_first=batch_first, lengths=lens,
+                          backend=self.backend)
+        h_n = final_state(h, lens, h0, batch_first=batch_first).unsqueeze(0)
         return h, h_n
 
     def extra_repr(self) -> str:

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mts_kernels.nn import _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
+from mts_kernels.ops._lengths import check_lengths, final_state
 from mts_kernels.ops.leaky_rnn import NONLINEARITIES, leaky_rnn
 
 
@@ -35,6 +37,10 @@ class LeakyRNN(nn.Module):
     - skip=s: an extra recurrent connection from s steps back, `weight_skip_l{k}`.
     - dilation=d: the recurrent connection reaches d steps back (d > 1 removes the
       length-one connections: d interleaved chains).
+
+    Variable lengths: `forward` takes a PackedSequence as torch.nn.RNN does
+    (output packed the same way, h_n each sequence's final state in the batch
+    order), or a padded tensor with `lengths=` (output zero beyond each length).
 
     `backend` (attribute, default None: automatic) selects the kernel backend
     as for every mts_kernels op.
@@ -120,9 +126,17 @@ class LeakyRNN(nn.Module):
         model.load_state_dict(rnn.state_dict(), strict=not extra)
         return model
 
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, input, hx: Optional[Tensor] = None, lengths=None):
+        """input: (T, B, input_size) ((B, T, ...) batch_first), unbatched (T, input_size),
+        or a PackedSequence; hx: (num_layers * num_dirs, B, hidden_size) or None.
+        lengths (padded input only): (B,) ints; the output is 0 beyond each length
+        and h_n holds each sequence's final state. Returns (output, h_n) as torch.nn.RNN."""
         if isinstance(input, nn.utils.rnn.PackedSequence):
-            raise TypeError("LeakyRNN: PackedSequence input is not supported; pass a padded tensor")
+            return _packed.forward_packed(
+                "LeakyRNN", lambda x, h, lens: self._run(x, h, lens, batch_first=False), input, hx, lengths)
+        return self._run(input, hx, lengths, self.batch_first)
+
+    def _run(self, input: Tensor, hx: Optional[Tensor], lengths, batch_first: bool) -> Tuple[Tensor, Tensor]:
         if not isinstance(input, Tensor):
             raise TypeError(f"LeakyRNN: input must be a torch.Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
@@ -134,10 +148,11 @@ class LeakyRNN(nn.Module):
         if input.dtype != weight.dtype:
             raise TypeError(f"LeakyRNN: input has dtype {input.dtype} but the parameters are {weight.dtype}")
         batched = input.dim() == 3
-        x = input if batched else input.unsqueeze(1 if not self.batch_first else 0)
-        if self.batch_first:
+        x = input if batched else input.unsqueeze(1 if not batch_first else 0)
+        if batch_first:
             x = x.transpose(0, 1)
         B = x.size(1)
+        lens = check_lengths("LeakyRNN", lengths, B, x.size(0), x.device)
         num_dirs = 2 if self.bidirectional else 1
         expected = (self.num_layers * num_dirs, B, self.hidden_size)
         if hx is not None:
@@ -160,22 +175,22 @@ class LeakyRNN(nn.Module):
                 if self.bias:
                     b = getattr(self, f"bias_ih_{name}") + getattr(self, f"bias_hh_{name}")
                 p = F.linear(x, getattr(self, f"weight_ih_{name}"), b)  # all steps: one GEMM
+                h0 = None if h_in is None else h_in[layer * num_dirs + direction]
                 h = leaky_rnn(
-                    p, getattr(self, f"weight_hh_{name}"),
-                    None if h_in is None else h_in[layer * num_dirs + direction],
+                    p, getattr(self, f"weight_hh_{name}"), h0,
                     alpha=alpha_of(self.leak, getattr(self, f"log_tau_{name}", None), self.hidden_size, p),
                     weight_skip=getattr(self, f"weight_skip_{name}") if self.skip else None,
                     skip=self.skip, dilation=self.dilation, nonlinearity=self.nonlinearity,
-                    reverse=direction == 1, backend=self.backend)
-                finals.append(h[0] if direction == 1 else h[-1])
+                    reverse=direction == 1, lengths=lens, backend=self.backend)
+                finals.append(final_state(h, lens, h0, reverse=direction == 1, batch_first=False))
                 outs.append(h)
             x = torch.cat(outs, -1) if num_dirs == 2 else outs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        output = x.transpose(0, 1) if self.batch_first else x
+        output = x.transpose(0, 1) if batch_first else x
         h_n = torch.stack(finals, 0)
         if not batched:
-            output = output.squeeze(0 if self.batch_first else 1)
+            output = output.squeeze(0 if batch_first else 1)
             h_n = h_n.squeeze(1)
         return output, h_n
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mts_kernels import reference
-from mts_kernels.ops import _backend
+from mts_kernels.ops import _backend, _lengths
 from mts_kernels.ops.leaky_rnn import NONLINEARITIES, check_projection, leaky_rnn
 
 
@@ -68,20 +68,26 @@ def _count_active(t: Tensor, first: int, period: int) -> Tensor:
 def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
                   periods: Sequence[int], module_sizes: Sequence[int],
                   alpha: Optional[Tensor] = None, nonlinearity: str = "tanh", t0: int = 0,
-                  batch_first: bool = False, backend: Optional[str] = None) -> Tensor:
+                  batch_first: bool = False, lengths=None, backend: Optional[str] = None) -> Tensor:
     """Clockwork recurrence over all steps, fused (see the module docstring).
 
     p: (T, B, H) (or (B, T, H) batch_first): W_ih x_t + b_ih + b_hh for all steps.
     weight_hh: (H, H), read block-upper-triangularly; h0: (B, H) or None (zeros);
     periods / module_sizes: per module, fast to slow; alpha: (H,) leak or None;
     t0: the global clock at the first step (keeps the phase across chunks).
-    Returns h shaped like p; the final state is its last step.
+    lengths: None, or (B,) ints (tensor or list): sequence b runs its first L_b
+    steps and h is 0 beyond; the clock is shared by the batch.
+    Returns h shaped like p; the final state is its last step
+    (mts_kernels.final_state(h, lengths, h0, batch_first=batch_first) with lengths).
     """
     _check_args(p, weight_hh, h0, periods, module_sizes, alpha, nonlinearity, t0, batch_first)
+    T_, B_, _ = check_projection("clockwork_rnn", p, batch_first)
+    lens = _lengths.check_lengths("clockwork_rnn", lengths, B_, T_, p.device)
     be = _backend.resolve(backend, "leaky_rnn_fwd", p.device, p.dtype)
     if be == "reference":
         return reference.clockwork_rnn(p, weight_hh, h0, periods, module_sizes, alpha=alpha,
-                                       nonlinearity=nonlinearity, t0=t0, batch_first=batch_first)
+                                       nonlinearity=nonlinearity, t0=t0, batch_first=batch_first,
+                                       lengths=lens)
     x = p.transpose(0, 1) if batch_first else p
     T, B, H = x.shape
     if h0 is None:
@@ -125,8 +131,10 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
             for j in range(i + 1, g):
                 z = to_faster[j][..., lo:hi].index_select(0, _count_active(prev, firsts[j], periods[j]))
                 p_i = p_i + z
+        # with lengths, module i's sequence b has the active steps t < L_b
+        lens_i = None if lens is None else _count_active(lens - 1, f, P)
         h_i = leaky_rnn(p_i, w_rows[i][:, lo:hi], h0_i, alpha=a_mod[i],
-                        nonlinearity=nonlinearity, backend=be)
+                        nonlinearity=nonlinearity, lengths=lens_i, backend=be)
         states[i] = torch.cat([h0_i.unsqueeze(0), h_i], 0)
         if i > 0:  # what this module feeds every faster one, in one GEMM at its own rate
             to_faster[i] = F.linear(states[i], weight_hh[:lo, lo:hi])
@@ -134,6 +142,8 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
         repeated = h_i.unsqueeze(1).expand(n, P, *h_i.shape[1:]).reshape(n * P, *h_i.shape[1:])
         held[i] = torch.cat([h0_i.unsqueeze(0).expand(f + 1, *h0_i.shape), repeated], 0)[: T + 1]
     h = torch.cat([hj[1:] for hj in held], -1)
+    if lens is not None:  # the held values run on past a sequence's end: cut them
+        h = h.masked_fill((steps.unsqueeze(1) >= lens.unsqueeze(0)).unsqueeze(-1), 0.0)
     return h.transpose(0, 1) if batch_first else h
 
 
