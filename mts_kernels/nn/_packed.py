@@ -16,27 +16,32 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 
-def _valid(batch_sizes: Tensor, device: torch.device) -> Tensor:
-    """(T, B) bool: True at the packed positions (row i of step t is packed iff i < batch_sizes[t])."""
+def _rows(batch_sizes: Tensor) -> Tensor:
+    """Row t * B + i of the flattened (T, B) grid for each packed element: the
+    packed order is time-major, then batch (row i of step t iff i < batch_sizes[t])."""
     B = int(batch_sizes[0])
-    return (torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)).to(device)
+    valid = torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)
+    return valid.reshape(-1).nonzero().squeeze(1)
 
 
 def unpack(seq: PackedSequence) -> Tuple[Tensor, Tensor]:
-    """(padded (T, B, *) in the packed (sorted) order, lengths (B,) int64 on the CPU)."""
+    """(padded (T, B, *) in the packed (sorted) order, lengths (B,) int64 on the CPU).
+    One index_copy (its backward one index_select), not a copy per step."""
     bs = seq.batch_sizes
     if bs.numel() == 0:
         raise ValueError("PackedSequence input has no time steps")
-    valid = _valid(bs, seq.data.device)
-    padded = seq.data.new_zeros((bs.numel(), int(bs[0])) + tuple(seq.data.shape[1:]))
-    padded[valid] = seq.data  # time-major, then batch: exactly the packed order
-    lengths = _valid(bs, torch.device("cpu")).sum(0)
+    T, B = bs.numel(), int(bs[0])
+    rows = _rows(bs).to(seq.data.device)
+    flat = seq.data.new_zeros((T * B,) + tuple(seq.data.shape[1:]))
+    padded = flat.index_copy(0, rows, seq.data).view((T, B) + tuple(seq.data.shape[1:]))
+    lengths = (torch.arange(B).unsqueeze(0) < bs.unsqueeze(1)).sum(0)
     return padded, lengths
 
 
 def pack(padded: Tensor, like: PackedSequence) -> PackedSequence:
     """The (T, B, *) output in sorted order as a PackedSequence shaped like `like`."""
-    data = padded[_valid(like.batch_sizes, padded.device)]
+    rows = _rows(like.batch_sizes).to(padded.device)
+    data = padded.reshape((-1,) + tuple(padded.shape[2:])).index_select(0, rows)
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
