@@ -225,7 +225,7 @@ BAD = [
     ("leak negative", lambda: LeakyRNN(4, 6, leak=-0.1), ValueError, r"leak must be None"),
     ("leak string", lambda: LeakyRNN(4, 6, leak="learnt"), ValueError, r"leak must be None"),
     ("tau decreasing", lambda: LeakyRNN(4, 6, leak="learned", tau_range=(10.0, 1.0)), ValueError,
-     r"tau_range must be \(low, high\) with 0 < low < high"),
+     r"tau_range must be \(low, high\) of finite numbers with 0 < low < high"),
     ("tau zero", lambda: LeakyRNN(4, 6, leak="learned", tau_range=(0.0, 1.0)), ValueError, r"tau_range"),
     ("nonlinearity", lambda: LeakyRNN(4, 6, nonlinearity="gelu"), ValueError, r"nonlinearity must be 'tanh' or 'relu'"),
     ("packed_with_lengths", lambda: LeakyRNN(4, 6)(nn.utils.rnn.pack_sequence([torch.randn(3, 4)]), lengths=[3]),

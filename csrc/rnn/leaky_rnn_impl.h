@@ -145,7 +145,11 @@ inline Problem make_problem(const Shape& s, const std::string& nonlinearity, con
                             const std::optional<Tensor>& w_skip_in, int64_t skip,
                             int64_t dilation, bool reverse, const Tensor& like,
                             const std::optional<Tensor>& lengths) {
-  Problem pr{s, parse_phi(nonlinearity), skip, dilation, reverse, compute(w_in),
+  // A delay of T or more reads h0 at every step, exactly as a delay of T does:
+  // clamped here, so no ring, GEMM split or index below is ever sized by it (and
+  // no k - delay can overflow).
+  Problem pr{s, parse_phi(nonlinearity), std::min(skip, s.T), std::min(dilation, s.T), reverse,
+             compute(w_in),
              h0_in ? compute(*h0_in) : torch::stable::new_zeros(like, {s.B, s.H}),
              std::nullopt, std::nullopt, std::nullopt};
   if (lengths) pr.lengths = as_contiguous(*lengths);
@@ -232,12 +236,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
     int64_t dilation, std::string nonlinearity, bool reverse, std::optional<Tensor> lengths) {
   const Shape s = check_args(h_in, w_in, h0_in, alpha_in, w_skip_in, skip, dilation);
   check_lengths("leaky_rnn_bwd", lengths, s.B, h_in.device());
-  MTS_CHECK(same_sizes(grad_h.sizes(), h_in.sizes()),
-            "leaky_rnn_bwd: grad_h must have shape ", shape_str(h_in.sizes()), ", got ",
-            shape_str(grad_h.sizes()));
-  MTS_CHECK(!alpha_in.has_value() || same_sizes(u_in.sizes(), h_in.sizes()),
-            "leaky_rnn_bwd: u must have shape ", shape_str(h_in.sizes()),
-            " when alpha is given, got ", shape_str(u_in.sizes()));
+  // grad_h and u are read with h's element type and layout: same dtype and device.
+  auto like_h = [&](const Tensor& t, const char* name, const char* when) {
+    MTS_CHECK(same_sizes(t.sizes(), h_in.sizes()) && t.scalar_type() == h_in.scalar_type() &&
+                  t.device() == h_in.device(),
+              "leaky_rnn_bwd: ", name, " must be ", torch::headeronly::toString(h_in.scalar_type()),
+              " of shape ", shape_str(h_in.sizes()), " on ", device_str(h_in.device()), when,
+              ", got ", torch::headeronly::toString(t.scalar_type()), " of shape ",
+              shape_str(t.sizes()), " on ", device_str(t.device()));
+  };
+  like_h(grad_h, "grad_h", "");
+  if (alpha_in.has_value()) like_h(u_in, "u", " when alpha is given");
   const Tensor h = compute(h_in);
   const Problem pr = make_problem(s, nonlinearity, w_in, h0_in, alpha_in, w_skip_in, skip,
                                   dilation, reverse, h, lengths);
@@ -253,8 +262,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
     Tensor delta = g.data_ptr() == grad_h.data_ptr() ? torch::stable::clone(g) : g;
     Loop::bwd(pr, u, delta, e_all, dh0);
     if (pr.leak())
-      dalpha = dalpha_of(delta, h, u, pr.h0, dilation, reverse,
-                         pr.ragged_start() ? std::optional<Tensor>(Loop::window_sum(pr, delta, dilation))
+      dalpha = dalpha_of(delta, h, u, pr.h0, pr.dilation, reverse,
+                         pr.ragged_start() ? std::optional<Tensor>(Loop::window_sum(pr, delta, pr.dilation))
                                            : std::nullopt);
   }
   // Weight gradients: one large GEMM each over all steps.
@@ -263,12 +272,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
     if (!has_h0 || !pr.ragged_start()) return std::nullopt;
     return Loop::window_sum(pr, e_all, delay);
   };
-  const Tensor dw = delayed_gram(e_all, h, pr.h0, has_h0, dilation, reverse, start(dilation));
+  const Tensor dw = delayed_gram(e_all, h, pr.h0, has_h0, pr.dilation, reverse, start(pr.dilation));
   const ScalarType dtype = h_in.scalar_type();
   auto out = [&](const Tensor& t) { return as_dtype(t, dtype); };
   return {out(e_all), out(dw), out(dh0),
           dalpha ? out(*dalpha) : torch::stable::new_empty(w_in, {0}),
-          skip > 0 ? out(delayed_gram(e_all, h, pr.h0, has_h0, skip, reverse, start(skip)))
+          skip > 0 ? out(delayed_gram(e_all, h, pr.h0, has_h0, pr.skip, reverse, start(pr.skip)))
                    : torch::stable::new_empty(w_in, {0})};
 }
 

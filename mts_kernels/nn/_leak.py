@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -20,8 +21,10 @@ def check_leak(where: str, leak, tau_range) -> Tuple[float, float]:
             raise ValueError(f"{where}: leak must be None, a float in [0, 1) or 'learned', got {leak!r}")
     lo_hi = tuple(tau_range) if isinstance(tau_range, (tuple, list)) else None
     if (lo_hi is None or len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi)
-            or not 0 < lo_hi[0] < lo_hi[1]):
-        raise ValueError(f"{where}: tau_range must be (low, high) with 0 < low < high, got {tau_range!r}")
+            or any(isinstance(v, bool) for v in lo_hi)
+            or not all(math.isfinite(v) for v in lo_hi) or not 0 < lo_hi[0] < lo_hi[1]):
+        raise ValueError(f"{where}: tau_range must be (low, high) of finite numbers with "
+                         f"0 < low < high, got {tau_range!r}")
     return float(lo_hi[0]), float(lo_hi[1])
 
 

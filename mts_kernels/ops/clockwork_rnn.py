@@ -61,6 +61,9 @@ def check_modules(periods, module_sizes, hidden_size: int, where: str = "clockwo
 def _count_active(t: Tensor, first: int, period: int) -> Tensor:
     """Number of active steps of a module in [0, t] (t may be -1): the row of its
     states (initial state first) that holds its value after step t."""
+    # t < 2**62 always (a step index), so clamping keeps every count and keeps
+    # periods and phases beyond int64 (any Python int is a legal period) out of it
+    first, period = min(first, 2**62), min(period, 2**62)
     return torch.where(t >= first, torch.div(t - first, period, rounding_mode="floor") + 1,
                        torch.zeros_like(t))
 
@@ -96,7 +99,7 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     for k in module_sizes:
         offs.append(offs[-1] + k)
     g = len(periods)
-    firsts = [(-t0) % P for P in periods]
+    firsts = [(-t0) % P for P in periods]  # < P; >= T means never active in this chunk
     # Split once along the units (the backward of a split is one concatenation,
     # where per-module slices of the full tensors would each zero-fill a full-size
     # gradient).
@@ -112,6 +115,7 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     # faster module's active steps (a row gather whose backward sums each row over
     # the interval it was held).
     steps = torch.arange(T, device=x.device)
+    held_steps = torch.arange(-1, T, device=x.device)  # before step 0, then after each step
     states: list = [None] * g
     to_faster: list = [None] * g  # states[j] W_{<j, j}^T: (n_j + 1, B, offs[j])
     held: list = [None] * g  # (T + 1, B, k_j): before step 0 and after each step
@@ -124,10 +128,11 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
             if i > 0:
                 to_faster[i] = F.linear(states[i], weight_hh[:lo, lo:hi])
             continue
-        p_i = p_mod[i][f::P]
+        every = min(P, T)  # the same active steps in [0, T) (and a slice step torch takes)
+        p_i = p_mod[i][f::every]
         n = p_i.size(0)
         if i < g - 1:
-            prev = steps[f::P] - 1  # i's active steps read the slower modules at t - 1
+            prev = steps[f::every] - 1  # i's active steps read the slower modules at t - 1
             for j in range(i + 1, g):
                 z = to_faster[j][..., lo:hi].index_select(0, _count_active(prev, firsts[j], periods[j]))
                 p_i = p_i + z
@@ -138,9 +143,9 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
         states[i] = torch.cat([h0_i.unsqueeze(0), h_i], 0)
         if i > 0:  # what this module feeds every faster one, in one GEMM at its own rate
             to_faster[i] = F.linear(states[i], weight_hh[:lo, lo:hi])
-        # each value is held for P steps: an expand (its backward sums the P copies)
-        repeated = h_i.unsqueeze(1).expand(n, P, *h_i.shape[1:]).reshape(n * P, *h_i.shape[1:])
-        held[i] = torch.cat([h0_i.unsqueeze(0).expand(f + 1, *h0_i.shape), repeated], 0)[: T + 1]
+        # each value is held until the next active step: a row gather of T + 1 rows
+        # (its backward sums each value over the interval it was held), whatever P is
+        held[i] = states[i].index_select(0, _count_active(held_steps, f, P))
     h = torch.cat([hj[1:] for hj in held], -1)
     if lens is not None:  # the held values run on past a sequence's end: cut them
         h = h.masked_fill((steps.unsqueeze(1) >= lens.unsqueeze(0)).unsqueeze(-1), 0.0)

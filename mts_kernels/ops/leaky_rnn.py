@@ -181,5 +181,7 @@ def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
                 f"backend='reference'")
         op = torch.ops.mts_kernels.leaky_rnn_fwd_triton
     pt = p.transpose(0, 1) if batch_first else p
-    h, _ = op(pt, weight_hh, h0, alpha, weight_skip, skip or 0, dilation, nonlinearity, reverse, lens)
+    # a delay of T or more reads h0 at every step, as a delay of T does (and fits int64)
+    h, _ = op(pt, weight_hh, h0, alpha, weight_skip, min(skip or 0, T), min(dilation, T), nonlinearity,
+              reverse, lens)
     return h.transpose(0, 1) if batch_first else h
