@@ -21,6 +21,14 @@ order (decay shifted by one step)::
     da_p = delta_p * h_{p-1}       (leaky: delta_p * (h_{p-1} - x_p))
     dh0  = a_0 * delta_0
 
+Variable lengths (``lengths``, one L_b per batch row, clamped to [0, T] in the
+kernel): row b runs only its first L_b time steps (reverse: t = L_b-1 .. 0).
+Padded elements t >= L_b are the identity map (A=1, X=0), so the carried state
+passes through them unchanged (reverse: h0 reaches t = L_b-1), their outputs
+and input gradients are written as 0 and their inputs are never read.  The
+backward's boundaries follow L_b: delta_{L_b-1} = g_{L_b-1} (forward), and
+the previous state of the reverse scan's first step t = L_b-1 is h0.
+
 Reverse mode is pure index mapping; nothing is flipped in memory.  ``a`` may be
 (B, T, D) or a per-channel (D,) decay, which is broadcast inside the kernel and
 whose gradient is reduced over t inside the kernel (one float32/float64 row per
@@ -52,16 +60,28 @@ def _affine_combine(a1, x1, a2, x2):
 
 
 @triton.jit
+def _row_length(len_ptr, b64, s_len, T, HAS_LEN: tl.constexpr):
+    # L_b clamped to [0, T] (memory safety), or T without lengths
+    if HAS_LEN:
+        n = tl.load(len_ptr + b64 * s_len)
+        return tl.minimum(tl.maximum(n, 0), T).to(tl.int32)
+    else:
+        return T
+
+
+@triton.jit
 def _scan_fwd_kernel(
-    a_ptr, x_ptr, h0_ptr, h_ptr,
+    a_ptr, x_ptr, h0_ptr, h_ptr, len_ptr,
     T, D, n_dblk,
     s_ab, s_at, s_ad,
     s_xb, s_xt, s_xd,
     s_h0b, s_h0d,
     s_hb, s_ht, s_hd,
+    s_len,
     REVERSE: tl.constexpr,
     LEAKY: tl.constexpr,
     HAS_H0: tl.constexpr,
+    HAS_LEN: tl.constexpr,
     A_PER_CHANNEL: tl.constexpr,
     CDT: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -76,6 +96,7 @@ def _scan_fwd_kernel(
     mask_d = offs_d < D
     d64 = offs_d.to(tl.int64)
     rows = tl.arange(0, BLOCK_T)
+    L = _row_length(len_ptr, b64, s_len, T, HAS_LEN)
 
     x_base = x_ptr + b64 * s_xb + d64[None, :] * s_xd
     h_base = h_ptr + b64 * s_hb + d64[None, :] * s_hd
@@ -99,13 +120,15 @@ def _scan_fwd_kernel(
             t = p
         t64 = t.to(tl.int64)
         m = mask_t[:, None] & mask_d[None, :]
+        valid = mask_t & (t < L)
+        mv = valid[:, None] & mask_d[None, :]
 
-        x = tl.load(x_base + t64[:, None] * s_xt, mask=m, other=0.0).to(CDT)
+        # padded rows (past T or past L_b) get the identity map (A=1, X=0)
+        x = tl.load(x_base + t64[:, None] * s_xt, mask=mv, other=0.0).to(CDT)
         if A_PER_CHANNEL:
-            # padded rows get the identity map (A=1, X=0)
-            a = tl.where(mask_t[:, None], a_row[None, :], 1.0)
+            a = tl.where(valid[:, None], a_row[None, :], 1.0)
         else:
-            a = tl.load(a_base + t64[:, None] * s_at, mask=m, other=1.0).to(CDT)
+            a = tl.load(a_base + t64[:, None] * s_at, mask=mv, other=1.0).to(CDT)
         if LEAKY:
             xin = (1.0 - a) * x
         else:
@@ -113,7 +136,8 @@ def _scan_fwd_kernel(
 
         acum, xcum = tl.associative_scan((a, xin), 0, _affine_combine)
         h = acum * carry[None, :] + xcum
-        tl.store(h_base + t64[:, None] * s_ht, h.to(h_ptr.dtype.element_ty), mask=m)
+        h_out = tl.where(valid[:, None], h, 0.0)
+        tl.store(h_base + t64[:, None] * s_ht, h_out.to(h_ptr.dtype.element_ty), mask=m)
         # padded rows are identity maps, so the last row holds the state
         # after the last valid step of this chunk
         carry = tl.sum(tl.where(rows[:, None] == BLOCK_T - 1, h, 0.0), axis=0)
@@ -121,9 +145,9 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _scan_bwd_kernel(
-    g_ptr, a_ptr, x_ptr, h_ptr, h0_ptr,
+    g_ptr, a_ptr, x_ptr, h_ptr, h0_ptr, len_ptr,
     dx_ptr, da_ptr, dh0_ptr,
-    T, D, n_dblk, a_first_off,
+    T, D, n_dblk,
     s_gb, s_gt, s_gd,
     s_ab, s_at, s_ad,
     s_xb, s_xt, s_xd,
@@ -132,9 +156,11 @@ def _scan_bwd_kernel(
     s_dxb, s_dxt, s_dxd,
     s_dab, s_dat, s_dad,
     s_dh0b, s_dh0d,
+    s_len,
     REVERSE: tl.constexpr,
     LEAKY: tl.constexpr,
     HAS_H0: tl.constexpr,
+    HAS_LEN: tl.constexpr,
     A_PER_CHANNEL: tl.constexpr,
     CDT: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -149,6 +175,12 @@ def _scan_bwd_kernel(
     mask_d = offs_d < D
     d64 = offs_d.to(tl.int64)
     rows = tl.arange(0, BLOCK_T)
+    L = _row_length(len_ptr, b64, s_len, T, HAS_LEN)
+    # time of the first processing step (its previous state is h0)
+    if REVERSE:
+        t_first = L - 1
+    else:
+        t_first = 0
 
     g_base = g_ptr + b64 * s_gb + d64[None, :] * s_gd
     x_base = x_ptr + b64 * s_xb + d64[None, :] * s_xd
@@ -181,13 +213,17 @@ def _scan_bwd_kernel(
             t_prev = T - 2 - q
         t64 = t.to(tl.int64)
         m = mask_t[:, None] & mask_d[None, :]
-        has_next = mask_t & (q >= 1)
-        has_prev = (q + 1) < T
+        # padded steps (t >= L_b) are identity maps with g = 0: delta stays 0
+        # through the forward direction's tail and delta_{first} passes
+        # through the reverse direction's tail to the end (dh0)
+        valid = mask_t & (t < L)
+        mv = valid[:, None] & mask_d[None, :]
+        has_next = valid & (t_next >= 0) & (t_next < L)
+        has_prev = valid & (t_prev >= 0) & (t_prev < L)
 
-        g = tl.load(g_base + t64[:, None] * s_gt, mask=m, other=0.0).to(CDT)
+        g = tl.load(g_base + t64[:, None] * s_gt, mask=mv, other=0.0).to(CDT)
         if A_PER_CHANNEL:
-            # the decay at q == 0 only multiplies the zero initial carry
-            a_nxt = tl.where(mask_t[:, None], a_row[None, :], 1.0)
+            a_nxt = tl.where(has_next[:, None], a_row[None, :], 1.0)
         else:
             a_nxt = tl.load(
                 a_base + t_next.to(tl.int64)[:, None] * s_at,
@@ -204,37 +240,39 @@ def _scan_bwd_kernel(
             if A_PER_CHANNEL:
                 a_cur = a_row[None, :]
             else:
-                a_cur = tl.load(a_base + t64[:, None] * s_at, mask=m, other=0.0).to(CDT)
+                a_cur = tl.load(a_base + t64[:, None] * s_at, mask=mv, other=0.0).to(CDT)
             dx = (1.0 - a_cur) * delta
         else:
             dx = delta
+        dx = tl.where(mv, dx, 0.0)
         tl.store(dx_base + t64[:, None] * s_dxt, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
         # da
         h_prev = tl.load(
             h_base + t_prev.to(tl.int64)[:, None] * s_ht,
-            mask=has_prev[:, None] & m,
+            mask=has_prev[:, None] & mask_d[None, :],
             other=0.0,
         ).to(CDT)
         if HAS_H0:
-            h_prev = tl.where((q == T - 1)[:, None], h0_row[None, :], h_prev)
+            h_prev = tl.where((t == t_first)[:, None], h0_row[None, :], h_prev)
         if LEAKY:
-            x = tl.load(x_base + t64[:, None] * s_xt, mask=m, other=0.0).to(CDT)
+            x = tl.load(x_base + t64[:, None] * s_xt, mask=mv, other=0.0).to(CDT)
             da = delta * (h_prev - x)
         else:
             da = delta * h_prev
+        da = tl.where(mv, da, 0.0)
         if A_PER_CHANNEL:
-            da_acc += tl.sum(tl.where(m, da, 0.0), axis=0)
+            da_acc += tl.sum(da, axis=0)
         else:
             tl.store(da_base + t64[:, None] * s_dat, da.to(da_ptr.dtype.element_ty), mask=m)
 
-    # dh0 = a_first * delta_first
+    # dh0 = a_first * delta_first (0 when L_b = 0: carry is 0 then)
     if A_PER_CHANNEL:
         a_first = a_row
     else:
-        # a_first_off: element offset of the first processed step (host-computed)
         a_first = tl.load(
-            a_ptr + a_first_off + b64 * s_ab + d64 * s_ad, mask=mask_d, other=0.0
+            a_ptr + t_first.to(tl.int64) * s_at + b64 * s_ab + d64 * s_ad,
+            mask=mask_d & (L > 0), other=0.0
         ).to(CDT)
     dh0 = a_first * carry
     tl.store(dh0_ptr + b64 * s_dh0b + d64 * s_dh0d, dh0.to(dh0_ptr.dtype.element_ty), mask=mask_d)
@@ -293,6 +331,19 @@ def _check(a: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor]):
         raise ValueError(f"h0 must be (B, D)=({B}, {D}), got {tuple(h0.shape)}")
 
 
+def _lengths_arg(lengths: Optional[torch.Tensor], B: int, like: torch.Tensor):
+    """(pointer argument, stride, HAS_LEN) for a kernel's lengths operand."""
+    if lengths is None:
+        return like, 0, False
+    if lengths.dim() != 1 or lengths.size(0) != B:
+        raise ValueError(f"lengths must be a 1-D tensor of B = {B} entries, "
+                         f"got shape {tuple(lengths.shape)}")
+    if lengths.device != like.device:
+        raise ValueError(f"lengths must be on {like.device}, got {lengths.device}")
+    lengths = lengths.to(torch.int64)
+    return lengths, lengths.stride(0), True
+
+
 def scan_fwd(
     a: torch.Tensor,
     x: torch.Tensor,
@@ -301,9 +352,10 @@ def scan_fwd(
     leaky: bool,
     lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """h_t = a_t * h_{t-1} + x_t  (leaky: + (1 - a_t) * x_t); returns h like x."""
-    if lengths is not None:
-        raise NotImplementedError("the Triton kernels do not take lengths yet")
+    """h_t = a_t * h_{t-1} + x_t  (leaky: + (1 - a_t) * x_t); returns h like x.
+
+    lengths: None or (B,) int64 on x's device: row b runs its first L_b steps
+    and h is 0 beyond."""
     _check(a, x, h0)
     x = _unit_last(x)
     h = torch.empty_like(x)
@@ -320,18 +372,21 @@ def scan_fwd(
     h0_arg = h0 if has_h0 else x
     s_h0 = h0.stride() if has_h0 else (0, 0)
     cdt, _ = _compute_types(x.dtype)
+    len_arg, s_len, has_len = _lengths_arg(lengths, B, x)
     block_t, block_d, n_dblk, num_warps = _blocks(B, T, D)
 
     _scan_fwd_kernel[(B * n_dblk,)](
-        a, x, h0_arg, h,
+        a, x, h0_arg, h, len_arg,
         T, D, n_dblk,
         *s_a,
         *x.stride(),
         *s_h0,
         *h.stride(),
+        s_len,
         REVERSE=bool(reverse),
         LEAKY=bool(leaky),
         HAS_H0=has_h0,
+        HAS_LEN=has_len,
         A_PER_CHANNEL=per_channel,
         CDT=cdt,
         BLOCK_T=block_t,
@@ -354,9 +409,8 @@ def scan_bwd(
     """Gradients (dx, da, dh0) of scan_fwd given grad_h = dL/dh and the forward output h.
 
     x (v) is read only when leaky; the linear scan may pass None, and dx then
-    follows h's layout (as the C++ kernels do)."""
-    if lengths is not None:
-        raise NotImplementedError("the Triton kernels do not take lengths yet")
+    follows h's layout (as the C++ kernels do).  With lengths, grad_h at
+    t >= L_b is ignored and dx, da are 0 there."""
     if x is None:
         if leaky:
             raise ValueError("scan_bwd: the leaky integrator's backward needs v")
@@ -394,13 +448,13 @@ def scan_bwd(
     has_h0 = h0 is not None
     h0_arg = h0 if has_h0 else x
     s_h0 = h0.stride() if has_h0 else (0, 0)
-    a_first_off = (T - 1) * s_a[1] if reverse else 0
+    len_arg, s_len, has_len = _lengths_arg(lengths, B, x)
     block_t, block_d, n_dblk, num_warps = _blocks(B, T, D)
 
     _scan_bwd_kernel[(B * n_dblk,)](
-        grad_h, a, x, h, h0_arg,
+        grad_h, a, x, h, h0_arg, len_arg,
         dx, da_out, dh0,
-        T, D, n_dblk, a_first_off,
+        T, D, n_dblk,
         *grad_h.stride(),
         *s_a,
         *x.stride(),
@@ -409,9 +463,11 @@ def scan_bwd(
         *dx.stride(),
         *s_da,
         *dh0.stride(),
+        s_len,
         REVERSE=bool(reverse),
         LEAKY=bool(leaky),
         HAS_H0=has_h0,
+        HAS_LEN=has_len,
         A_PER_CHANNEL=per_channel,
         CDT=cdt,
         BLOCK_T=block_t,
