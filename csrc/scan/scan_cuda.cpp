@@ -41,7 +41,6 @@ struct CudaBackend {
   static Tensor empty_like(const Tensor& t) { return torch::stable::empty_like(t); }
 
   static void fwd(ScanFwd& f, bool reverse, bool leaky) {
-    MTS_CHECK(!f.lengths, "mts_kernels: the CUDA scan kernels do not take lengths yet");
     const torch::stable::accelerator::DeviceGuard guard(f.x.get_device_index());
     ScanFwdParams p{};
     p.B = f.B; p.T = f.T; p.D = f.D;
@@ -50,13 +49,14 @@ struct CudaBackend {
     p.x = x.ptr; p.x_sb = x.sb; p.x_st = x.st;
     p.h0 = data_or_null(f.h0); p.h0_sb = f.D;
     p.h = h.ptr; p.h_sb = h.sb; p.h_st = h.st;
+    p.lengths = static_cast<const int64_t*>(data_or_null(f.lengths));
+    p.len_reversed = reverse;
     Tensor ws = zeroed_workspace(scan_fwd_cuda_workspace_bytes(f.B, f.T, f.D), f.x);
     check_cuda(scan_fwd_cuda(p, scan_dtype(f.x), leaky, ws.data_ptr(), stream_of(f.x)),
                "scan forward launch");
   }
 
   static std::optional<Tensor> bwd(ScanBwd& s, bool reverse, bool leaky) {
-    MTS_CHECK(!s.lengths, "mts_kernels: the CUDA scan kernels do not take lengths yet");
     const torch::stable::accelerator::DeviceGuard guard(s.h.get_device_index());
     ScanBwdParams p{};
     p.B = s.B; p.T = s.T; p.D = s.D;
@@ -72,6 +72,8 @@ struct CudaBackend {
     p.dx = dx.ptr; p.dx_sb = dx.sb; p.dx_st = dx.st;
     p.da = da.ptr; p.da_sb = da.sb; p.da_st = da.st;
     p.dh0 = s.dh0.data_ptr();
+    p.lengths = static_cast<const int64_t*>(data_or_null(s.lengths));
+    p.len_reversed = reverse;
     std::optional<Tensor> rows;
     if (s.per_channel) {
       rows = torch::stable::new_zeros(s.h, {scan_bwd_cuda_partials(s.B, s.T, s.D), s.D},

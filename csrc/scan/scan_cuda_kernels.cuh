@@ -353,6 +353,35 @@ MTS_DEV void load_steps(float (&v)[S], const T* base, int64_t off, int64_t st, i
 }
 
 // ---------------------------------------------------------------------------
+// Variable lengths (scan_launch.h): row b runs the processing steps [lo, hi).
+
+struct StepWindow {
+  int64_t lo, hi;
+};
+
+// lengths == nullptr: [0, T). L_b is clamped to [0, T] (device values, never
+// checked on the host).
+MTS_DEV StepWindow step_window(const int64_t* lengths, bool reversed, int64_t b, int64_t T) {
+  if (lengths == nullptr) return StepWindow{0, T};
+  int64_t L = lengths[b];
+  L = L < 0 ? 0 : (L > T ? T : L);
+  return reversed ? StepWindow{T - L, T} : StepWindow{0, L};
+}
+
+// v clamped to [0, S] as an int (a step count within one group of S steps).
+template <int S>
+MTS_DEV int clamp_steps(int64_t v) {
+  return v <= 0 ? 0 : (v < S ? static_cast<int>(v) : S);
+}
+
+// Zeros at steps [k_begin, k_end) of one channel (offset `off` of step 0).
+template <typename T>
+MTS_DEV void zero_steps(T* base, int64_t off, int64_t st, int64_t k_begin, int64_t k_end) {
+#pragma unroll 1
+  for (int64_t k = k_begin; k < k_end; ++k) store(base, off + k * st, 0.f);
+}
+
+// ---------------------------------------------------------------------------
 // Forward.
 
 // U steps of one channel from `state`; returns the state after them.
@@ -387,17 +416,24 @@ __global__ void __launch_bounds__(kSeqThreads) scan_fwd_seq_kernel(const ScanFwd
   for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < channels;
        n += grid_stride) {
     const int64_t b = n / p.D, d = n - b * p.D;
-    int64_t oa = b * p.a_sb + d, ox = b * p.x_sb + d, oh = b * p.h_sb + d;
+    // Only the steps [lo, hi) run (all T without lengths); padded steps are 0.
+    const StepWindow w = step_window(p.lengths, p.len_reversed, b, p.T);
+    if (p.lengths != nullptr) {
+      zero_steps(h, b * p.h_sb + d, p.h_st, 0, w.lo);
+      zero_steps(h, b * p.h_sb + d, p.h_st, w.hi, p.T);
+    }
+    int64_t oa = b * p.a_sb + w.lo * p.a_st + d, ox = b * p.x_sb + w.lo * p.x_st + d,
+            oh = b * p.h_sb + w.lo * p.h_st + d;
     float state = h0 ? load(h0, b * p.h0_sb + d) : 0.f;
-    int64_t k0 = 0;
-    for (; k0 + U <= p.T; k0 += U) {
+    int64_t k0 = w.lo;
+    for (; k0 + U <= w.hi; k0 += U) {
       state = fwd_seq_steps<true, LEAKY, U>(p, a, x, h, oa, ox, oh, U, state);
       oa += U * p.a_st;
       ox += U * p.x_st;
       oh += U * p.h_st;
     }
-    if (k0 < p.T)
-      fwd_seq_steps<false, LEAKY, U>(p, a, x, h, oa, ox, oh, static_cast<int>(p.T - k0), state);
+    if (k0 < w.hi)
+      fwd_seq_steps<false, LEAKY, U>(p, a, x, h, oa, ox, oh, static_cast<int>(w.hi - k0), state);
   }
 }
 
@@ -461,19 +497,26 @@ __global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
     const int b = c.active ? c.n / D : 0;
     const int d = c.active ? c.n - b * D : 0;
     const int64_t k0 = c.rank * kFwdChunk + static_cast<int64_t>(warp) * S;
-    const int64_t left = c.active ? p.T - k0 : 0;
-    const int nv = left <= 0 ? 0 : (left < S ? static_cast<int>(left) : S);
+    // Steps i < nt of this warp exist (k0 + i < T); those in [first, nv) run,
+    // the others are padding (lengths) with h = 0.
+    const int nt = c.active ? clamp_steps<S>(p.T - k0) : 0;
+    int first = 0, nv = nt;
+    if (p.lengths != nullptr && c.active) {
+      const StepWindow w = step_window(p.lengths, p.len_reversed, b, p.T);
+      first = clamp_steps<S>(w.lo - k0);
+      nv = clamp_steps<S>(w.hi - k0);
+    }
 
-    // Steps past T and lanes past B * D are the identity map a = 1, x = 0.
+    // Steps past T, padded steps and lanes past B * D are the identity map a = 1, x = 0.
     const int64_t oa = b * p.a_sb + k0 * p.a_st + d;
     const int64_t ox = b * p.x_sb + k0 * p.x_st + d;
     float av[S], xv[S];
-    if (nv == S) {
+    if (first == 0 && nv == S) {
       load_steps<true>(av, a, oa, p.a_st, 0, S, 1.f);
       load_steps<true>(xv, x, ox, p.x_st, 0, S, 0.f);
     } else {
-      load_steps<false>(av, a, oa, p.a_st, 0, nv, 1.f);
-      load_steps<false>(xv, x, ox, p.x_st, 0, nv, 0.f);
+      load_steps<false>(av, a, oa, p.a_st, first, nv, 1.f);
+      load_steps<false>(xv, x, ox, p.x_st, first, nv, 0.f);
     }
 
     Affine<float> seg{1.f, 0.f};
@@ -497,10 +540,8 @@ __global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
     const int64_t oh = b * p.h_sb + k0 * p.h_st + d;
 #pragma unroll
     for (int i = 0; i < S; ++i) {
-      if (i < nv) {
-        state = scan_step<LEAKY>(av[i], xv[i], state);
-        store(h, oh + i * p.h_st, state);
-      }
+      state = scan_step<LEAKY>(av[i], xv[i], state);  // the identity where i is not in [first, nv)
+      if (i < nt) store(h, oh + i * p.h_st, (i >= first && i < nv) ? state : 0.f);
     }
   }
 }
@@ -583,7 +624,21 @@ __global__ void __launch_bounds__(kSeqThreads)
        n += grid_stride) {
     const int64_t b = n / p.D, d = n - b * p.D;
     const float init = h0 ? load(h0, b * p.h0_sb + d) : 0.f;
-    int64_t kt = p.T - 1;
+    // Only the steps [lo, hi) run (all T without lengths): the carry enters
+    // step hi - 1 as 0 and leaves step lo as dh0, and step lo's h_{k-1} is h0.
+    const StepWindow w = step_window(p.lengths, p.len_reversed, b, p.T);
+    if (p.lengths != nullptr) {  // padded steps: dx = da = 0
+      T* dx = static_cast<T*>(p.dx);
+      zero_steps(dx, b * p.dx_sb + d, p.dx_st, 0, w.lo);
+      zero_steps(dx, b * p.dx_sb + d, p.dx_st, w.hi, p.T);
+      if (!per_channel) {
+        T* da = static_cast<T*>(p.da);
+        zero_steps(da, b * p.da_sb + d, p.da_st, 0, w.lo);
+        zero_steps(da, b * p.da_sb + d, p.da_st, w.hi, p.T);
+      }
+    }
+    const int64_t kt = w.hi - 1;
+    int64_t m = w.hi - w.lo;  // steps left to run, kt - (m - 1) = lo
     BwdCursor c;
     c.g = b * p.g_sb + kt * p.g_st + d;
     c.a = b * p.a_sb + kt * p.a_st + d;
@@ -592,7 +647,7 @@ __global__ void __launch_bounds__(kSeqThreads)
     c.dx = b * p.dx_sb + kt * p.dx_st + d;
     c.da = per_channel ? 0 : b * p.da_sb + kt * p.da_st + d;
     float carry = 0.f, da_sum = 0.f;
-    for (; kt >= U; kt -= U) {
+    for (; m > U; m -= U) {
       bwd_seq_steps<true, LEAKY, U, T>(p, per_channel, c, U, init, carry, da_sum);
       c.g -= U * p.g_st;
       c.a -= U * p.a_st;
@@ -601,8 +656,8 @@ __global__ void __launch_bounds__(kSeqThreads)
       c.dx -= U * p.dx_st;
       c.da -= U * p.da_st;
     }
-    if (kt >= 0)
-      bwd_seq_steps<false, LEAKY, U, T>(p, per_channel, c, static_cast<int>(kt + 1), init, carry,
+    if (m > 0)
+      bwd_seq_steps<false, LEAKY, U, T>(p, per_channel, c, static_cast<int>(m), init, carry,
                                         da_sum);
     store(dh0, n, carry);
     // Row b of the (B, D) partial sums, i.e. element n.
@@ -686,36 +741,49 @@ __global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
     const int d = c.active ? c.n - b * D : 0;
     const int64_t chunk = geo.chunks - 1 - c.rank;
     const int64_t k0 = chunk * kBwdChunk + static_cast<int64_t>(warp) * S;
-    const int64_t left = c.active ? p.T - k0 : 0;
-    const int nv = left <= 0 ? 0 : (left < S ? static_cast<int>(left) : S);
+    // Steps i < nt of this warp exist (k0 + i < T); those in [first, nv) run
+    // (steps [lo, hi) of the row), the others are padding with dx = da = 0.
+    const int nt = c.active ? clamp_steps<S>(p.T - k0) : 0;
+    int64_t lo = 0;
+    int first = 0, nv = nt;
+    if (p.lengths != nullptr && c.active) {
+      const StepWindow w = step_window(p.lengths, p.len_reversed, b, p.T);
+      lo = w.lo;
+      first = clamp_steps<S>(w.lo - k0);
+      nv = clamp_steps<S>(w.hi - k0);
+    }
 
     // h_{k-1} is read shifted by one step, so a warp loads the rows
     // k0 - 1 .. k0 + S - 2 of h and every row is read once overall; only the
-    // very first step takes h0 instead.
-    const float init = (k0 == 0 && c.active && p.h0 != nullptr)
+    // row's first step lo takes h0 instead (steps before lo are padding, so
+    // every h row from hf on is read: hf = lo - k0 + 1 when lo is in this warp).
+    const bool starts_here = lo >= k0 && lo < k0 + S;
+    const float init = (starts_here && c.active && p.h0 != nullptr)
                            ? load(static_cast<const T*>(p.h0), b * p.h0_sb + d)
                            : 0.f;
+    const int hf = lo >= k0 ? first + 1 : 0;
     const int64_t og = b * p.g_sb + k0 * p.g_st + d;
     const int64_t oa = b * p.a_sb + k0 * p.a_st + d;
     const int64_t ox = LEAKY ? b * p.x_sb + k0 * p.x_st + d : 0;
     const int64_t oh = b * p.h_sb + (k0 - 1) * p.h_st + d;
-    // Steps past T and lanes past B * D: g = 0, a = 1 is the identity carry map.
+    // Steps past T, padded steps and lanes past B * D: g = 0, a = 1 is the identity carry map.
     float gv[S], av[S], hv[S], xv[S];
 #pragma unroll
     for (int i = 0; i < S; ++i) xv[i] = 0.f;
-    if (nv == S && k0 != 0) {
+    if (nv == S && lo < k0) {  // then first == 0 and every h_{k-1} is a row of h
       load_steps<true>(gv, g, og, p.g_st, 0, S, 0.f);
       load_steps<true>(av, a, oa, p.a_st, 0, S, 1.f);
       if (LEAKY) load_steps<true>(xv, x, ox, p.x_st, 0, S, 0.f);
       load_steps<true>(hv, h, oh, p.h_st, 0, S, 0.f);
       fold_decay_grad<LEAKY>(hv, xv);
     } else {
-      load_steps<false>(hv, h, oh, p.h_st, k0 == 0 ? 1 : 0, nv, 0.f);
-      if (k0 == 0 && nv > 0) hv[0] = init;
-      if (LEAKY) load_steps<false>(xv, x, ox, p.x_st, 0, nv, 0.f);
+      // Filling with init puts h0 at step lo (index hf - 1); the other filled
+      // steps are outside [first, nv) and never used.
+      load_steps<false>(hv, h, oh, p.h_st, hf, nv, init);
+      if (LEAKY) load_steps<false>(xv, x, ox, p.x_st, first, nv, 0.f);
       fold_decay_grad<LEAKY>(hv, xv);
-      load_steps<false>(gv, g, og, p.g_st, 0, nv, 0.f);
-      load_steps<false>(av, a, oa, p.a_st, 0, nv, 1.f);
+      load_steps<false>(gv, g, og, p.g_st, first, nv, 0.f);
+      load_steps<false>(av, a, oa, p.a_st, first, nv, 1.f);
     }
 
     Affine<float> seg{1.f, 0.f};  // carry entering the segment's last step -> leaving its first
@@ -743,16 +811,18 @@ __global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
     const int64_t oda = per_channel ? 0 : b * p.da_sb + k0 * p.da_st + d;
 #pragma unroll
     for (int i = S - 1; i >= 0; --i) {
-      if (i < nv) {
-        const float delta = gv[i] + carry;
-        store(dx, odx + i * p.dx_st, scan_grad_input<LEAKY>(av[i], delta));
-        const float dak = delta * hv[i];
+      // Where i is not in [first, nv), g = 0 and a = 1: the carry passes unchanged.
+      const float delta = gv[i] + carry;
+      const bool run = i >= first && i < nv;
+      if (i < nt) {
+        store(dx, odx + i * p.dx_st, run ? scan_grad_input<LEAKY>(av[i], delta) : 0.f);
+        const float dak = run ? delta * hv[i] : 0.f;
         if (per_channel)
           da_sum += dak;
         else
           store(da, oda + i * p.da_st, dak);
-        carry = av[i] * delta;
       }
+      carry = av[i] * delta;
     }
     if (per_channel) {  // uniform over the grid, like the control warp's branch
       s_da[warp][lane] = da_sum;

@@ -10,6 +10,17 @@
 //     h_{-1} = h0 (or 0 when h0 == nullptr),
 // and reverse=True is expressed by pointing at time T-1 with a negated stride.
 // A per-channel decay has a_sb == a_st == 0 and D contiguous values.
+//
+// Variable lengths (csrc/lengths.h): lengths (B,) int64 on the device, or
+// nullptr for all T steps; the kernels clamp each L_b to [0, T] and never copy
+// it to the host. Row b runs the processing steps [lo_b, hi_b): [0, L_b), or
+// [T - L_b, T) when len_reversed (reverse=True: the views start at time T - 1,
+// so the padded times t >= L_b come first). Padded steps act as the identity
+// map (a = 1, x = 0; backward g = 0), so the forward carries h0 unchanged to
+// step lo_b and the backward carries dL/dh out of step lo_b unchanged to dh0;
+// every output at a padded step is written as 0 (h; dx, da), padded steps are
+// left out of the per-channel decay sums, and the backward's h_{k-1} of step
+// lo_b is h0 (not the padded row before it).
 #include <cstdint>
 #include <cuda_runtime_api.h>
 
@@ -23,6 +34,8 @@ struct ScanFwdParams {
   const void* x;  int64_t x_sb, x_st;
   const void* h0; int64_t h0_sb;        // nullptr: zero initial state
   void* h;        int64_t h_sb, h_st;
+  const int64_t* lengths;               // (B,) or nullptr: every row runs all T steps
+  bool len_reversed;                    // padded steps first in processing order
 };
 
 struct ScanBwdParams {
@@ -37,6 +50,8 @@ struct ScanBwdParams {
   float* da_partial;                    // per-channel decay: (scan_bwd_cuda_partials(), D) float32
                                         // rows of partial sums, summed by the caller
   void* dh0;                            // (B, D) contiguous, input dtype; always written
+  const int64_t* lengths;               // (B,) or nullptr, as in ScanFwdParams
+  bool len_reversed;
 };
 
 // Bytes of zero-initialised device workspace the forward / backward launch
