@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Callable, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
@@ -63,27 +62,3 @@ def forward_packed(module: str, run: Callable, seq: PackedSequence, hx: Optional
     padded, lens = unpack(seq)
     out, h_n = run(padded, permute_hidden(hx, seq.sorted_indices), lens)
     return pack(out, seq), permute_hidden(h_n, seq.unsorted_indices)
-
-
-def valid_rows(lengths, T: int, device: torch.device) -> Optional[Tensor]:
-    """Rows t * B + b of a time-major (T, B, *) batch with t < L_b, or None when
-    every row is valid (no lengths, or all of length T). lengths as the user gave
-    it (already checked): a list or a CPU tensor costs no device synchronisation."""
-    if lengths is None or torch.compiler.is_compiling():
-        return None
-    lengths = torch.as_tensor(lengths)
-    valid = torch.arange(T, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)
-    if bool(valid.all()):
-        return None
-    return valid.reshape(-1).nonzero().squeeze(1).to(device)
-
-
-def project(x: Tensor, weight: Tensor, bias: Optional[Tensor], rows: Optional[Tensor]) -> Tensor:
-    """F.linear(x, weight, bias) of a time-major (T, B, I) batch, computed for the
-    valid rows only (the padded ones are 0): the input projection and its two
-    backward GEMMs then follow the work, as the recurrence does."""
-    if rows is None:
-        return F.linear(x, weight, bias)
-    T, B = x.shape[:2]
-    p_valid = F.linear(x.reshape(T * B, -1).index_select(0, rows), weight, bias)
-    return p_valid.new_zeros(T * B, p_valid.size(1)).index_copy(0, rows, p_valid).view(T, B, -1)

@@ -153,7 +153,6 @@ class LeakyRNN(nn.Module):
             x = x.transpose(0, 1)
         B = x.size(1)
         lens = check_lengths("LeakyRNN", lengths, B, x.size(0), x.device)
-        rows = _packed.valid_rows(lengths, x.size(0), x.device)
         num_dirs = 2 if self.bidirectional else 1
         expected = (self.num_layers * num_dirs, B, self.hidden_size)
         if hx is not None:
@@ -175,8 +174,7 @@ class LeakyRNN(nn.Module):
                 b = None
                 if self.bias:
                     b = getattr(self, f"bias_ih_{name}") + getattr(self, f"bias_hh_{name}")
-                # all steps: one GEMM (over the valid rows only, with lengths)
-                p = _packed.project(x, getattr(self, f"weight_ih_{name}"), b, rows)
+                p = F.linear(x, getattr(self, f"weight_ih_{name}"), b)  # all steps: one GEMM
                 h0 = None if h_in is None else h_in[layer * num_dirs + direction]
                 h = leaky_rnn(
                     p, getattr(self, f"weight_hh_{name}"), h0,
