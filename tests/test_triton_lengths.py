@@ -153,3 +153,99 @@ def test_scan_lengths_ignore_padding(leaky):
                 torch.testing.assert_close(clean[1][b:b + 1, :n], d_b.grad, **F64)
         if per_channel:
             torch.testing.assert_close(clean[1], da_sum, **F64)
+
+
+# --------------------------------------------------------------------------- leaky_rnn
+
+# (skip, dilation): none, dilation 3 > some lengths, skip 4, skip 5 with dilation 2
+DELAYS = [(0, 1), (0, 3), (4, 1), (5, 2)]
+
+
+def _rnn_inputs(T, B, H, leak, skip, has_h0, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=gen, dtype=dtype)).to(DEV)
+
+    p = rand(T, B, H)
+    w = rand(H, H, scale=0.6)
+    ws = rand(H, H, scale=0.4) if skip else None
+    alpha = torch.rand(H, generator=gen, dtype=dtype).to(DEV) if leak else None
+    h0 = rand(B, H) if has_h0 else None
+    return gen, dict(p=p, weight_hh=w, h0=h0, alpha=alpha, weight_skip=ws)
+
+
+def _rnn_call(t, skip, dilation, nonlinearity, reverse, lengths, backend):
+    return mts_kernels.leaky_rnn(t["p"], t["weight_hh"], t["h0"], alpha=t["alpha"],
+                                 weight_skip=t["weight_skip"], skip=skip or None, dilation=dilation,
+                                 nonlinearity=nonlinearity, reverse=reverse, lengths=lengths,
+                                 backend=backend)
+
+
+def _rnn_check(T, B, H, leak, skip, dilation, reverse, has_h0, nonlinearity, dtype, tol, seed):
+    gen, t = _rnn_inputs(T, B, H, leak, skip, has_h0, dtype, seed)
+    lengths = _lengths(B, T, gen)
+    inputs = [v.requires_grad_() for v in t.values() if v is not None]
+    got = _triton_vs_reference(
+        lambda backend: _rnn_call(t, skip, dilation, nonlinearity, reverse, lengths, backend),
+        inputs, lengths, t["h0"], reverse, False, tol)
+    pad = ~_valid(lengths, T, False)
+    assert not got[0].masked_select(pad).any() and not got[1].masked_select(pad).any()
+
+
+@pytest.mark.parametrize("leak", [False, True])
+@pytest.mark.parametrize("skip,dilation", DELAYS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_leaky_rnn_lengths_match_reference(leak, skip, dilation, reverse):
+    for has_h0, nonlinearity in itertools.product([True, False], ["tanh", "relu"]):
+        _rnn_check(8, 5, 6, leak, skip, dilation, reverse, has_h0, nonlinearity,
+                   torch.float64, F64, seed=17)
+
+
+@pytest.mark.parametrize("skip,dilation", [(0, 1), (3, 2)])
+def test_leaky_rnn_lengths_float32(skip, dilation):
+    # B = 18: two programs of 16 rows, the second one partly empty
+    for reverse in (False, True):
+        _rnn_check(7, 18, 9, True, skip, dilation, reverse, True, "tanh", torch.float32, F32, seed=2)
+
+
+@pytest.mark.parametrize("leak,skip,dilation", [(True, 0, 1), (True, 3, 2), (False, 0, 2)])
+def test_leaky_rnn_lengths_ignore_padding(leak, skip, dilation):
+    """Non-finite inputs and incoming gradients at padded steps change nothing;
+    each sequence equals the op run alone on that sequence cut to its length."""
+    T, B, H = 7, 4, 5
+    for reverse in (False, True):
+        gen, t = _rnn_inputs(T, B, H, leak, skip, True, torch.float64, 4)
+        lengths = _lengths(B, T, gen)
+        pad = ~_valid(lengths, T, False)
+        gh = torch.randn(T, B, H, generator=gen, dtype=torch.float64).to(DEV)
+        names = [k for k, v in t.items() if v is not None]
+
+        def run(tensors, lengths, gh):
+            leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None)
+                      for k, v in tensors.items()}
+            h = _rnn_call(leaves, skip, dilation, "tanh", reverse, lengths, "triton")
+            h.backward(gh)
+            return [h.detach()] + [leaves[k].grad for k in names]
+
+        clean = run(t, lengths, gh)
+        nan = float("nan")
+        dirty = run(dict(t, p=t["p"].masked_fill(pad, nan)), lengths, gh.masked_fill(pad, nan))
+        _compare(dirty, clean, dict(rtol=0, atol=0))
+
+        # the weight, alpha and skip gradients are sums over the sequences
+        shared = {k: torch.zeros_like(t[k]) for k in names if k not in ("p", "h0")}
+        for b, n in enumerate(lengths.tolist()):
+            if n == 0:
+                assert not clean[0][:, b].any() and not clean[1][:, b].any()
+                continue
+            alone = run(dict(t, p=t["p"][:n, b:b + 1], h0=t["h0"][b:b + 1]), None, gh[:n, b:b + 1])
+            res = dict(zip(names, alone[1:]))
+            torch.testing.assert_close(clean[0][:n, b:b + 1], alone[0], **F64)
+            torch.testing.assert_close(clean[1][:n, b:b + 1], res["p"], **F64)
+            torch.testing.assert_close(clean[1 + names.index("h0")][b:b + 1], res["h0"], **F64)
+            for k in shared:
+                shared[k] += res[k]
+        for k in shared:
+            torch.testing.assert_close(clean[1 + names.index(k)], shared[k], **F64,
+                                       msg=lambda s, k=k: f"{k}: {s}")

@@ -47,8 +47,21 @@ in registers (a 128 x 128 float32 tile is 64 KiB, 64 registers per thread at
 8 warps).  Larger H raises ``ValueError`` and callers are expected to fall
 back to the C++/ATen implementation.
 
+Variable lengths (``lengths``, one L_b per batch row, clamped to [0, T] in the
+kernels): row b runs processing steps k < L_b only, at time t = k (reverse:
+L_b-1-k), its delays counted in its own steps.  Each kernel still walks
+k = 0..T-1 for the whole block; a padded step k >= L_b of row b visits time
+t = k (each time of a row is visited exactly once), where h, u and dp are
+written as 0, nothing is read and nothing propagates.  The weight gradients'
+h0 terms pair h0 with e summed over each row's first d (s) processing steps,
+which the backward kernel accumulates per row (E0, ES0; D0 = the same sum of
+delta for dalpha): with reverse and lengths those are different times for
+different rows.  The remaining pairs of time slices stay right because h is 0
+at padded times.
+
 Reverse mode is pure index mapping; nothing is flipped in memory.
-This module only depends on torch and triton.
+This module only depends on torch, triton and its sibling scan module (the
+lengths operand's check).
 """
 
 from __future__ import annotations
@@ -58,6 +71,8 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+
+from mts_kernels.triton.scan import _lengths_arg
 
 __all__ = ["leaky_rnn_fwd", "leaky_rnn_bwd", "MAX_HIDDEN"]
 
@@ -94,14 +109,37 @@ def _tanh(z):
 
 
 @triton.jit
+def _block_lengths(len_ptr, offs_b, mask_b, s_len, T, HAS_LEN: tl.constexpr,
+                   BLOCK_B: tl.constexpr):
+    # (BLOCK_B,) row lengths clamped to [0, T] (T without lengths)
+    if HAS_LEN:
+        n = tl.load(len_ptr + offs_b.to(tl.int64) * s_len, mask=mask_b, other=0)
+        return tl.minimum(tl.maximum(n, 0), T).to(tl.int32)
+    else:
+        return tl.zeros([BLOCK_B], dtype=tl.int32) + T
+
+
+@triton.jit
+def _step_time(k, L, REVERSE: tl.constexpr):
+    # (BLOCK_B,) int64 time of processing step k of each row; a padded step
+    # k >= L_b maps to t = k, so every time of a row is visited exactly once
+    if REVERSE:
+        t = tl.where(k < L, L - 1 - k, k)
+    else:
+        t = k + tl.zeros_like(L)
+    return t.to(tl.int64)[:, None]
+
+
+@triton.jit
 def _leaky_rnn_fwd_kernel(
-    p_ptr, w_ptr, ws_ptr, h0_ptr, alpha_ptr, h_ptr, u_ptr,
+    p_ptr, w_ptr, ws_ptr, h0_ptr, alpha_ptr, h_ptr, u_ptr, len_ptr,
     T, B, H, dilation, skip, s_ht,
     s_pt, s_pb, s_ph,
     s_w0, s_w1,
     s_ws0, s_ws1,
     s_h0b, s_h0h,
-    s_a,
+    s_a, s_len,
+    HAS_LEN: tl.constexpr,
     REVERSE: tl.constexpr,
     LEAK: tl.constexpr,
     HAS_H0: tl.constexpr,
@@ -143,33 +181,27 @@ def _leaky_rnn_fwd_kernel(
     h_rows = h_ptr + off_bh
     u_rows = u_ptr + off_bh
 
+    L = _block_lengths(len_ptr, offs_b, mask_b, s_len, T, HAS_LEN, BLOCK_B)
+
     h_prev = h0
     for k in range(0, T):
-        if REVERSE:
-            t = T - 1 - k
-        else:
-            t = k
-        t64 = t.to(tl.int64)
-        z = tl.load(p_rows + t64 * s_pt, mask=m, other=0.0).to(CDT)
+        t64 = _step_time(k, L, REVERSE)
+        valid = (k < L)[:, None]
+        mv = m & valid
+        z = tl.load(p_rows + t64 * s_pt, mask=mv, other=0.0).to(CDT)
 
         if DIL_REGS:
             hd = h_prev
         else:
             kd = k - dilation
-            if REVERSE:
-                td = T - 1 - kd
-            else:
-                td = kd
-            hd = tl.load(h_rows + td.to(tl.int64) * s_ht, mask=m & (kd >= 0), other=0.0).to(CDT)
+            hd = tl.load(h_rows + _step_time(kd, L, REVERSE) * s_ht, mask=mv & (kd >= 0),
+                         other=0.0).to(CDT)
             hd = tl.where(kd >= 0, hd, h0)
         z += tl.dot(hd, wt, input_precision=PREC)
         if HAS_SKIP:
             ks = k - skip
-            if REVERSE:
-                ts = T - 1 - ks
-            else:
-                ts = ks
-            hs = tl.load(h_rows + ts.to(tl.int64) * s_ht, mask=m & (ks >= 0), other=0.0).to(CDT)
+            hs = tl.load(h_rows + _step_time(ks, L, REVERSE) * s_ht, mask=mv & (ks >= 0),
+                         other=0.0).to(CDT)
             hs = tl.where(ks >= 0, hs, h0)
             z += tl.dot(hs, wst, input_precision=PREC)
 
@@ -179,10 +211,12 @@ def _leaky_rnn_fwd_kernel(
             u = tl.where(z < 0.0, 0.0, z)  # NaN propagates, as torch.relu
 
         if LEAK:
+            u = tl.where(valid, u, 0.0)
             hn = alpha * hd + one_m_alpha * u
             tl.store(u_rows + t64 * s_ht, u.to(u_ptr.dtype.element_ty), mask=m)
         else:
             hn = u
+        hn = tl.where(valid, hn, 0.0)  # padded steps: h = 0 (and 0 carried)
         tl.store(h_rows + t64 * s_ht, hn.to(h_ptr.dtype.element_ty), mask=m)
         if BARRIER:
             # later steps re-read this row through other threads of the program
@@ -192,13 +226,18 @@ def _leaky_rnn_fwd_kernel(
 
 @triton.jit
 def _leaky_rnn_bwd_kernel(
-    g_ptr, w_ptr, ws_ptr, alpha_ptr, u_ptr, delta_ptr, e_ptr, dh0_ptr,
+    g_ptr, w_ptr, ws_ptr, alpha_ptr, u_ptr, delta_ptr, e_ptr, dh0_ptr, len_ptr,
+    e0_ptr, es0_ptr, d0_ptr,
     T, B, H, dilation, skip, s_ht,
     s_gt, s_gb, s_gh,
     s_w0, s_w1,
     s_ws0, s_ws1,
     s_a,
     s_ut, s_ub, s_uh,
+    s_len,
+    HAS_LEN: tl.constexpr,
+    H0_TERMS: tl.constexpr,
+    ZERO_PAD: tl.constexpr,
     REVERSE: tl.constexpr,
     LEAK: tl.constexpr,
     HAS_SKIP: tl.constexpr,
@@ -213,7 +252,11 @@ def _leaky_rnn_bwd_kernel(
     # g_ptr: grad_h itself (DIL_REGS and no skip), or else a private
     # contiguous compute-dtype copy of it that the delayed contributions are
     # accumulated into in place (rows < k only, so the row of step k is
-    # complete when step k reads it).
+    # complete when step k reads it).  H0_TERMS: also write the per-row sums of
+    # e over the first `dilation` / `skip` processing steps (E0, ES0) and of
+    # delta over the first `dilation` steps (D0, with LEAK): the terms of
+    # dW_hh, dW_skip and dalpha that pair with h0.  ZERO_PAD: g ends up holding
+    # delta, so zero its padded rows (which hold grad_h).
     pid = tl.program_id(0)
     offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.arange(0, BLOCK_H)
@@ -239,21 +282,32 @@ def _leaky_rnn_bwd_kernel(
     d_rows = delta_ptr + off_bh
     e_rows = e_ptr + off_bh
 
+    L = _block_lengths(len_ptr, offs_b, mask_b, s_len, T, HAS_LEN, BLOCK_B)
+
     dh0 = tl.zeros([BLOCK_B, BLOCK_H], dtype=CDT)
-    carry = tl.zeros([BLOCK_B, BLOCK_H], dtype=CDT)  # DIL_REGS: pending delta_{k-1}
+    if H0_TERMS:
+        e0 = tl.zeros([BLOCK_B, BLOCK_H], dtype=CDT)
+        if HAS_SKIP:
+            es0 = tl.zeros([BLOCK_B, BLOCK_H], dtype=CDT)
+        if LEAK:
+            d0 = tl.zeros([BLOCK_B, BLOCK_H], dtype=CDT)
+    # DIL_REGS: pending delta_{k-1}; it stays 0 through a row's padded steps
+    # k >= L_b (processed first), where dlt, e and c are all 0
+    carry = tl.zeros([BLOCK_B, BLOCK_H], dtype=CDT)
     for i in range(0, T):
         k = T - 1 - i
-        if REVERSE:
-            t = T - 1 - k
-        else:
-            t = k
-        t64 = t.to(tl.int64)
-        dlt = tl.load(g_rows + t64 * s_gt, mask=m, other=0.0).to(CDT)
+        t64 = _step_time(k, L, REVERSE)
+        valid = (k < L)[:, None]
+        mv = m & valid
+        dlt = tl.load(g_rows + t64 * s_gt, mask=mv, other=0.0).to(CDT)
         if DIL_REGS:
             dlt += carry
         if STORE_DELTA:
             tl.store(d_rows + t64 * s_ht, dlt.to(delta_ptr.dtype.element_ty), mask=m)
-        uu = tl.load(u_rows + t64 * s_ut, mask=m, other=0.0).to(CDT)
+        if ZERO_PAD:
+            tl.store(g_rows + t64 * s_gt, tl.zeros_like(dlt).to(g_ptr.dtype.element_ty),
+                     mask=m & (k >= L)[:, None])
+        uu = tl.load(u_rows + t64 * s_ut, mask=mv, other=0.0).to(CDT)
         if TANH:
             e = dlt * (1.0 - uu * uu)
         else:
@@ -261,6 +315,10 @@ def _leaky_rnn_bwd_kernel(
         if LEAK:
             e = e * one_m_alpha
         tl.store(e_rows + t64 * s_ht, e.to(e_ptr.dtype.element_ty), mask=m)
+        if H0_TERMS:
+            e0 += tl.where(k < dilation, e, 0.0)
+            if LEAK:
+                d0 += tl.where(k < dilation, dlt, 0.0)
 
         c = tl.dot(e, w, input_precision=PREC)
         if LEAK:
@@ -269,12 +327,8 @@ def _leaky_rnn_bwd_kernel(
             carry = c
         else:
             kd = k - dilation
-            if REVERSE:
-                td = T - 1 - kd
-            else:
-                td = kd
-            md = m & (kd >= 0)
-            tgt = g_rows + td.to(tl.int64) * s_gt
+            md = mv & (kd >= 0)
+            tgt = g_rows + _step_time(kd, L, REVERSE) * s_gt
             old = tl.load(tgt, mask=md, other=0.0)
             tl.store(tgt, old + c.to(old.dtype), mask=md)
             dh0 += tl.where(kd >= 0, 0.0, c)
@@ -282,19 +336,23 @@ def _leaky_rnn_bwd_kernel(
         if HAS_SKIP:
             cs = tl.dot(e, ws, input_precision=PREC)
             ks = k - skip
-            if REVERSE:
-                ts = T - 1 - ks
-            else:
-                ts = ks
-            ms = m & (ks >= 0)
-            tgt = g_rows + ts.to(tl.int64) * s_gt
+            ms = mv & (ks >= 0)
+            tgt = g_rows + _step_time(ks, L, REVERSE) * s_gt
             old = tl.load(tgt, mask=ms, other=0.0)
             tl.store(tgt, old + cs.to(old.dtype), mask=ms)
             dh0 += tl.where(ks >= 0, 0.0, cs)
+            if H0_TERMS:
+                es0 += tl.where(ks >= 0, 0.0, e)
             tl.debug_barrier()
     if DIL_REGS:
         dh0 += carry  # the contribution of step 0
     tl.store(dh0_ptr + off_bh, dh0.to(dh0_ptr.dtype.element_ty), mask=m)
+    if H0_TERMS:
+        tl.store(e0_ptr + off_bh, e0.to(e0_ptr.dtype.element_ty), mask=m)
+        if HAS_SKIP:
+            tl.store(es0_ptr + off_bh, es0.to(es0_ptr.dtype.element_ty), mask=m)
+        if LEAK:
+            tl.store(d0_ptr + off_bh, d0.to(d0_ptr.dtype.element_ty), mask=m)
 
 
 # --------------------------------------------------------------------------- #
@@ -373,11 +431,11 @@ def leaky_rnn_fwd(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Returns (h, u): h (T, B, H) contiguous in p's dtype; u (T, B, H) when
     alpha is given (the activations phi(z_t), needed by the backward), else
-    an empty tensor."""
-    if lengths is not None:
-        raise NotImplementedError("the Triton kernels do not take lengths yet")
+    an empty tensor.  lengths: None or (B,) int64 on p's device; h and u are 0
+    at t >= L_b."""
     skip, dilation = int(skip), int(dilation)
     T, B, H = _check(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity)
+    len_arg, s_len, has_len = _lengths_arg(lengths, B, p)
     dtype = p.dtype
     leak = alpha is not None
     has_skip = skip > 0
@@ -398,13 +456,14 @@ def leaky_rnn_fwd(
 
     _leaky_rnn_fwd_kernel[(triton.cdiv(B, _BLOCK_B),)](
         p, weight_hh, weight_skip if has_skip else weight_hh, h0 if h0 is not None else p,
-        alpha if leak else p, h_buf, u if leak else h_buf,
+        alpha if leak else p, h_buf, u if leak else h_buf, len_arg,
         T, B, H, dilation, skip, B * H,
         *p.stride(),
         *weight_hh.stride(),
         *(weight_skip.stride() if has_skip else (0, 0)),
         *(h0.stride() if h0 is not None else (0, 0)),
-        alpha.stride(0) if leak else 0,
+        alpha.stride(0) if leak else 0, s_len,
+        HAS_LEN=has_len,
         REVERSE=bool(reverse),
         LEAK=leak,
         HAS_H0=h0 is not None,
@@ -426,7 +485,10 @@ def leaky_rnn_fwd(
 
 def _delay_split(T: int, delay: int, reverse: bool):
     """Slices (main_e, main_h, pad) over time: for times in main_e the state
-    `delay` processing steps back is h at main_h; times in pad see h0."""
+    `delay` processing steps back is h at main_h; times in pad see h0.  With
+    lengths, a time in main_e may see h0 instead (reverse: t in [L_b - delay,
+    L_b)); it is paired with h at a padded time, which is 0, and the h0 terms
+    come from the kernel's per-row sums."""
     n = min(delay, T)
     if reverse:
         return slice(0, T - n), slice(n, T), slice(T - n, T)
@@ -450,11 +512,11 @@ def leaky_rnn_bwd(
     """Gradients (dp, dweight_hh, dh0, dalpha, dweight_skip) of leaky_rnn_fwd,
     given grad_h = dL/dh and the forward outputs h and u (u only used when
     alpha is given).  dh0 is always (B, H); dalpha / dweight_skip are empty
-    when alpha / weight_skip are None."""
-    if lengths is not None:
-        raise NotImplementedError("the Triton kernels do not take lengths yet")
+    when alpha / weight_skip are None.  With lengths, grad_h at t >= L_b is
+    ignored and dp is 0 there."""
     skip, dilation = int(skip), int(dilation)
     T, B, H = _check(h, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, "h")
+    len_arg, s_len, has_len = _lengths_arg(lengths, B, h)
     if tuple(grad_h.shape) != (T, B, H):
         raise ValueError(f"leaky_rnn_bwd: grad_h must have shape {(T, B, H)}, "
                          f"got {tuple(grad_h.shape)}")
@@ -482,18 +544,27 @@ def leaky_rnn_bwd(
     store_delta = leak and dil_regs
     e = torch.empty((T, B, H), dtype=ctorch, device=dev)
     dh0 = torch.zeros((B, H), dtype=ctorch, device=dev)
+    h0_terms = h0 is not None
+    # per-row sums over the first d (s) processing steps: e (E0, ES0), delta (D0)
+    e0, es0, d0 = (torch.zeros((B, H), dtype=ctorch, device=dev) if (h0_terms and use) else None
+                   for use in (True, has_skip, leak))
 
     if B > 0 and H > 0:
         block_h, num_warps = _config(H)
         _leaky_rnn_bwd_kernel[(triton.cdiv(B, _BLOCK_B),)](
             g, weight_hh, weight_skip if has_skip else weight_hh, alpha if leak else e,
-            u, delta if delta is not None else e, e, dh0,
+            u, delta if delta is not None else e, e, dh0, len_arg,
+            *(t if t is not None else dh0 for t in (e0, es0, d0)),
             T, B, H, dilation, skip, B * H,
             *g.stride(),
             *weight_hh.stride(),
             *(weight_skip.stride() if has_skip else (0, 0)),
             alpha.stride(0) if leak else 0,
             *u.stride(),
+            s_len,
+            HAS_LEN=has_len,
+            H0_TERMS=h0_terms,
+            ZERO_PAD=has_len and leak and acc_global,
             REVERSE=bool(reverse),
             LEAK=leak,
             HAS_SKIP=has_skip,
@@ -508,29 +579,31 @@ def leaky_rnn_bwd(
             num_stages=1,
         )
     elif leak and delta is not None:
-        delta.copy_(grad_h)
+        delta.copy_(grad_h)  # empty
 
     # weight / decay gradients: one large GEMM (reduction) each, in the compute dtype
     hc = h.to(ctorch)
     h0c = h0.to(ctorch) if h0 is not None else None
 
-    def weight_grad(delay):
-        main_e, main_h, pad = _delay_split(T, delay, reverse)
+    def weight_grad(delay, e_first):
+        main_e, main_h, _ = _delay_split(T, delay, reverse)
         e_main = e[main_e].reshape(-1, H)
         dw = e_main.t().mm(hc[main_h].reshape(-1, H)) if e_main.shape[0] > 0 else \
             torch.zeros((H, H), dtype=ctorch, device=dev)
         if h0c is not None:
-            dw.addmm_(e[pad].sum(0).t(), h0c)
+            dw.addmm_(e_first.t(), h0c)
         return dw
 
-    dw = weight_grad(dilation)
-    dw_skip = weight_grad(skip).to(dtype) if has_skip else torch.empty(0, dtype=dtype, device=dev)
+    dw = weight_grad(dilation, e0)
+    dw_skip = weight_grad(skip, es0).to(dtype) if has_skip else \
+        torch.empty(0, dtype=dtype, device=dev)
     if leak:
         uc = u.to(ctorch)
         main_e, main_h, pad = _delay_split(T, dilation, reverse)
-        h_pad = h0c if h0c is not None else torch.zeros((B, H), dtype=ctorch, device=dev)
         dalpha = (delta[main_e] * (hc[main_h] - uc[main_e])).sum((0, 1)) \
-            + (delta[pad] * (h_pad - uc[pad])).sum((0, 1))
+            - (delta[pad] * uc[pad]).sum((0, 1))
+        if h0c is not None:
+            dalpha += (d0 * h0c).sum(0)
         dalpha = dalpha.to(dtype)
     else:
         dalpha = torch.empty(0, dtype=dtype, device=dev)
