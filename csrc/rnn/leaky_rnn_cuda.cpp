@@ -18,6 +18,14 @@
 //
 // Neither synchronises with the host inside the loop.
 //
+// Variable lengths (leaky_rnn_launch.h): the persistent kernels map each row's
+// steps to its own times; in CublasLoop the forward direction keeps its
+// per-step (B, H) time rows (all rows of step k are at time k; the step kernel
+// zeroes the rows that have ended), while reverse with lengths (rows of step k
+// at different times L_b - 1 - k) runs the GEMMs on a ring of max(d, s) + 1
+// (B, H) slots in processing order (forward: h_k; backward: the carries into
+// delta_k), never on a repacked (T, B, H) copy.
+//
 // Environment, MTS_KERNELS_RNN_PERSISTENT (read at every call, so an A/B
 // comparison can flip it between calls in one process):
 //   0      CublasLoop always
@@ -105,6 +113,28 @@ struct CublasLoop {
     });
   }
 
+  // (B, H): row b's sum of x over its first min(delay, L_b) processing steps.
+  static Tensor window_sum(const Problem& pr, const Tensor& x_in, int64_t delay) {
+    MTS_CHECK(pr.lengths.has_value(), "leaky_rnn: window_sum needs lengths");
+    const Tensor x = as_contiguous(x_in);
+    Tensor out = torch::stable::new_empty(x, {pr.s.B, pr.s.H});
+    const torch::stable::accelerator::DeviceGuard guard(x.get_device());
+    dispatch_compute(x.scalar_type(), "leaky_rnn_window_sum_cuda", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      LeakyRnnWindowSum<T> q{};
+      q.Tn = pr.s.T;
+      q.B = pr.s.B;
+      q.H = pr.s.H;
+      q.delay = delay;
+      q.reverse = pr.reverse;
+      q.lengths = ptr<int64_t>(pr.lengths);
+      q.x = ptr<T>(x);
+      q.out = mut<T>(out);
+      check_cuda(leaky_rnn_window_sum_cuda(q, stream_of(x)), "leaky_rnn window sum launch");
+    });
+    return out;
+  }
+
  private:
   // (rows, cols) row-major view of device memory shaped like `like`'s device and dtype.
   static Tensor view(const Tensor& like, const void* data, int64_t rows, int64_t cols) {
@@ -114,6 +144,38 @@ struct CublasLoop {
   // c = c + a m (cuBLAS)
   static void addmm(const Tensor& c, const Tensor& a, const Tensor& m) {
     TORCH_ERROR_CODE_CHECK(aoti_torch_cuda_addmm_out(c.get(), c.get(), a.get(), m.get(), 1.0, 1.0));
+  }
+  // c = a m (cuBLAS)
+  static void mm(const Tensor& c, const Tensor& a, const Tensor& m) {
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cuda_mm_out(c.get(), a.get(), m.get()));
+  }
+  static int64_t ring_slots(const Problem& pr) { return std::max(pr.dilation, pr.skip) + 1; }
+
+  // The step kernels' parameters shared by both directions and time layouts
+  // (Q = LeakyRnnStepFwd<T> or LeakyRnnStepBwd<T>).
+  template <class Q, typename T>
+  static Q step_params(const Problem& pr, int64_t k) {
+    Q q{};
+    q.n = pr.s.B * pr.s.H;
+    q.H = pr.s.H;
+    q.relu = pr.phi == Phi::kRelu;
+    q.alpha = ptr<T>(pr.alpha);
+    q.lengths = ptr<int64_t>(pr.lengths);
+    q.k = k;
+    q.Tn = pr.s.T;
+    return q;
+  }
+  template <typename T>
+  static LeakyRnnStepFwd<T> fwd_step(const Problem& pr, int64_t k, const T* hd) {
+    LeakyRnnStepFwd<T> q = step_params<LeakyRnnStepFwd<T>, T>(pr, k);
+    q.hd = hd;
+    return q;
+  }
+  template <typename T>
+  static LeakyRnnStepBwd<T> bwd_step(const Problem& pr, int64_t k, T* target) {
+    LeakyRnnStepBwd<T> q = step_params<LeakyRnnStepBwd<T>, T>(pr, k);
+    q.target = target;
+    return q;
   }
 
   template <typename T>
@@ -129,6 +191,28 @@ struct CublasLoop {
     T* hp = mut<T>(h);
     T* up = u ? mut<T>(*u) : hp;  // the pre-activation, then u_t, in place
     const T* h0 = ptr<T>(pr.h0);
+    if (pr.ragged_start()) {
+      // Ring slot k % R holds h_k of every row (processing order); the product
+      // goes to a (B, H) scratch and the step kernel adds p at each row's time.
+      const int64_t R = ring_slots(pr);
+      const Tensor ring = torch::stable::new_empty(p, {R, s.B, s.H});
+      const Tensor zbuf = torch::stable::new_empty(p, {s.B, s.H});
+      T* rp = mut<T>(ring);
+      auto slot = [&](int64_t k) { return rp + (k % R) * BH; };
+      for (int64_t k = 0; k < s.T; ++k) {
+        const T* hd = k >= pr.dilation ? slot(k - pr.dilation) : h0;
+        mm(zbuf, view(p, hd, s.B, s.H), wt);
+        if (pr.w_skip) addmm(zbuf, view(p, k >= pr.skip ? slot(k - pr.skip) : h0, s.B, s.H), wst);
+        LeakyRnnStepFwd<T> q = fwd_step<T>(pr, k, hd);
+        q.z = mut<T>(zbuf);
+        q.p_all = ptr<T>(p);
+        q.u_all = up;
+        q.h_all = hp;
+        q.ring = slot(k);
+        check_cuda(leaky_rnn_step_fwd_cuda(q, stream), "leaky_rnn forward step launch");
+      }
+      return;
+    }
     auto h_at = [&](int64_t k) { return hp + time_of(k, s.T, pr.reverse) * BH; };
     for (int64_t k = 0; k < s.T; ++k) {
       const int64_t off = time_of(k, s.T, pr.reverse) * BH;
@@ -138,12 +222,8 @@ struct CublasLoop {
                                                        view(p, hd, s.B, s.H).get(), wt.get(), 1.0,
                                                        1.0));
       if (pr.w_skip) addmm(z, view(p, k >= pr.skip ? h_at(k - pr.skip) : h0, s.B, s.H), wst);
-      LeakyRnnStepFwd<T> q{};
-      q.n = BH;
-      q.H = s.H;
-      q.relu = pr.phi == Phi::kRelu;
-      q.alpha = ptr<T>(pr.alpha);
-      q.hd = hd;
+      // With lengths (forward direction) every row of step k is at time k.
+      LeakyRnnStepFwd<T> q = fwd_step<T>(pr, k, hd);
       q.z = up + off;
       q.h = hp + off;
       check_cuda(leaky_rnn_step_fwd_cuda(q, stream), "leaky_rnn forward step launch");
@@ -160,21 +240,40 @@ struct CublasLoop {
     T* dp = mut<T>(delta);
     T* ep = mut<T>(e_all);
     T* dh0p = mut<T>(dh0);
+    if (pr.ragged_start()) {
+      // Ring slot k % R accumulates the carries into delta of step k of every row
+      // (processing order; contributions from before the start go to dh0); the
+      // step kernel adds it to delta at each row's time and zeroes the slot.
+      const int64_t R = ring_slots(pr);
+      const Tensor ring = torch::stable::new_zeros(u, {R, s.B, s.H});
+      const Tensor ebuf = torch::stable::new_empty(u, {s.B, s.H});
+      T* rp = mut<T>(ring);
+      auto slot = [&](int64_t k) { return k >= 0 ? rp + (k % R) * BH : dh0p; };
+      for (int64_t k = s.T - 1; k >= 0; --k) {
+        T* target = slot(k - pr.dilation);
+        LeakyRnnStepBwd<T> q = bwd_step<T>(pr, k, target);
+        q.e = mut<T>(ebuf);
+        q.delta_all = dp;
+        q.u_all = ptr<T>(u);
+        q.e_all = ep;
+        q.carry = slot(k);
+        check_cuda(leaky_rnn_step_bwd_cuda(q, stream), "leaky_rnn backward step launch");
+        addmm(view(u, target, s.B, s.H), ebuf, pr.w);  // carry into delta_{k-d} += e_k W
+        if (pr.w_skip) addmm(view(u, slot(k - pr.skip), s.B, s.H), ebuf, *pr.w_skip);
+      }
+      return;
+    }
     auto delta_at = [&](int64_t k) {
       return k >= 0 ? dp + time_of(k, s.T, pr.reverse) * BH : dh0p;
     };
     for (int64_t k = s.T - 1; k >= 0; --k) {
       const int64_t off = time_of(k, s.T, pr.reverse) * BH;
       T* target = delta_at(k - pr.dilation);
-      LeakyRnnStepBwd<T> q{};
-      q.n = BH;
-      q.H = s.H;
-      q.relu = pr.phi == Phi::kRelu;
-      q.alpha = ptr<T>(pr.alpha);
+      // With lengths (forward direction) ended rows drop grad_h and get e = 0.
+      LeakyRnnStepBwd<T> q = bwd_step<T>(pr, k, target);
       q.delta = dp + off;
       q.u = ptr<T>(u) + off;
       q.e = ep + off;
-      q.target = target;
       check_cuda(leaky_rnn_step_bwd_cuda(q, stream), "leaky_rnn backward step launch");
       const Tensor e = view(u, ep + off, s.B, s.H);
       addmm(view(u, target, s.B, s.H), e, pr.w);  // dL/dh_{t-d} += e_t W
@@ -184,8 +283,10 @@ struct CublasLoop {
 };
 
 struct CudaLoop : LoopDefaults {
+  static Tensor window_sum(const Problem& pr, const Tensor& x, int64_t delay) {
+    return CublasLoop::window_sum(pr, x, delay);
+  }
   static void fwd(const Problem& pr, const Tensor& p, Tensor& h, std::optional<Tensor>& u) {
-    MTS_CHECK(!pr.lengths, "mts_kernels: the CUDA leaky_rnn kernels do not take lengths yet");
     const Device dev = p.device();
     const Mode mode = persistent_mode();
     const bool take = mode != Mode::kCublas && usable(p, dev) && usable(h, dev) &&
@@ -202,6 +303,7 @@ struct CudaLoop : LoopDefaults {
       q.alpha = ptr<float>(pr.alpha);
       q.h = mut<float>(h);
       q.u = u ? mut<float>(*u) : nullptr;
+      q.lengths = ptr<int64_t>(pr.lengths);
       bool launched = false;
       check_cuda(leaky_rnn_fwd_cuda(q, stream_of(p), &launched),
                  "leaky_rnn persistent forward launch");
@@ -211,7 +313,6 @@ struct CudaLoop : LoopDefaults {
   }
 
   static void bwd(const Problem& pr, const Tensor& u, Tensor& delta, Tensor& e_all, Tensor& dh0) {
-    MTS_CHECK(!pr.lengths, "mts_kernels: the CUDA leaky_rnn kernels do not take lengths yet");
     const Device dev = u.device();
     const Mode mode = persistent_mode();
     const bool take = mode != Mode::kCublas && usable(u, dev) && usable(delta, dev) &&
@@ -228,6 +329,7 @@ struct CudaLoop : LoopDefaults {
       q.delta = mut<float>(delta);
       q.e = mut<float>(e_all);
       q.dh0 = mut<float>(dh0);
+      q.lengths = ptr<int64_t>(pr.lengths);
       bool launched = false;
       check_cuda(leaky_rnn_bwd_cuda(q, stream_of(u), &launched),
                  "leaky_rnn persistent backward launch");

@@ -9,18 +9,27 @@ namespace rnn {
 namespace persistent {
 namespace {
 
-// e_t = (1 - alpha) * phi'(u_t) * delta_t for this block's (b, i), t = time of
-// step k. delta_t of those elements is complete (see the .cuh).
+// e_t = (1 - alpha) * phi'(u_t) * delta_t for this block's (b, i), t = row b's
+// time of step k. delta_t of those elements is complete (see the .cuh). A row
+// that does not run step k zeroes e and delta at its padded time k instead
+// (nobody else reads or writes them: every other access of row b is at t < L_b).
 MTS_RNN_DEV void block_e(const LeakyRnnBwdParams& p, int64_t k, int64_t b0, int nb, int i0, int nu) {
   const int64_t T = p.s.T;
   const int H = static_cast<int>(p.s.H);
-  const int64_t t_off = time_of(k, T, p.s.reverse) * p.s.B * H;
+  const int64_t BH = p.s.B * H;
   const int64_t count = static_cast<int64_t>(nb) * nu;
   for (int64_t f = threadIdx.x; f < count; f += kThreads) {
     const int64_t bl = f / nu;
     const int n = static_cast<int>(f - bl * nu);
     const int i = i0 + n;
-    const int64_t o = t_off + (b0 + bl) * H + i;
+    const int64_t b = b0 + bl;
+    const int64_t L = row_len(p.lengths, b, T);
+    const int64_t o = row_time(k, L, p.s.reverse) * BH + b * H + i;
+    if (k >= L) {
+      st_cg(p.delta + o, 0.f);
+      st_cg(p.e + o, 0.f);
+      continue;
+    }
     float e = dphi_times(ld_cg(p.delta + o), __ldg(p.u + o), p.s.relu);
     if (p.alpha != nullptr) e *= 1.f - __ldg(p.alpha + i);
     st_cg(p.e + o, e);
@@ -57,14 +66,12 @@ __global__ void __launch_bounds__(kThreads)
 
   const Lanes ln = lanes_of(g);
   const bool leak = p.alpha != nullptr;
+  const bool rev = p.s.reverse;
+  const int64_t dil = p.s.dilation, skip = p.s.skip;
   for (int64_t k = T - 1; k >= 0; --k) {
-    const int64_t t_off = time_of(k, T, p.s.reverse) * BH;
-    const float* et = p.e + t_off;
-    const float* dt = p.delta + t_off;
-    float* const tgt_d =
-        k >= p.s.dilation ? p.delta + time_of(k - p.s.dilation, T, p.s.reverse) * BH : p.dh0;
-    float* const tgt_s =
-        (p.s.skip > 0 && k >= p.s.skip) ? p.delta + time_of(k - p.s.skip, T, p.s.reverse) * BH : p.dh0;
+    // Whether the targets are rows of delta (else dh0); uniform over the rows.
+    const bool td_delta = k >= dil;
+    const bool ts_delta = skip > 0 && k >= skip;
     for (int base = 0; base < g.tiles; base += ln.per_pass) {
       const int tile = base + ln.group;
       const bool active = tile < g.tiles;
@@ -74,10 +81,20 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 0; e < 16; ++e) v[e] = 0.f;
       if (active) {
+        // e_t rows at each row's own time; a row that does not run step k reads
+        // an in-bounds row of the full-length timing, unused; a tile none of
+        // whose rows runs skips the product.
         int64_t off[4];
+        bool any = false;
 #pragma unroll
-        for (int r = 0; r < 4; ++r) off[r] = (b0 + min(4 * tb + r, nb - 1)) * H;
-        tile_dot<kVec>(v, et, et, off, wsm + 4 * tn * g.k_len, g, H, ln.s);
+        for (int r = 0; r < 4; ++r) {
+          const int64_t b = b0 + min(4 * tb + r, nb - 1);
+          const int64_t L = row_len(p.lengths, b, T);
+          const bool runs = k < L;
+          any = any || runs;
+          off[r] = row_time(k, runs ? L : T, rev) * BH + b * H;
+        }
+        if (any) tile_dot<kVec>(v, p.e, p.e, off, off, wsm + 4 * tn * g.k_len, g, H, ln.s);
       }
       const int first = reduce_tile(v, ln.s, g.log2_split);  // whole warp takes part
       // A tile lies in one matrix (R4 is a multiple of 4). delta_{t-d} and
@@ -93,13 +110,19 @@ __global__ void __launch_bounds__(kThreads)
           const int n = 4 * tn + (e & 3) - mat * g.units_pad;
           if (m < ln.kept && bl < nb && n < nu) {
             const int i = i0 + n;
-            const int64_t o = (b0 + bl) * H + i;
+            const int64_t b = b0 + bl;
+            const int64_t o = b * H + i;
+            const int64_t L = row_len(p.lengths, b, T);
+            if (k >= L) continue;  // row b does not run step k
             if (mat == 0) {
+              float* const tgt = td_delta ? p.delta + row_time(k - dil, L, rev) * BH : p.dh0;
               float upd = v[m];
-              if (leak) upd = fmaf(__ldg(p.alpha + i), ld_cg(dt + o), upd);
-              st_cg(tgt_d + o, ld_cg(tgt_d + o) + upd);
+              if (leak)
+                upd = fmaf(__ldg(p.alpha + i), ld_cg(p.delta + row_time(k, L, rev) * BH + o), upd);
+              st_cg(tgt + o, ld_cg(tgt + o) + upd);
             } else {
-              st_cg(tgt_s + o, ld_cg(tgt_s + o) + v[m]);
+              float* const tgt = ts_delta ? p.delta + row_time(k - skip, L, rev) * BH : p.dh0;
+              st_cg(tgt + o, ld_cg(tgt + o) + v[m]);
             }
           }
         }

@@ -37,13 +37,15 @@ __global__ void __launch_bounds__(kThreads)
 
   const Lanes ln = lanes_of(g);
   const bool leak = p.alpha != nullptr;
+  const bool rev = p.s.reverse;
+  const int64_t dil = p.s.dilation, skip = p.s.skip;
   for (int64_t k = 0; k < T; ++k) {
-    const int64_t t = time_of(k, T, p.s.reverse);
-    const float* hd = k >= p.s.dilation ? p.h + time_of(k - p.s.dilation, T, p.s.reverse) * BH : p.h0;
+    // Whether the delayed operands are rows of h (else h0); uniform over the rows.
+    const bool hd_h = k >= dil;
     // The skip operand is only read when n_mats == 2 (K spans two matrices).
-    const float* hs =
-        (p.s.skip > 0 && k >= p.s.skip) ? p.h + time_of(k - p.s.skip, T, p.s.reverse) * BH : p.h0;
-    const int64_t t_off = t * BH;
+    const bool hs_h = skip > 0 && k >= skip;
+    const float* hd = hd_h ? p.h : p.h0;
+    const float* hs = hs_h ? p.h : p.h0;
     for (int base = 0; base < g.tiles; base += ln.per_pass) {
       const int tile = base + ln.group;
       const bool active = tile < g.tiles;
@@ -53,10 +55,23 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 0; e < 16; ++e) v[e] = 0.f;
       if (active) {
-        int64_t off[4];
+        // Rows of the delayed states at their own times (with reverse and
+        // lengths they differ per row). A row that does not run step k reads
+        // in-bounds rows of the full-length timing, unused; a tile none of whose
+        // rows runs skips the product.
+        int64_t off0[4], off1[4];
+        bool any = false;
 #pragma unroll
-        for (int r = 0; r < 4; ++r) off[r] = (b0 + min(4 * tb + r, nb - 1)) * H;
-        tile_dot<kVec>(v, hd, hs, off, wsm + 4 * tn * g.k_len, g, H, ln.s);
+        for (int r = 0; r < 4; ++r) {
+          const int64_t b = b0 + min(4 * tb + r, nb - 1);
+          const int64_t L = row_len(p.lengths, b, T);
+          const bool runs = k < L;
+          any = any || runs;
+          const int64_t Lr = runs ? L : T;
+          off0[r] = (hd_h ? row_time(k - dil, Lr, rev) * BH : 0) + b * H;
+          off1[r] = (hs_h ? row_time(k - skip, Lr, rev) * BH : 0) + b * H;
+        }
+        if (any) tile_dot<kVec>(v, hd, hs, off0, off1, wsm + 4 * tn * g.k_len, g, H, ln.s);
       }
       const int first = reduce_tile(v, ln.s, g.log2_split);  // whole warp takes part
       if (active && ln.emitter) {
@@ -67,11 +82,20 @@ __global__ void __launch_bounds__(kThreads)
           const int n = 4 * tn + (e & 3);
           if (m < ln.kept && bl < nb && n < nu) {
             const int j = j0 + n;
-            const int64_t o = (b0 + bl) * H + j;
+            const int64_t b = b0 + bl;
+            const int64_t o = b * H + j;
+            const int64_t L = row_len(p.lengths, b, T);
+            const int64_t t_off = row_time(k, L, rev) * BH;
+            if (k >= L) {  // padded time k of row b
+              st_cg(p.h + t_off + o, 0.f);
+              if (leak) p.u[t_off + o] = 0.f;
+              continue;
+            }
             const float u = phi(v[m] + __ldg(p.p + t_off + o), p.s.relu);
             if (leak) {
               const float a = __ldg(p.alpha + j);
-              st_cg(p.h + t_off + o, leak_mix(a, ld_cg(hd + o), u));
+              const float* hdr = hd_h ? p.h + row_time(k - dil, L, rev) * BH : p.h0;
+              st_cg(p.h + t_off + o, leak_mix(a, ld_cg(hdr + o), u));
               p.u[t_off + o] = u;
             } else {
               st_cg(p.h + t_off + o, u);

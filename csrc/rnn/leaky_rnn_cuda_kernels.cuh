@@ -109,6 +109,20 @@ struct Geo {
 
 MTS_RNN_DEV int64_t time_of(int64_t k, int64_t T, bool reverse) { return reverse ? T - 1 - k : k; }
 
+// Variable lengths (leaky_rnn_launch.h). Row b's length clamped to [0, T]; T
+// without lengths (device values, never checked on the host).
+MTS_RNN_DEV int64_t row_len(const int64_t* lengths, int64_t b, int64_t T) {
+  if (lengths == nullptr) return T;
+  const int64_t L = __ldg(lengths + b);
+  return L < 0 ? 0 : (L > T ? T : L);
+}
+
+// Time of step k of a row of length L: t_b(k) while k < L, else the padded
+// time k whose zeros the row writes at that step (each padded time once).
+MTS_RNN_DEV int64_t row_time(int64_t k, int64_t L, bool reverse) {
+  return k < L ? (reverse ? L - 1 - k : k) : k;
+}
+
 // This block's share of the work: units [first, first + count) (forward: output
 // units; backward: input units) for batch rows [b0, b0 + nb). count, nb >= 1.
 struct Slice {
@@ -160,22 +174,23 @@ MTS_RNN_DEV float4 load_a4(const float* row, int i, int H) {
 
 // v[4 r + c] += sum over this lane's chunks q = s, s + S, ... < K / 4 of
 //   A[r][4q .. 4q + 3] . wsm[c][4q .. 4q + 3],
-// where A row r is a0 + off[r] for reduction index < H4 and a1 + off[r] past it
-// (the forward's skip operand; the backward passes K == H4).
+// where A row r is a0 + off0[r] for reduction index < H4 and a1 + off1[r] past
+// it (the forward's skip operand, whose rows may sit at other times per row
+// with lengths; the backward passes K == H4).
 template <bool kVec>
-MTS_RNN_DEV void tile_dot(float (&v)[16], const float* a0, const float* a1, const int64_t (&off)[4],
-                          const float* wsm, const Geo& g, int H, int s) {
+MTS_RNN_DEV void tile_dot(float (&v)[16], const float* a0, const float* a1,
+                          const int64_t (&off0)[4], const int64_t (&off1)[4], const float* wsm,
+                          const Geo& g, int H, int s) {
   const int S = 1 << g.log2_split;
   const int nq = g.k_len >> 2;
 #pragma unroll 2
   for (int q = s; q < nq; q += S) {
     const int kk = q << 2;
     const bool second = kk >= g.h4;
-    const float* base = second ? a1 : a0;
     const int i = second ? kk - g.h4 : kk;
     float4 a[4], w[4];
 #pragma unroll
-    for (int r = 0; r < 4; ++r) a[r] = load_a4<kVec>(base + off[r], i, H);
+    for (int r = 0; r < 4; ++r) a[r] = load_a4<kVec>(second ? a1 + off1[r] : a0 + off0[r], i, H);
 #pragma unroll
     for (int c = 0; c < 4; ++c) w[c] = *reinterpret_cast<const float4*>(wsm + c * g.k_len + kk);
 #pragma unroll

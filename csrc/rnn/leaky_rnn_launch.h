@@ -17,6 +17,13 @@
 // Every operand is float32 and contiguous: (T, B, H) sequences, (B, H) states,
 // (H, H) row-major weights, (H) alpha. The whole loop is one kernel launch;
 // nothing is synchronised with the host.
+//
+// Variable lengths (csrc/lengths.h): lengths (B,) int64 on the device or
+// nullptr; the kernels clamp L_b to [0, T] and never copy it to the host. Row b
+// runs the steps k < L_b at time t_b(k) = k, or L_b - 1 - k when reverse, and
+// reads its delayed state from t_b(k - d) (h0 when k < d). At a step k >= L_b
+// the row does no recurrent work and writes the zeros of its padded time k
+// (h, u; backward: e and delta, so grad_h there is ignored and delta ends 0).
 #include <cstdint>
 #include <cuda_runtime_api.h>
 
@@ -43,6 +50,7 @@ struct LeakyRnnFwdParams {
   const float* alpha;   // (H); nullptr: no leak
   float* h;             // (T, B, H) output
   float* u;             // (T, B, H) output phi(z); nullptr iff alpha == nullptr
+  const int64_t* lengths;  // (B,); nullptr: every row runs T steps
 };
 
 struct LeakyRnnBwdParams {
@@ -54,6 +62,7 @@ struct LeakyRnnBwdParams {
   float* delta;         // (T, B, H) dL/dh of the outputs on entry, completed in place
   float* e;             // (T, B, H) output dL/dp
   float* dh0;           // (B, H) accumulated into (the caller zeroes it)
+  const int64_t* lengths;  // (B,); nullptr: every row runs T steps
 };
 
 // Launch the persistent kernel on `stream` when the problem fits it (W_hh and
@@ -69,17 +78,32 @@ cudaError_t leaky_rnn_bwd_cuda(const LeakyRnnBwdParams& p, cudaStream_t stream, 
 
 // The pointwise half of one step of the cuBLAS loop (leaky_rnn_cuda_step.cu), one
 // fused kernel per step after the step's GEMM, over n = B * H elements of one
-// (B, H) row block (unit index i % H), in the compute dtype (float or double):
+// (B, H) row block (row b = i / H, unit i % H), in the compute dtype (float or double):
 //   forward:  u = phi(z) in place of z; with alpha also h = alpha * hd + (1 - alpha) * u
 //   backward: e = (1 - alpha) * phi'(u) * delta; with alpha also target += alpha * delta
+// With lengths, row b runs processing step k iff k < L_b (clamped to [0, T]); a
+// row that does not writes zeros instead (forward: u and h; backward: e, and
+// delta, so the padded grad_h is dropped) and leaves target alone.
+// Ragged mode (reverse with lengths, ring / carry != nullptr): the rows of step k
+// sit at different times t_b = L_b - 1 - k (a padded row at its padded time k),
+// so the (B, H) operands are scratch rows in processing order and the (T, B, H)
+// tensors are addressed per row through the *_all pointers.
 template <typename T>
 struct LeakyRnnStepFwd {
   int64_t n, H;
   bool relu;
   const T* alpha;  // (H); nullptr: no leak (then h is unused: z itself becomes h_t)
   const T* hd;     // (B, H) h_{t-d}; read only with alpha
-  T* z;            // (B, H) pre-activation in, u_t out
-  T* h;            // (B, H) h_t out (with alpha)
+  T* z;            // (B, H) pre-activation in, u_t out (ragged: the product only, in)
+  T* h;            // (B, H) h_t out (with alpha); unused when ragged
+  const int64_t* lengths;  // (B,); nullptr: every row runs step k
+  int64_t k, Tn;           // the processing step, the sequence length (with lengths)
+  // Ragged: u_t = phi(z + p_all[t_b]) to u_all[t_b] (with alpha), h_t to
+  // h_all[t_b] and to ring (the (B, H) slot of step k).
+  const T* p_all;
+  T* u_all;
+  T* h_all;
+  T* ring;
 };
 
 template <typename T>
@@ -87,10 +111,29 @@ struct LeakyRnnStepBwd {
   int64_t n, H;
   bool relu;
   const T* alpha;  // (H); nullptr: no leak
-  const T* delta;  // (B, H) dL/dh_t, complete
-  const T* u;      // (B, H) u_t
+  T* delta;        // (B, H) dL/dh_t, complete (zeroed in padded rows); unused when ragged
+  const T* u;      // (B, H) u_t; unused when ragged
   T* e;            // (B, H) dL/dp_t out
   T* target;       // (B, H) dL/dh_{t-d} (or dh0), accumulated into with alpha
+  const int64_t* lengths;  // (B,); nullptr: every row runs step k
+  int64_t k, Tn;
+  // Ragged: delta_t = delta_all[t_b] + carry (the ring slot of step k, zeroed
+  // after use) is written back to delta_all; e goes to e_all[t_b] and to e.
+  T* delta_all;
+  const T* u_all;
+  T* e_all;
+  T* carry;
+};
+
+// out[b] = sum over row b's first min(delay, L_b) processing steps k of
+// x[t_b(k), b] ((T, B, H) contiguous in, (B, H) out), one thread per (b, unit).
+template <typename T>
+struct LeakyRnnWindowSum {
+  int64_t Tn, B, H, delay;
+  bool reverse;
+  const int64_t* lengths;  // (B,), required
+  const T* x;
+  T* out;
 };
 
 // Launch on `stream`; returns the launch's error (cudaErrorInvalidValue for
@@ -99,6 +142,8 @@ cudaError_t leaky_rnn_step_fwd_cuda(const LeakyRnnStepFwd<float>& q, cudaStream_
 cudaError_t leaky_rnn_step_fwd_cuda(const LeakyRnnStepFwd<double>& q, cudaStream_t stream);
 cudaError_t leaky_rnn_step_bwd_cuda(const LeakyRnnStepBwd<float>& q, cudaStream_t stream);
 cudaError_t leaky_rnn_step_bwd_cuda(const LeakyRnnStepBwd<double>& q, cudaStream_t stream);
+cudaError_t leaky_rnn_window_sum_cuda(const LeakyRnnWindowSum<float>& q, cudaStream_t stream);
+cudaError_t leaky_rnn_window_sum_cuda(const LeakyRnnWindowSum<double>& q, cudaStream_t stream);
 
 }  // namespace rnn
 }  // namespace mts
