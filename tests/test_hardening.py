@@ -80,3 +80,16 @@ def test_tau_range_must_be_finite(tau_range, cls):
     with pytest.raises(ValueError, match="tau_range"):
         cls(3, 4, leak="learned", tau_range=tau_range)
     assert math.isfinite(cls(3, 4, leak="learned", tau_range=(1.0, 5.0)).tau_range[1])
+
+
+def test_relu_nan_alpha_matches_reference():
+    """relu's zero derivative masks a NaN leak's gradient as torch does."""
+    gen = torch.Generator().manual_seed(2)
+    T, B, H = 4, 2, 3
+    p = torch.randn(T, B, H, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(H, H, generator=gen, dtype=torch.float64)
+    alpha = torch.tensor([0.5, float("nan"), 0.2], dtype=torch.float64)
+    kw = dict(alpha=alpha, nonlinearity="relu")
+    dp = torch.autograd.grad(mts_kernels.leaky_rnn(p, w, **kw)[:, :, 0].sum(), p)[0]
+    dp_ref = torch.autograd.grad(reference.leaky_rnn(p, w, **kw)[:, :, 0].sum(), p)[0]
+    torch.testing.assert_close(dp, dp_ref, equal_nan=True)

@@ -454,3 +454,22 @@ def test_bad_lengths_direct_op_calls():
     with pytest.raises(ValueError, match="lengths must be None for PackedSequence"):
         packed = pack_padded_sequence(p, torch.tensor([5, 3, 2]))
         LeakyRNN(H, H)(packed, lengths=[5, 3, 2])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["auto", "grid", "0"])
+@pytest.mark.parametrize("case", ["plain", "long_delays", "relu_all"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_cuda_rnn_lengths_every_loop(monkeypatch, mode, case, reverse):
+    """Each CUDA time loop (persistent batch / grid plans, cuBLAS loop) with lengths,
+    against the float64 reference; NaN in the padding must change nothing."""
+    monkeypatch.setenv("MTS_KERNELS_RNN_PERSISTENT", mode)
+    B, T, H = 9, 13, 40
+    inputs, names = _rnn_inputs(B, T, H, RNN_CASES[case], torch.float32, "cuda", True, seed=3)
+    L = _lengths(B, T, seed=5)
+    with torch.no_grad():
+        pad = (torch.arange(T).unsqueeze(1) >= L.unsqueeze(0)).unsqueeze(-1).cuda()
+        inputs[0].masked_fill_(pad, float("nan"))
+    h0 = inputs[names.index("h0")]
+    _compare(_rnn_call(RNN_CASES[case], names, reverse, L.cuda()), inputs, L, h0, reverse, False,
+             torch.float32, names)

@@ -318,7 +318,9 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
         ld(cv, cb + j);
         ld(uv, ub + j);
         const V d = gv + cv;  // delta_t
-        V ev = dphi_times(d, uv, !r.tanh);
+        // dL/du = (1 - alpha) delta first, then phi': relu's phi' = 0 masks it the
+        // way torch's threshold_backward does (also when alpha is NaN).
+        V du = d;
         if (r.alpha) {
           V a, hv, tv, dav;
           ld(a, r.alpha + j);
@@ -327,9 +329,9 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
           ld(dav, da_step.data() + j);
           st(da_step.data() + j, dav + d * (hv - uv));
           st(tb + j, tv + a * d);
-          ev *= T(1) - a;
+          du = (T(1) - a) * d;
         }
-        st(eb + j, ev);
+        st(eb + j, dphi_times(du, uv, !r.tanh));
       });
       std::fill(cb, cb + Np, T(0));  // the slot is step k - L's next
       if (r.ragged()) std::copy(eb, eb + H, e_all + off);
