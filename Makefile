@@ -1,5 +1,7 @@
 # make demo   : set up .venv, build, train the sequence-generation demo (demo/, ~5 min on 2 cores)
 # make test   : set up .venv, build (CPU + CUDA kernels when a toolkit is found), run the tests
+# make test-asan : the CPU kernels built with ASan + UBSan in build-asan/ (the regular build
+#               untouched), and the CPU test subset ASAN_TESTS run against them
 # make bench  : the benchmarks; JSON under bench/results/, summary in bench/RESULTS.md
 # make build  : (re)build the extension in place
 # make sdist  : source distribution into dist/ (builds with `pip install --no-build-isolation`)
@@ -24,7 +26,7 @@ export CUDA_HOME := /usr/local/cuda
 endif
 endif
 
-.PHONY: venv build test bench demo sdist wheel clean
+.PHONY: venv build test test-asan bench demo sdist wheel clean
 
 $(VENV)/.deps-installed:
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +42,29 @@ build: venv
 
 test: build
 	$(VPY) -m pytest -q tests
+
+# The sanitizer build: a copy of the package in $(ASAN_DIR)/pkg with a _C compiled
+# with -fsanitize=address,undefined (setup.py, MTS_KERNELS_SANITIZE=1; CPU kernels
+# only). Python itself is not instrumented, so the runtimes are preloaded; leak
+# checking is off (the interpreter's own allocations are never freed). python -P:
+# the checkout's in-place package must not shadow the copy (conftest.py checks);
+# --capture=sys: a sanitizer's report on fd 2 reaches the log.
+ASAN_DIR ?= build-asan
+ASAN_TESTS ?= tests/test_lengths.py tests/test_hardening.py tests/test_properties.py \
+	tests/test_scan_bad_input.py tests/test_scan_registration.py tests/test_clockwork_rnn.py \
+	tests/test_scan.py tests/test_leaky_rnn.py
+ASAN_SELECT ?= not triton and not cuda
+test-asan: venv
+	rm -rf $(ASAN_DIR)/pkg && mkdir -p $(ASAN_DIR)/pkg
+	cp -r mts_kernels $(ASAN_DIR)/pkg/
+	rm -rf $(ASAN_DIR)/pkg/mts_kernels/_C*.so $(ASAN_DIR)/pkg/mts_kernels/_build_info.py
+	find $(ASAN_DIR)/pkg -name __pycache__ -prune -exec rm -rf {} +
+	MTS_KERNELS_SANITIZE=1 $(VPY) setup.py -q build_ext --build-lib $(ASAN_DIR)/pkg \
+		--build-temp $(ASAN_DIR)/tmp
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	PYTHONPATH=$(ASAN_DIR)/pkg MTS_KERNELS_EXPECT_PACKAGE=$(ASAN_DIR)/pkg \
+	$(VPY) -P -m pytest -q -p no:cacheprovider --capture=sys $(ASAN_TESTS) -k "$(ASAN_SELECT)"
 
 bench: build
 	$(VPY) bench/run.py
@@ -62,4 +87,4 @@ wheel: sdist
 	@ls -1t $(DIST)/*.whl | head -1
 
 clean:
-	rm -rf build dist *.egg-info mts_kernels/_C*.so mts_kernels/_build_info.py
+	rm -rf build build-asan dist *.egg-info mts_kernels/_C*.so mts_kernels/_build_info.py

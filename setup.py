@@ -9,6 +9,9 @@ Environment switches:
   MTS_KERNELS_FORCE_CUDA=1        a missing CUDA toolkit is an error, not a CPU-only build
   MTS_KERNELS_CUDA_ARCHS          default "8.0;8.6;8.9;9.0"; PTX of the newest is added
                                   (append "+PTX" to an entry to choose it yourself)
+  MTS_KERNELS_SANITIZE=1          CPU kernels only, with AddressSanitizer and
+                                  UndefinedBehaviorSanitizer (`make test-asan`
+                                  builds this in build-asan/, never in place)
   MAX_JOBS                        parallel compile jobs (ninja)
   CUDA_HOME                       toolkit root; else the directory of nvcc on PATH,
                                   else /usr/local/cuda
@@ -97,7 +100,13 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 TORCH_MM = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 
 
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+            "-fno-omit-frame-pointer", "-g"]
+
+
 def _want_cuda():
+    if _truthy("MTS_KERNELS_SANITIZE"):
+        return False  # the sanitizer build checks the CPU kernels
     if _truthy("MTS_KERNELS_SKIP_CUDA_BUILD"):
         if _truthy("MTS_KERNELS_FORCE_CUDA"):
             sys.exit("MTS_KERNELS_FORCE_CUDA=1 and MTS_KERNELS_SKIP_CUDA_BUILD=1 contradict each other")
@@ -185,8 +194,11 @@ def _extension():
         return CppExtension("mts_kernels._C", sources, py_limited_api=True), False, None
     with_cuda = _want_cuda()
     if not with_cuda:
+        link = []
+        if _truthy("MTS_KERNELS_SANITIZE"):
+            cxx, link = cxx + SANITIZE, list(SANITIZE)
         ext = CppExtension("mts_kernels._C", sources, extra_compile_args={"cxx": cxx},
-                           define_macros=macros, py_limited_api=True)
+                           extra_link_args=link, define_macros=macros, py_limited_api=True)
         return ext, False, _build_info(False, [])
     gencode, arch_names = _gencode_flags(os.environ.get("MTS_KERNELS_CUDA_ARCHS", DEFAULT_ARCHS))
     sources += sorted(glob.glob("csrc/*/*_cuda.cpp")) + sorted(glob.glob("csrc/*/*.cu"))

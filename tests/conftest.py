@@ -11,6 +11,12 @@ import pytest  # noqa: E402
 
 import mts_kernels  # noqa: E402,F401
 
+# `make test-asan` runs this suite against the sanitizer build in build-asan/: make
+# sure that is the package imported, not the in-place build.
+_expected = os.environ.get("MTS_KERNELS_EXPECT_PACKAGE")
+if _expected and not os.path.abspath(mts_kernels.__file__).startswith(os.path.abspath(_expected)):
+    raise RuntimeError(f"imported {mts_kernels.__file__}, expected the package under {_expected}")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
