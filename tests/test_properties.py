@@ -15,7 +15,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import mts_kernels  # noqa: E402
-from mts_kernels import final_state, reference  # noqa: E402
+from mts_kernels import ClockworkRNN, final_state, reference  # noqa: E402
 
 SETTINGS = dict(max_examples=200, deadline=None, derandomize=True, print_blob=True)
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=3e-4, atol=3e-4)}
@@ -208,3 +208,90 @@ def test_clockwork_rnn_matches_reference(case):
     kw["alpha"] = alphar
     ref = reference.clockwork_rnn(pr, wr, h0r, case["periods"], case["sizes"], **kw)
     _check(out, ref, ins, ref_ins, dtype, "clockwork_rnn")
+
+
+# --------------------------------------------------------------------------- low precision
+
+def _low_precision_ok(ours, ref_low, ref64, what):
+    """flash-attention's rule: our error against float64 at most about twice that of
+    the same computation done by PyTorch (the reference loop) in that dtype."""
+    err = (ours.double() - ref64).abs().max().item()
+    err_torch = (ref_low.double() - ref64).abs().max().item()
+    assert err <= 2 * err_torch + 1e-3, f"{what}: error {err:.3g} vs torch's {err_torch:.3g}"
+
+
+@settings(**dict(SETTINGS, max_examples=60))
+@given(case=scan_case(), leaky=st.booleans(), dtype=st.sampled_from([torch.float16, torch.bfloat16]))
+def test_scans_low_precision(case, leaky, dtype):
+    gen = torch.Generator().manual_seed(case["seed"])
+    B, T, D = case["B"], case["T"], case["D"]
+    x = _layout(torch.randn(B, T, D, generator=gen, dtype=torch.float64).to(dtype), case["layout"])
+    a = _decay(case["decay"] if case["decay"] != "above_one" else "uniform",
+               (D,) if case["per_channel"] else (B, T, D), gen).to(dtype)
+    h0 = torch.randn(B, D, generator=gen, dtype=torch.float64).to(dtype) if case["h0"] else None
+    kw = dict(reverse=case["reverse"], lengths=case["lengths"])
+    op, ref = ((mts_kernels.leaky_integrate, reference.leaky_integrate) if leaky
+               else (mts_kernels.linear_scan, reference.linear_scan))
+    args = (lambda d, v: (v, d)) if leaky else (lambda d, v: (d, v))
+    ours = op(*args(a, x), h0, **kw)
+    ref_low = ref(*args(a, x), h0, **kw)
+    ref64 = ref(*args(a.double(), x.double()), None if h0 is None else h0.double(), **kw)
+    _low_precision_ok(ours, ref_low, ref64, op.__name__)
+
+
+# --------------------------------------------------------------------------- modules
+
+@st.composite
+def module_case(draw):
+    kind = draw(st.sampled_from(["leaky", "clockwork"]))
+    B, T = draw(st.integers(1, 4)), draw(st.integers(1, 12))
+    case = dict(kind=kind, B=B, T=T, I=draw(st.integers(1, 6)), batch_first=draw(st.booleans()),
+                lengths=_lengths(draw, B, T), hx=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
+                leak=draw(st.sampled_from([None, 0.3, "learned"])),
+                nonlinearity=draw(st.sampled_from(["tanh", "relu"])))
+    if kind == "leaky":
+        case.update(H=draw(st.integers(1, 9)), num_layers=draw(st.integers(1, 3)),
+                    bidirectional=draw(st.booleans()),
+                    skip=draw(st.one_of(st.none(), st.integers(1, T + 2))),
+                    dilation=draw(st.integers(1, T + 2)))
+    else:
+        sizes = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+        periods = sorted(set(draw(st.lists(st.integers(2, T + 3), min_size=len(sizes) - 1,
+                                           max_size=len(sizes) - 1))))
+        case.update(sizes=sizes[:len(periods) + 1], periods=[1] + periods,
+                    t0=draw(st.one_of(st.integers(0, 20), st.just(2**62))))
+        case["H"] = sum(case["sizes"])
+    return case
+
+
+@settings(**dict(SETTINGS, max_examples=100))
+@given(case=module_case())
+def test_modules_match_reference(case):
+    """LeakyRNN / ClockworkRNN with the fused kernels against the same module on the
+    reference loops: outputs, h_n and every gradient."""
+    torch.manual_seed(case["seed"])
+    B, T, I, H = case["B"], case["T"], case["I"], case["H"]
+    common = dict(nonlinearity=case["nonlinearity"], batch_first=case["batch_first"], leak=case["leak"],
+                  dtype=torch.float64)
+    if case["kind"] == "leaky":
+        model = mts_kernels.LeakyRNN(I, H, case["num_layers"], bidirectional=case["bidirectional"],
+                                     skip=case["skip"], dilation=case["dilation"], **common)
+        layers = case["num_layers"] * (2 if case["bidirectional"] else 1)
+        call = {}
+    else:
+        model = ClockworkRNN(I, H, periods=case["periods"], module_sizes=case["sizes"], **common)
+        layers, call = 1, dict(t0=case["t0"])
+    x = torch.randn((B, T, I) if case["batch_first"] else (T, B, I), dtype=torch.float64, requires_grad=True)
+    hx = torch.randn(layers, B, H, dtype=torch.float64, requires_grad=True) if case["hx"] else None
+    results = []
+    for backend in (None, "reference"):
+        model.backend = backend
+        out, h_n = model(x, hx, lengths=case["lengths"], **call)
+        inputs = [x] + ([hx] if hx is not None else []) + list(model.parameters())
+        gen = torch.Generator().manual_seed(0)
+        loss = ((out * torch.randn(out.shape, generator=gen, dtype=torch.float64)).sum()
+                + (h_n * torch.randn(h_n.shape, generator=gen, dtype=torch.float64)).sum())
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+        results.append([out, h_n] + [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)])
+    for i, (a, b) in enumerate(zip(*results)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64], msg=lambda m: f"item {i}: {m}")
