@@ -56,7 +56,7 @@ def _lengths(draw, B, T):
 @st.composite
 def scan_case(draw):
     B = draw(st.integers(1, 5))
-    T = draw(st.sampled_from([1, 2, 3, 7, 16, 33, 100, 300]))
+    T = draw(st.sampled_from([1, 2, 3, 7, 16, 33, 100, 300, 1000]))
     D = draw(st.integers(1, 40))
     return dict(
         B=B, T=T, D=D,
@@ -115,7 +115,7 @@ def test_scans_match_reference(case, leaky):
 @st.composite
 def rnn_case(draw):
     B = draw(st.integers(1, 5))
-    T = draw(st.sampled_from([1, 2, 5, 13, 40]))
+    T = draw(st.sampled_from([1, 2, 5, 13, 40, 200]))
     H = draw(st.sampled_from([1, 3, 8, 17, 33]))
     delay = st.one_of(st.integers(1, T + 3), st.sampled_from([10**6, 2**62]))
     return dict(
