@@ -131,8 +131,8 @@ class ClockworkRNN(nn.Module):
             raise TypeError(f"ClockworkRNN: input has dtype {input.dtype} but the parameters are "
                             f"{self.weight_hh.dtype}")
         B = input.size(0 if batch_first else 1)
-        lens = check_lengths("ClockworkRNN", lengths, B, input.size(1 if batch_first else 0),
-                             input.device)
+        # errors that name the module; the op gets lengths as given (see LeakyRNN)
+        check_lengths("ClockworkRNN", lengths, B, input.size(1 if batch_first else 0), input.device)
         h0 = None
         if hx is not None:
             if not isinstance(hx, Tensor):
@@ -148,9 +148,9 @@ class ClockworkRNN(nn.Module):
         p = F.linear(input, self.weight_ih, b)  # all steps: one GEMM
         h = clockwork_rnn(p, self.weight_hh, h0, periods=self.periods, module_sizes=self.module_sizes,
                           alpha=alpha_of(self.leak, getattr(self, "log_tau", None), self.hidden_size, p),
-                          nonlinearity=self.nonlinearity, t0=t0, batch_first=batch_first, lengths=lens,
+                          nonlinearity=self.nonlinearity, t0=t0, batch_first=batch_first, lengths=lengths,
                           backend=self.backend)
-        h_n = final_state(h, lens, h0, batch_first=batch_first).unsqueeze(0)
+        h_n = final_state(h, lengths, h0, batch_first=batch_first).unsqueeze(0)
         return h, h_n
 
     def extra_repr(self) -> str:

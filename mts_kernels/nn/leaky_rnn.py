@@ -152,7 +152,10 @@ class LeakyRNN(nn.Module):
         if batch_first:
             x = x.transpose(0, 1)
         B = x.size(1)
-        lens = check_lengths("LeakyRNN", lengths, B, x.size(0), x.device)
+        # checked here for errors that name the module; the ops below get lengths as
+        # given, so lengths kept on the CPU (PackedSequence) are checked there without
+        # a device synchronisation per layer and direction
+        check_lengths("LeakyRNN", lengths, B, x.size(0), x.device)
         num_dirs = 2 if self.bidirectional else 1
         expected = (self.num_layers * num_dirs, B, self.hidden_size)
         if hx is not None:
@@ -181,8 +184,8 @@ class LeakyRNN(nn.Module):
                     alpha=alpha_of(self.leak, getattr(self, f"log_tau_{name}", None), self.hidden_size, p),
                     weight_skip=getattr(self, f"weight_skip_{name}") if self.skip else None,
                     skip=self.skip, dilation=self.dilation, nonlinearity=self.nonlinearity,
-                    reverse=direction == 1, lengths=lens, backend=self.backend)
-                finals.append(final_state(h, lens, h0, reverse=direction == 1, batch_first=False))
+                    reverse=direction == 1, lengths=lengths, backend=self.backend)
+                finals.append(final_state(h, lengths, h0, reverse=direction == 1, batch_first=False))
                 outs.append(h)
             x = torch.cat(outs, -1) if num_dirs == 2 else outs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:

@@ -86,6 +86,11 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     _check_args(p, weight_hh, h0, periods, module_sizes, alpha, nonlinearity, t0, batch_first)
     T_, B_, _ = check_projection("clockwork_rnn", p, batch_first)
     lens = _lengths.check_lengths("clockwork_rnn", lengths, B_, T_, p.device)
+    # the per-module lengths below are derived from a host copy when lengths came
+    # from the host, so their checks in leaky_rnn need no device synchronisation
+    lens_src = lens
+    if lengths is not None and not (isinstance(lengths, Tensor) and lengths.device.type != "cpu"):
+        lens_src = torch.as_tensor(lengths, dtype=torch.int64)
     be = _backend.resolve(backend, "leaky_rnn_fwd", p.device, p.dtype)
     if be == "reference":
         return reference.clockwork_rnn(p, weight_hh, h0, periods, module_sizes, alpha=alpha,
@@ -137,7 +142,7 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
                 z = to_faster[j][..., lo:hi].index_select(0, _count_active(prev, firsts[j], periods[j]))
                 p_i = p_i + z
         # with lengths, module i's sequence b has the active steps t < L_b
-        lens_i = None if lens is None else _count_active(lens - 1, f, P)
+        lens_i = None if lens is None else _count_active(lens_src - 1, f, P)
         h_i = leaky_rnn(p_i, w_rows[i][:, lo:hi], h0_i, alpha=a_mod[i],
                         nonlinearity=nonlinearity, lengths=lens_i, backend=be)
         states[i] = torch.cat([h0_i.unsqueeze(0), h_i], 0)
