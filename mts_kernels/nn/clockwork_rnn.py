@@ -5,51 +5,101 @@ module i updates only when (t0 + t) % T_i == 0 and reads itself and slower modul
 
     active:    h_i(t) = alpha_i * h_i(t-1) + (1 - alpha_i) * phi(sum_{j >= i} W_ij h_j(t-1) + W_ih,i x_t + b_i)
     inactive:  h_i(t) = h_i(t-1)
+
+Stacked and bidirectional as torch.nn.RNN. The reverse direction is the same
+clockwork recurrence run over each sequence reversed in time (from its own last
+step, as nn.RNN's reverse direction on packed input): its k-th step, the
+sequence's step L_b - 1 - k, has the clock t0 + k.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mts_kernels.nn import _packed
+from mts_kernels.nn import _common, _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
 from mts_kernels.ops._lengths import check_lengths, final_state
 from mts_kernels.ops.clockwork_rnn import check_modules, clockwork_rnn
 from mts_kernels.ops.leaky_rnn import NONLINEARITIES
 
 DEFAULT_MODULES = 4
+_WHERE = "ClockworkRNN"
+# layer 0's forward direction keeps the names of the single-layer module (so its
+# state_dicts load); every other layer and direction is named as in torch.nn.RNN
+_LAYER0 = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "log_tau")
+
+
+def _suffix(layer: int, direction: int) -> str:
+    if layer == 0 and direction == 0:
+        return ""
+    return f"_l{layer}" + ("_reverse" if direction else "")
 
 
 class ClockworkRNN(nn.Module):
-    """Clockwork RNN layer. Parameters `weight_ih` (H, input_size), `weight_hh`
-    (H, H), `bias_ih`, `bias_hh` (and `log_tau` with leak="learned"); only the
-    block-upper-triangular part of weight_hh (module i reading modules j >= i)
+    """Clockwork RNN, stacked and bidirectional as torch.nn.RNN.
+
+    ClockworkRNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, *, periods=None,
+                 module_sizes=None, leak=None, tau_range=(1.0, 1000.0), device=None, dtype=None)
+
+    The positional arguments are torch.nn.RNN's (dropout between layers in training
+    mode, not after the last); the clockwork options are keyword-only.
+
+    Parameters per layer k and direction: `weight_ih` (H, input_size or
+    num_dirs * H), `weight_hh` (H, H), `bias_ih`, `bias_hh` (and `log_tau` with
+    leak="learned"). Layer 0's forward direction has these names as they are (the
+    single-layer module's names; `..._l0` keys load into them too, so a
+    torch.nn.RNN state_dict loads); the others carry nn.RNN's suffixes,
+    `weight_ih_l1`, `weight_hh_l0_reverse`, `log_tau_l1_reverse`, ... Only the
+    block-upper-triangular part of each weight_hh (module i reading modules j >= i)
     is ever read, and the rest gets zero gradient (it is zero at initialisation).
 
     periods: per module, strictly increasing (default 1, 2, 4, ..., 2^(g-1));
     module_sizes: default an equal split of hidden_size (the faster modules take the
-    remainder); with neither given, g = min(4, hidden_size) modules.
+    remainder); with neither given, g = min(4, hidden_size) modules. Every layer and
+    direction has the same modules.
     leak: None (the paper's cell), a float in [0, 1), or "learned" (alpha = exp(-1/tau),
     tau = exp(log_tau) initialised log-uniformly over tau_range), as in LeakyRNN.
-    forward(input, hx=None, t0=0) -> (output, h_n): output (T, B, H) (batch-first:
-    (B, T, H)), h_n (1, B, H); t0 is the global clock of the first step, so that
-    truncated-BPTT chunks keep the clock phase (pass h_n as hx and t0 + T next).
+
+    forward(input, hx=None, t0=0, lengths=None) -> (output, h_n) as torch.nn.RNN:
+    output (T, B, num_dirs * H) ((B, T, ...) batch_first; (T, num_dirs * H) for
+    unbatched (T, input_size) input), h_n (num_layers * num_dirs, B, H). t0 is the
+    global clock of the first step, so that truncated-BPTT chunks keep the clock
+    phase (pass h_n as hx and t0 + T next). The reverse direction runs each
+    sequence reversed (from its own last step), its k-th step at clock t0 + k.
     `backend` (attribute, default None: automatic) selects the kernel backend.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, periods: Optional[Sequence[int]] = None,
-                 module_sizes: Optional[Sequence[int]] = None, nonlinearity: str = "tanh",
-                 bias: bool = True, batch_first: bool = False, leak: Union[None, float, str] = None,
-                 tau_range: Tuple[float, float] = (1.0, 1000.0), device=None, dtype=None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, *,
+                 periods: Optional[Sequence[int]] = None, module_sizes: Optional[Sequence[int]] = None,
+                 leak: Union[None, float, str] = None, tau_range: Tuple[float, float] = (1.0, 1000.0),
+                 device=None, dtype=None) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ClockworkRNN: {name} must be an int >= 1, got {value!r}")
+        _common.check_int(_WHERE, "input_size", input_size)
+        _common.check_int(_WHERE, "hidden_size", hidden_size)
+        hint = ""
+        if isinstance(num_layers, (list, tuple, range)):
+            hint = (" (the third positional argument is num_layers, as in torch.nn.RNN; "
+                    "pass periods=... by keyword)")
+        _common.check_int(_WHERE, "num_layers", num_layers, hint)
+        if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"{_WHERE}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        bias = _common.check_flag(_WHERE, "bias", bias)
+        batch_first = _common.check_flag(_WHERE, "batch_first", batch_first)
+        bidirectional = _common.check_flag(_WHERE, "bidirectional", bidirectional)
+        dropout = _common.check_dropout(_WHERE, dropout, num_layers)
+        for name, value in (("periods", periods), ("module_sizes", module_sizes)):
+            if value is not None and (isinstance(value, (str, bytes))
+                                      or not isinstance(value, collections.abc.Sequence)):
+                raise ValueError(f"{_WHERE}: {name} must be None or a sequence of ints, got {value!r}")
         if periods is None and module_sizes is None:
             g = min(DEFAULT_MODULES, hidden_size)
         else:
@@ -60,108 +110,195 @@ class ClockworkRNN(nn.Module):
             base, extra = divmod(hidden_size, g)
             module_sizes = [base + (1 if i < extra else 0) for i in range(g)]
         periods, module_sizes = list(periods), list(module_sizes)
-        check_modules(periods, module_sizes, hidden_size, "ClockworkRNN")
-        if nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"ClockworkRNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        tau_range = check_leak("ClockworkRNN", leak, tau_range)
+        check_modules(periods, module_sizes, hidden_size, _WHERE)
+        tau_range = check_leak(_WHERE, leak, tau_range)
+        _common.check_factory(_WHERE, device, dtype)
         self.input_size = input_size
         self.hidden_size = hidden_size
-        self.periods = tuple(periods)
-        self.module_sizes = tuple(module_sizes)
+        self.num_layers = num_layers
         self.nonlinearity = nonlinearity
         self.bias = bias
         self.batch_first = batch_first
+        self.dropout = dropout
+        self.bidirectional = bidirectional
+        self.periods = tuple(periods)
+        self.module_sizes = tuple(module_sizes)
         self.leak = leak
         self.tau_range = tau_range
         self.backend: Optional[str] = None
         kw = dict(device=device, dtype=dtype)
-        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **kw))
-        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **kw))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(hidden_size, **kw))
-            self.bias_hh = nn.Parameter(torch.empty(hidden_size, **kw))
-        else:
+        num_dirs = 2 if bidirectional else 1
+        # parameter names per layer and direction, in torch.nn.RNN's order (the
+        # extra log_tau last); nn.RNN keeps this list under the same attribute
+        self._all_weights: List[List[str]] = []
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else hidden_size * num_dirs
+            for direction in range(num_dirs):
+                s = _suffix(layer, direction)
+                shapes = [("weight_ih", (hidden_size, layer_in)), ("weight_hh", (hidden_size, hidden_size))]
+                if bias:
+                    shapes += [("bias_ih", (hidden_size,)), ("bias_hh", (hidden_size,))]
+                if leak == "learned":
+                    shapes.append(("log_tau", (hidden_size,)))
+                for base, shape in shapes:
+                    setattr(self, base + s, nn.Parameter(torch.empty(shape, **kw)))
+                self._all_weights.append([base + s for base, _ in shapes])
+        if not bias:  # as before: the attributes exist (None) without a bias
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
-        if leak == "learned":
-            self.log_tau = nn.Parameter(torch.empty(hidden_size, **kw))
         self.reset_parameters()
+
+    @property
+    def all_weights(self) -> List[List[nn.Parameter]]:
+        """As torch.nn.RNN: per layer and direction (forward, reverse), the list
+        [weight_ih, weight_hh, bias_ih, bias_hh] of its parameters (without the
+        biases when bias=False), then log_tau with leak="learned"."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """A no-op, for code written for torch.nn.RNN (which packs its weights into
+        one cuDNN buffer here): the fused kernels read every parameter where it is,
+        so there is nothing to flatten. Returns None."""
+        return None
 
     def block_mask(self) -> Tensor:
         """(H, H) bool: True where weight_hh is read (module i reading modules j >= i)."""
-        module = torch.repeat_interleave(torch.arange(len(self.module_sizes)),
-                                         torch.tensor(self.module_sizes))
-        return (module[:, None] <= module[None, :]).to(self.weight_hh.device)
+        # slice fills only (no data-dependent ops), so it works on meta and fake tensors
+        H = self.hidden_size
+        mask = torch.zeros(H, H, dtype=torch.bool, device=self.weight_hh.device)
+        lo = 0
+        for k in self.module_sizes:
+            mask[lo:lo + k, lo:] = True
+            lo += k
+        return mask
 
     def reset_parameters(self) -> None:
         """As torch.nn.RNN (uniform in ±1/sqrt(hidden_size)), with the never-read
-        blocks of weight_hh set to zero; log tau uniform over log(tau_range)."""
+        blocks of every weight_hh set to zero; log tau uniform over log(tau_range)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
             for name, param in self.named_parameters():
-                if name == "log_tau":
+                if name.startswith("log_tau"):
                     param.uniform_(*(math.log(v) for v in self.tau_range))
                 else:
                     param.uniform_(-bound, bound)
-            self.weight_hh.masked_fill_(~self.block_mask(), 0.0)
+            unread = ~self.block_mask()
+            for names in self._all_weights:
+                getattr(self, names[1]).masked_fill_(unread, 0.0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torch.nn.RNN names layer 0's forward parameters weight_ih_l0, ...: take
+        # those keys as this module's weight_ih, ... (done here rather than in a
+        # registered hook, which a whole-model torch.save would have to pickle)
+        for base in _LAYER0:
+            key, alias = prefix + base, prefix + base + "_l0"
+            if key not in state_dict and alias in state_dict:
+                state_dict[key] = state_dict.pop(alias)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, input, hx: Optional[Tensor] = None, t0: int = 0, lengths=None):
-        """input: (T, B, input_size) ((B, T, ...) batch_first) or a PackedSequence (as
-        torch.nn.RNN takes it: the output is packed the same way and h_n holds each
-        sequence's final state in the batch order); hx: (1, B, hidden_size) or None;
-        t0: the clock at the first step (shared by the batch). lengths (padded input
-        only): (B,) ints; the output is 0 beyond each length. Returns (output, h_n)."""
+        """input: (T, B, input_size) ((B, T, ...) batch_first), unbatched
+        (T, input_size), or a PackedSequence (as torch.nn.RNN takes it: the output
+        is packed the same way and h_n holds each sequence's final state in the
+        batch order); hx: (num_layers * num_dirs, B, hidden_size) ((num_layers *
+        num_dirs, hidden_size) for unbatched input) or None; t0: the clock at the
+        first step (shared by the batch). lengths (padded input only): (B,) ints;
+        the output is 0 beyond each length. Returns (output, h_n)."""
         if isinstance(input, nn.utils.rnn.PackedSequence):
             return _packed.forward_packed(
-                "ClockworkRNN", lambda x, h, lens: self._run(x, h, t0, lens, batch_first=False), input,
-                hx, lengths)
+                _WHERE, lambda x, h, lens: self._run(x, h, t0, lens, batch_first=False), input, hx, lengths)
         return self._run(input, hx, t0, lengths, self.batch_first)
 
     def _run(self, input: Tensor, hx: Optional[Tensor], t0: int, lengths,
              batch_first: bool) -> Tuple[Tensor, Tensor]:
         if not isinstance(input, Tensor):
-            raise TypeError(f"ClockworkRNN: input must be a torch.Tensor, got {type(input).__name__}")
-        if input.dim() != 3:
+            raise TypeError(f"{_WHERE}: input must be a torch.Tensor, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
             layout = "(B, T, input_size)" if batch_first else "(T, B, input_size)"
-            raise ValueError(f"ClockworkRNN: input must be 3-D {layout}, got shape {tuple(input.shape)}")
+            raise ValueError(f"{_WHERE}: input must be 3-D {layout} or 2-D (T, input_size) (unbatched), "
+                             f"got shape {tuple(input.shape)}")
         if input.size(-1) != self.input_size:
-            raise ValueError(f"ClockworkRNN: input.size(-1) must be equal to input_size. "
+            raise ValueError(f"{_WHERE}: input.size(-1) must be equal to input_size. "
                              f"Expected {self.input_size}, got {input.size(-1)}")
         if input.dtype != self.weight_hh.dtype:
-            raise TypeError(f"ClockworkRNN: input has dtype {input.dtype} but the parameters are "
+            raise TypeError(f"{_WHERE}: input has dtype {input.dtype} but the parameters are "
                             f"{self.weight_hh.dtype}")
-        B = input.size(0 if batch_first else 1)
+        batched = input.dim() == 3
+        if not batched:  # one sequence, time-major whatever batch_first says (as nn.RNN)
+            input, batch_first = input.unsqueeze(1), False
+        T, B = (input.size(1), input.size(0)) if batch_first else (input.size(0), input.size(1))
         # errors that name the module; the op gets lengths as given (see LeakyRNN)
-        check_lengths("ClockworkRNN", lengths, B, input.size(1 if batch_first else 0), input.device)
-        h0 = None
-        if hx is not None:
-            if not isinstance(hx, Tensor):
-                raise TypeError(f"ClockworkRNN: hx must be a torch.Tensor or None, got {type(hx).__name__}")
-            if tuple(hx.shape) != (1, B, self.hidden_size):
-                raise ValueError(f"ClockworkRNN: hx must have shape (1, {B}, {self.hidden_size}), "
-                                 f"got {tuple(hx.shape)}")
-            if hx.dtype != input.dtype or hx.device != input.device:
-                raise TypeError(f"ClockworkRNN: hx must be {input.dtype} on {input.device}, got "
-                                f"{hx.dtype} on {hx.device}")
-            h0 = hx[0]
-        b = self.bias_ih + self.bias_hh if self.bias else None
-        p = F.linear(input, self.weight_ih, b)  # all steps: one GEMM
-        h = clockwork_rnn(p, self.weight_hh, h0, periods=self.periods, module_sizes=self.module_sizes,
-                          alpha=alpha_of(self.leak, getattr(self, "log_tau", None), self.hidden_size, p),
-                          nonlinearity=self.nonlinearity, t0=t0, batch_first=batch_first, lengths=lengths,
-                          backend=self.backend)
-        h_n = final_state(h, lengths, h0, batch_first=batch_first).unsqueeze(0)
-        return h, h_n
+        lens = check_lengths(_WHERE, lengths, B, T, input.device)
+        num_dirs = 2 if self.bidirectional else 1
+        h_in = self._check_hx(hx, batched, B, num_dirs, input)
+        # one reversal index for every layer (None: a plain flip)
+        rev = _common.reversal_index(lens, T, input.device) if num_dirs == 2 else None
+        x, finals = input, []
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(num_dirs):
+                s = _suffix(layer, direction)
+                p = _common.input_projection(x, getattr(self, "weight_ih" + s), getattr(self, "bias_ih" + s, None),
+                                             getattr(self, "bias_hh" + s, None))  # all steps: one GEMM
+                if layer == 0 and batch_first:  # a view: the op takes any strides
+                    p = p.transpose(0, 1)
+                if direction == 1:
+                    p = _common.reverse_time(p, rev)
+                h0 = None if h_in is None else h_in[layer * num_dirs + direction]
+                h = clockwork_rnn(p, getattr(self, "weight_hh" + s), h0, periods=self.periods,
+                                  module_sizes=self.module_sizes,
+                                  alpha=alpha_of(self.leak, getattr(self, "log_tau" + s, None),
+                                                 self.hidden_size, p),
+                                  nonlinearity=self.nonlinearity, t0=t0, lengths=lengths,
+                                  backend=self.backend)
+                # the state after the direction's last step (reverse: the sequence's step 0)
+                finals.append(final_state(h, lengths, h0, batch_first=False))
+                outs.append(h if direction == 0 else _common.reverse_time(h, rev))
+            x = torch.cat(outs, -1) if num_dirs == 2 else outs[0]
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        output = x.transpose(0, 1) if batch_first else x
+        h_n = torch.stack(finals, 0)
+        if not batched:
+            output, h_n = output.squeeze(1), h_n.squeeze(1)
+        return output, h_n
+
+    def _check_hx(self, hx, batched: bool, B: int, num_dirs: int, input: Tensor) -> Optional[Tensor]:
+        """hx as (num_layers * num_dirs, B, H), or None."""
+        if hx is None:
+            return None
+        if not isinstance(hx, Tensor):
+            raise TypeError(f"{_WHERE}: hx must be a torch.Tensor or None, got {type(hx).__name__}")
+        expected = (self.num_layers * num_dirs, B, self.hidden_size) if batched else \
+            (self.num_layers * num_dirs, self.hidden_size)
+        if tuple(hx.shape) != expected:
+            raise ValueError(f"{_WHERE}: hx must have shape {expected}"
+                             f"{'' if batched else ' for unbatched input'}, got {tuple(hx.shape)}")
+        if hx.dtype != input.dtype or hx.device != input.device:
+            raise TypeError(f"{_WHERE}: hx must be {input.dtype} on {input.device}, got "
+                            f"{hx.dtype} on {hx.device}")
+        return hx if batched else hx.unsqueeze(1)
 
     def extra_repr(self) -> str:
-        s = (f"{self.input_size}, {self.hidden_size}, periods={self.periods}, "
-             f"module_sizes={self.module_sizes}")
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
         if self.nonlinearity != "tanh":
             s += f", nonlinearity={self.nonlinearity!r}"
         if not self.bias:
             s += ", bias=False"
         if self.batch_first:
             s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        s += f", periods={self.periods}, module_sizes={self.module_sizes}"
         if self.leak is not None:
             s += f", leak={self.leak!r}"
         return s
+
+
+# a whole saved model holding one loads with torch.load(weights_only=True); its
+# attributes are tensors, containers and plain values, which that loader allows
+torch.serialization.add_safe_globals([ClockworkRNN])

@@ -10,16 +10,18 @@ For each layer and direction:
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mts_kernels.nn import _packed
+from mts_kernels.nn import _common, _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
 from mts_kernels.ops._lengths import check_lengths, final_state
 from mts_kernels.ops.leaky_rnn import NONLINEARITIES, leaky_rnn
+
+_WHERE = "LeakyRNN"
 
 
 class LeakyRNN(nn.Module):
@@ -54,16 +56,18 @@ class LeakyRNN(nn.Module):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"LeakyRNN: {name} must be an int >= 1, got {value!r}")
-        if nonlinearity not in NONLINEARITIES:
+            _common.check_int(_WHERE, name, value)
+        if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
             raise ValueError(f"LeakyRNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
-            raise ValueError(f"LeakyRNN: dropout must be a number in [0, 1], got {dropout!r}")
+        bias = _common.check_flag(_WHERE, "bias", bias)
+        batch_first = _common.check_flag(_WHERE, "batch_first", batch_first)
+        bidirectional = _common.check_flag(_WHERE, "bidirectional", bidirectional)
+        dropout = _common.check_dropout(_WHERE, dropout, num_layers)
         if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
             raise ValueError(f"LeakyRNN: dilation must be an int >= 1, got {dilation!r}")
         if skip is not None and (not isinstance(skip, int) or isinstance(skip, bool) or skip < 1):
             raise ValueError(f"LeakyRNN: skip must be None or an int >= 1, got {skip!r}")
+        _common.check_factory(_WHERE, device, dtype)
         tau_range = check_leak("LeakyRNN", leak, tau_range)
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -71,7 +75,7 @@ class LeakyRNN(nn.Module):
         self.nonlinearity = nonlinearity
         self.bias = bias
         self.batch_first = batch_first
-        self.dropout = float(dropout)
+        self.dropout = dropout
         self.bidirectional = bidirectional
         self.leak = leak
         self.tau_range = tau_range
@@ -80,20 +84,38 @@ class LeakyRNN(nn.Module):
         self.backend: Optional[str] = None
         kw = dict(device=device, dtype=dtype)
         num_dirs = 2 if bidirectional else 1
+        # parameter names per layer and direction in torch.nn.RNN's order (the extra
+        # weight_skip and log_tau last); nn.RNN keeps this list under the same attribute
+        self._all_weights: List[List[str]] = []
         for layer in range(num_layers):
             layer_in = input_size if layer == 0 else hidden_size * num_dirs
             for suffix in self._suffixes():
                 name = f"l{layer}{suffix}"
-                setattr(self, f"weight_ih_{name}", nn.Parameter(torch.empty(hidden_size, layer_in, **kw)))
-                setattr(self, f"weight_hh_{name}", nn.Parameter(torch.empty(hidden_size, hidden_size, **kw)))
+                shapes = [("weight_ih", (hidden_size, layer_in)), ("weight_hh", (hidden_size, hidden_size))]
                 if bias:
-                    setattr(self, f"bias_ih_{name}", nn.Parameter(torch.empty(hidden_size, **kw)))
-                    setattr(self, f"bias_hh_{name}", nn.Parameter(torch.empty(hidden_size, **kw)))
+                    shapes += [("bias_ih", (hidden_size,)), ("bias_hh", (hidden_size,))]
                 if skip is not None:
-                    setattr(self, f"weight_skip_{name}", nn.Parameter(torch.empty(hidden_size, hidden_size, **kw)))
+                    shapes.append(("weight_skip", (hidden_size, hidden_size)))
                 if leak == "learned":
-                    setattr(self, f"log_tau_{name}", nn.Parameter(torch.empty(hidden_size, **kw)))
+                    shapes.append(("log_tau", (hidden_size,)))
+                for base, shape in shapes:
+                    setattr(self, f"{base}_{name}", nn.Parameter(torch.empty(shape, **kw)))
+                self._all_weights.append([f"{base}_{name}" for base, _ in shapes])
         self.reset_parameters()
+
+    @property
+    def all_weights(self) -> List[List[nn.Parameter]]:
+        """As torch.nn.RNN: per layer and direction (forward, reverse), the list
+        [weight_ih, weight_hh, bias_ih, bias_hh] of its parameters (without the
+        biases when bias=False), then weight_skip (skip=...) and log_tau
+        (leak="learned")."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """A no-op, for code written for torch.nn.RNN (which packs its weights into
+        one cuDNN buffer here): the fused kernels read every parameter where it is,
+        so there is nothing to flatten. Returns None."""
+        return None
 
     def _suffixes(self):
         return ("", "_reverse") if self.bidirectional else ("",)
@@ -174,10 +196,9 @@ class LeakyRNN(nn.Module):
             outs = []
             for direction, suffix in enumerate(self._suffixes()):
                 name = f"l{layer}{suffix}"
-                b = None
-                if self.bias:
-                    b = getattr(self, f"bias_ih_{name}") + getattr(self, f"bias_hh_{name}")
-                p = F.linear(x, getattr(self, f"weight_ih_{name}"), b)  # all steps: one GEMM
+                p = _common.input_projection(  # all steps: one GEMM
+                    x, getattr(self, f"weight_ih_{name}"), getattr(self, f"bias_ih_{name}", None),
+                    getattr(self, f"bias_hh_{name}", None))
                 h0 = None if h_in is None else h_in[layer * num_dirs + direction]
                 h = leaky_rnn(
                     p, getattr(self, f"weight_hh_{name}"), h0,
@@ -220,3 +241,8 @@ class LeakyRNN(nn.Module):
         if self.dilation != 1:
             s += f", dilation={self.dilation}"
         return s
+
+
+# a whole saved model holding one loads with torch.load(weights_only=True); its
+# attributes are tensors, containers and plain values, which that loader allows
+torch.serialization.add_safe_globals([LeakyRNN])
