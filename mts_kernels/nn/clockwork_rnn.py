@@ -109,7 +109,8 @@ class ClockworkRNN(nn.Module):
         if module_sizes is None and g >= 1:
             base, extra = divmod(hidden_size, g)
             module_sizes = [base + (1 if i < extra else 0) for i in range(g)]
-        periods, module_sizes = list(periods), list(module_sizes)
+        # (module_sizes is still None only for periods=[], which check_modules names)
+        periods, module_sizes = list(periods), list(module_sizes or [])
         check_modules(periods, module_sizes, hidden_size, _WHERE)
         tau_range = check_leak(_WHERE, leak, tau_range)
         _common.check_factory(_WHERE, device, dtype)
