@@ -9,7 +9,8 @@
     mts_kernels.final_state(h, lengths, h0=None, *, reverse=False, batch_first=True)
     mts_kernels.LeakyRNN(input_size, hidden_size, ...)   # drop-in for torch.nn.RNN
     mts_kernels.clockwork_rnn(p, weight_hh, h0=None, *, periods, module_sizes, alpha=None, ...)
-    mts_kernels.ClockworkRNN(input_size, hidden_size, periods=None, module_sizes=None, ...)
+    mts_kernels.ClockworkRNN(input_size, hidden_size, num_layers=1, ..., *, periods=None,
+                             module_sizes=None, ...)  # nn.RNN's positional arguments
 
 `mts_kernels.reference` holds the plain PyTorch loops every kernel is tested
 against. `python -m mts_kernels info` says what was built and which backends run.

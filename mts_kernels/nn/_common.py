@@ -4,11 +4,48 @@ projection, time reversal for the reverse direction, nn.RNN's parameter lists.""
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mts_kernels.ops.leaky_rnn import NONLINEARITIES
+
+
+def check_rnn_args(where: str, input_size, hidden_size, num_layers, nonlinearity, bias, batch_first,
+                   dropout, bidirectional, device, dtype, num_layers_hint: str = ""):
+    """torch.nn.RNN's constructor arguments, each error naming its argument;
+    returns (bias, batch_first, dropout, bidirectional) normalised."""
+    check_int(where, "input_size", input_size)
+    check_int(where, "hidden_size", hidden_size)
+    check_int(where, "num_layers", num_layers, num_layers_hint)
+    if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"{where}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    check_factory(where, device, dtype)
+    return (check_flag(where, "bias", bias), check_flag(where, "batch_first", batch_first),
+            check_dropout(where, dropout, num_layers), check_flag(where, "bidirectional", bidirectional))
+
+
+class RNNCompat:
+    """torch.nn.RNN's parameter-list API, for a module that keeps the names of its
+    parameters per layer and direction in `_all_weights` (as nn.RNN does)."""
+
+    _all_weights: List[List[str]]
+
+    @property
+    def all_weights(self) -> List[List[Tensor]]:
+        """As torch.nn.RNN: per layer and direction (forward, reverse), the list
+        [weight_ih, weight_hh, bias_ih, bias_hh] of its parameters (without the
+        biases when bias=False), then the module's extra ones (weight_skip,
+        log_tau) in that order."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """A no-op, for code written for torch.nn.RNN (which packs its weights into
+        one cuDNN buffer here): the fused kernels read every parameter where it is,
+        so there is nothing to flatten. Returns None."""
+        return None
 
 
 def check_int(where: str, name: str, value, hint: str = "") -> int:
@@ -56,12 +93,33 @@ def input_projection(x: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor],
     an in-place update of the gradients (clip_grad_norm_'s mul_) scales that
     storage twice. Here each bias gets its own reduction; eager forward + backward
     at B=32, T=256, I=H=128 costs the same within the timing noise (19.2-20.0 ms
-    either way on the 2-core CI machine), and torch.compile fuses the add. (A
+    either way on a shared 2-core machine), and torch.compile fuses the add. (A
     custom autograd.Function whose backward clones the gradient would also do,
     but Dynamo cannot trace one with the jvp that forward-mode AD needs.)"""
     if bias_ih is None:
         return F.linear(x, weight_ih)
     return F.linear(x, weight_ih, bias_ih) + bias_hh
+
+
+def run_layers(module, x: Tensor, h_in: Optional[Tensor], run_direction):
+    """torch.nn.RNN's stacking: run_direction(layer, direction, x, h0) -> (h
+    (T, B, H) time-major, final state (B, H)) for each layer and direction; the
+    directions' outputs concatenated feed the next layer, with dropout between
+    layers in training mode (not after the last). Returns (the last layer's
+    output, h_n (num_layers * num_dirs, B, H))."""
+    num_dirs = 2 if module.bidirectional else 1
+    finals = []
+    for layer in range(module.num_layers):
+        outs = []
+        for direction in range(num_dirs):
+            h0 = None if h_in is None else h_in[layer * num_dirs + direction]
+            h, final = run_direction(layer, direction, x, h0)
+            outs.append(h)
+            finals.append(final)
+        x = torch.cat(outs, -1) if num_dirs == 2 else outs[0]
+        if module.dropout > 0 and module.training and layer < module.num_layers - 1:
+            x = F.dropout(x, module.dropout, training=True)
+    return x, torch.stack(finals, 0)
 
 
 def reversal_index(lengths: Optional[Tensor], T: int, device) -> Optional[Tensor]:

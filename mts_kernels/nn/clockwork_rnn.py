@@ -19,14 +19,12 @@ import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mts_kernels.nn import _common, _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
 from mts_kernels.ops._lengths import check_lengths, final_state
 from mts_kernels.ops.clockwork_rnn import check_modules, clockwork_rnn
-from mts_kernels.ops.leaky_rnn import NONLINEARITIES
 
 DEFAULT_MODULES = 4
 _WHERE = "ClockworkRNN"
@@ -41,7 +39,7 @@ def _suffix(layer: int, direction: int) -> str:
     return f"_l{layer}" + ("_reverse" if direction else "")
 
 
-class ClockworkRNN(nn.Module):
+class ClockworkRNN(_common.RNNCompat, nn.Module):
     """Clockwork RNN, stacked and bidirectional as torch.nn.RNN.
 
     ClockworkRNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
@@ -83,19 +81,13 @@ class ClockworkRNN(nn.Module):
                  leak: Union[None, float, str] = None, tau_range: Tuple[float, float] = (1.0, 1000.0),
                  device=None, dtype=None) -> None:
         super().__init__()
-        _common.check_int(_WHERE, "input_size", input_size)
-        _common.check_int(_WHERE, "hidden_size", hidden_size)
         hint = ""
         if isinstance(num_layers, (list, tuple, range)):
             hint = (" (the third positional argument is num_layers, as in torch.nn.RNN; "
                     "pass periods=... by keyword)")
-        _common.check_int(_WHERE, "num_layers", num_layers, hint)
-        if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"{_WHERE}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        bias = _common.check_flag(_WHERE, "bias", bias)
-        batch_first = _common.check_flag(_WHERE, "batch_first", batch_first)
-        bidirectional = _common.check_flag(_WHERE, "bidirectional", bidirectional)
-        dropout = _common.check_dropout(_WHERE, dropout, num_layers)
+        bias, batch_first, dropout, bidirectional = _common.check_rnn_args(
+            _WHERE, input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout,
+            bidirectional, device, dtype, num_layers_hint=hint)
         for name, value in (("periods", periods), ("module_sizes", module_sizes)):
             if value is not None and (isinstance(value, (str, bytes))
                                       or not isinstance(value, collections.abc.Sequence)):
@@ -113,7 +105,6 @@ class ClockworkRNN(nn.Module):
         periods, module_sizes = list(periods), list(module_sizes or [])
         check_modules(periods, module_sizes, hidden_size, _WHERE)
         tau_range = check_leak(_WHERE, leak, tau_range)
-        _common.check_factory(_WHERE, device, dtype)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -148,19 +139,6 @@ class ClockworkRNN(nn.Module):
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         self.reset_parameters()
-
-    @property
-    def all_weights(self) -> List[List[nn.Parameter]]:
-        """As torch.nn.RNN: per layer and direction (forward, reverse), the list
-        [weight_ih, weight_hh, bias_ih, bias_hh] of its parameters (without the
-        biases when bias=False), then log_tau with leak="learned"."""
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
-
-    def flatten_parameters(self) -> None:
-        """A no-op, for code written for torch.nn.RNN (which packs its weights into
-        one cuDNN buffer here): the fused kernels read every parameter where it is,
-        so there is nothing to flatten. Returns None."""
-        return None
 
     def block_mask(self) -> Tensor:
         """(H, H) bool: True where weight_hh is read (module i reading modules j >= i)."""
@@ -234,32 +212,25 @@ class ClockworkRNN(nn.Module):
         h_in = self._check_hx(hx, batched, B, num_dirs, input)
         # one reversal index for every layer (None: a plain flip)
         rev = _common.reversal_index(lens, T, input.device) if num_dirs == 2 else None
-        x, finals = input, []
-        for layer in range(self.num_layers):
-            outs = []
-            for direction in range(num_dirs):
-                s = _suffix(layer, direction)
-                p = _common.input_projection(x, getattr(self, "weight_ih" + s), getattr(self, "bias_ih" + s, None),
-                                             getattr(self, "bias_hh" + s, None))  # all steps: one GEMM
-                if layer == 0 and batch_first:  # a view: the op takes any strides
-                    p = p.transpose(0, 1)
-                if direction == 1:
-                    p = _common.reverse_time(p, rev)
-                h0 = None if h_in is None else h_in[layer * num_dirs + direction]
-                h = clockwork_rnn(p, getattr(self, "weight_hh" + s), h0, periods=self.periods,
-                                  module_sizes=self.module_sizes,
-                                  alpha=alpha_of(self.leak, getattr(self, "log_tau" + s, None),
-                                                 self.hidden_size, p),
-                                  nonlinearity=self.nonlinearity, t0=t0, lengths=lengths,
-                                  backend=self.backend)
-                # the state after the direction's last step (reverse: the sequence's step 0)
-                finals.append(final_state(h, lengths, h0, batch_first=False))
-                outs.append(h if direction == 0 else _common.reverse_time(h, rev))
-            x = torch.cat(outs, -1) if num_dirs == 2 else outs[0]
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
+
+        def run_direction(layer, direction, x, h0):
+            s = _suffix(layer, direction)
+            p = _common.input_projection(x, getattr(self, "weight_ih" + s), getattr(self, "bias_ih" + s, None),
+                                         getattr(self, "bias_hh" + s, None))  # all steps: one GEMM
+            if layer == 0 and batch_first:  # a view: the op takes any strides
+                p = p.transpose(0, 1)
+            if direction == 1:
+                p = _common.reverse_time(p, rev)
+            h = clockwork_rnn(p, getattr(self, "weight_hh" + s), h0, periods=self.periods,
+                              module_sizes=self.module_sizes,
+                              alpha=alpha_of(self.leak, getattr(self, "log_tau" + s, None), self.hidden_size, p),
+                              nonlinearity=self.nonlinearity, t0=t0, lengths=lengths, backend=self.backend)
+            # the state after the direction's last step (reverse: the sequence's step 0)
+            final = final_state(h, lengths, h0, batch_first=False)
+            return (h if direction == 0 else _common.reverse_time(h, rev)), final
+
+        x, h_n = _common.run_layers(self, input, h_in, run_direction)
         output = x.transpose(0, 1) if batch_first else x
-        h_n = torch.stack(finals, 0)
         if not batched:
             output, h_n = output.squeeze(1), h_n.squeeze(1)
         return output, h_n

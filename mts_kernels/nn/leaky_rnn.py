@@ -13,18 +13,17 @@ import math
 from typing import List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mts_kernels.nn import _common, _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
 from mts_kernels.ops._lengths import check_lengths, final_state
-from mts_kernels.ops.leaky_rnn import NONLINEARITIES, leaky_rnn
+from mts_kernels.ops.leaky_rnn import leaky_rnn
 
 _WHERE = "LeakyRNN"
 
 
-class LeakyRNN(nn.Module):
+class LeakyRNN(_common.RNNCompat, nn.Module):
     """Multi-layer Elman RNN with leaky units, skip connections and dilation.
 
     Shapes, conventions and parameter names are those of torch.nn.RNN
@@ -54,20 +53,13 @@ class LeakyRNN(nn.Module):
                  leak: Union[None, float, str] = None, tau_range: Tuple[float, float] = (1.0, 1000.0),
                  skip: Optional[int] = None, dilation: int = 1, device=None, dtype=None) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                            ("num_layers", num_layers)):
-            _common.check_int(_WHERE, name, value)
-        if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"LeakyRNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        bias = _common.check_flag(_WHERE, "bias", bias)
-        batch_first = _common.check_flag(_WHERE, "batch_first", batch_first)
-        bidirectional = _common.check_flag(_WHERE, "bidirectional", bidirectional)
-        dropout = _common.check_dropout(_WHERE, dropout, num_layers)
+        bias, batch_first, dropout, bidirectional = _common.check_rnn_args(
+            _WHERE, input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout,
+            bidirectional, device, dtype)
         if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
             raise ValueError(f"LeakyRNN: dilation must be an int >= 1, got {dilation!r}")
         if skip is not None and (not isinstance(skip, int) or isinstance(skip, bool) or skip < 1):
             raise ValueError(f"LeakyRNN: skip must be None or an int >= 1, got {skip!r}")
-        _common.check_factory(_WHERE, device, dtype)
         tau_range = check_leak("LeakyRNN", leak, tau_range)
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -102,20 +94,6 @@ class LeakyRNN(nn.Module):
                     setattr(self, f"{base}_{name}", nn.Parameter(torch.empty(shape, **kw)))
                 self._all_weights.append([f"{base}_{name}" for base, _ in shapes])
         self.reset_parameters()
-
-    @property
-    def all_weights(self) -> List[List[nn.Parameter]]:
-        """As torch.nn.RNN: per layer and direction (forward, reverse), the list
-        [weight_ih, weight_hh, bias_ih, bias_hh] of its parameters (without the
-        biases when bias=False), then weight_skip (skip=...) and log_tau
-        (leak="learned")."""
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
-
-    def flatten_parameters(self) -> None:
-        """A no-op, for code written for torch.nn.RNN (which packs its weights into
-        one cuDNN buffer here): the fused kernels read every parameter where it is,
-        so there is nothing to flatten. Returns None."""
-        return None
 
     def _suffixes(self):
         return ("", "_reverse") if self.bidirectional else ("",)
@@ -191,28 +169,21 @@ class LeakyRNN(nn.Module):
                 raise TypeError(f"LeakyRNN: hx must be {x.dtype} on {x.device}, got {h_in.dtype} on {h_in.device}")
         else:
             h_in = None
-        finals = []
-        for layer in range(self.num_layers):
-            outs = []
-            for direction, suffix in enumerate(self._suffixes()):
-                name = f"l{layer}{suffix}"
-                p = _common.input_projection(  # all steps: one GEMM
-                    x, getattr(self, f"weight_ih_{name}"), getattr(self, f"bias_ih_{name}", None),
-                    getattr(self, f"bias_hh_{name}", None))
-                h0 = None if h_in is None else h_in[layer * num_dirs + direction]
-                h = leaky_rnn(
-                    p, getattr(self, f"weight_hh_{name}"), h0,
-                    alpha=alpha_of(self.leak, getattr(self, f"log_tau_{name}", None), self.hidden_size, p),
-                    weight_skip=getattr(self, f"weight_skip_{name}") if self.skip else None,
-                    skip=self.skip, dilation=self.dilation, nonlinearity=self.nonlinearity,
-                    reverse=direction == 1, lengths=lengths, backend=self.backend)
-                finals.append(final_state(h, lengths, h0, reverse=direction == 1, batch_first=False))
-                outs.append(h)
-            x = torch.cat(outs, -1) if num_dirs == 2 else outs[0]
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
+        def run_direction(layer, direction, x, h0):
+            name = f"l{layer}{self._suffixes()[direction]}"
+            p = _common.input_projection(  # all steps: one GEMM
+                x, getattr(self, f"weight_ih_{name}"), getattr(self, f"bias_ih_{name}", None),
+                getattr(self, f"bias_hh_{name}", None))
+            h = leaky_rnn(
+                p, getattr(self, f"weight_hh_{name}"), h0,
+                alpha=alpha_of(self.leak, getattr(self, f"log_tau_{name}", None), self.hidden_size, p),
+                weight_skip=getattr(self, f"weight_skip_{name}") if self.skip else None,
+                skip=self.skip, dilation=self.dilation, nonlinearity=self.nonlinearity,
+                reverse=direction == 1, lengths=lengths, backend=self.backend)
+            return h, final_state(h, lengths, h0, reverse=direction == 1, batch_first=False)
+
+        x, h_n = _common.run_layers(self, x, h_in, run_direction)
         output = x.transpose(0, 1) if batch_first else x
-        h_n = torch.stack(finals, 0)
         if not batched:
             output = output.squeeze(0 if batch_first else 1)
             h_n = h_n.squeeze(1)
