@@ -95,9 +95,8 @@ def input_projection(x: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor],
     at B=32, T=256, I=H=128 on a 2-core machine, best of 4 rounds of timeit 5 x 5:
     LeakyRNN 17.3 ms before, 17.0 ms after; ClockworkRNN (4 modules) 16.9 ms
     before, 17.5 ms after, within the rounds' spread (16.9-18.9 ms). torch.compile
-    fuses the add. (A
-    custom autograd.Function whose backward clones the gradient would also do,
-    but Dynamo cannot trace one with the jvp that forward-mode AD needs.)"""
+    fuses the add. (A custom autograd.Function whose backward clones the gradient
+    would also do, but Dynamo cannot trace one with the jvp forward-mode AD needs.)"""
     if bias_ih is None:
         return F.linear(x, weight_ih)
     return F.linear(x, weight_ih, bias_ih) + bias_hh
