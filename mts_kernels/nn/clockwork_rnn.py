@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mts_kernels.nn import _packed
+from mts_kernels.nn import _export, _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
 from mts_kernels.ops._lengths import check_lengths, final_state
-from mts_kernels.ops.clockwork_rnn import check_modules, clockwork_rnn
+from mts_kernels.ops.clockwork_rnn import check_modules
 from mts_kernels.ops.leaky_rnn import NONLINEARITIES
 
 DEFAULT_MODULES = 4
@@ -146,7 +146,8 @@ class ClockworkRNN(nn.Module):
             h0 = hx[0]
         b = self.bias_ih + self.bias_hh if self.bias else None
         p = F.linear(input, self.weight_ih, b)  # all steps: one GEMM
-        h = clockwork_rnn(p, self.weight_hh, h0, periods=self.periods, module_sizes=self.module_sizes,
+        # the scan form while exporting; t0 may be a 0-d integer tensor
+        h = _export.clockwork_rnn(p, self.weight_hh, h0, periods=self.periods, module_sizes=self.module_sizes,
                           alpha=alpha_of(self.leak, getattr(self, "log_tau", None), self.hidden_size, p),
                           nonlinearity=self.nonlinearity, t0=t0, batch_first=batch_first, lengths=lengths,
                           backend=self.backend)

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mts_kernels.nn import _packed
+from mts_kernels.nn import _export, _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
 from mts_kernels.ops._lengths import check_lengths, final_state
-from mts_kernels.ops.leaky_rnn import NONLINEARITIES, leaky_rnn
+from mts_kernels.ops.leaky_rnn import NONLINEARITIES
 
 
 class LeakyRNN(nn.Module):
@@ -179,7 +179,7 @@ class LeakyRNN(nn.Module):
                     b = getattr(self, f"bias_ih_{name}") + getattr(self, f"bias_hh_{name}")
                 p = F.linear(x, getattr(self, f"weight_ih_{name}"), b)  # all steps: one GEMM
                 h0 = None if h_in is None else h_in[layer * num_dirs + direction]
-                h = leaky_rnn(
+                h = _export.leaky_rnn(  # the scan form while exporting to ONNX
                     p, getattr(self, f"weight_hh_{name}"), h0,
                     alpha=alpha_of(self.leak, getattr(self, f"log_tau_{name}", None), self.hidden_size, p),
                     weight_skip=getattr(self, f"weight_skip_{name}") if self.skip else None,
