@@ -30,7 +30,7 @@ supported while exporting (a clear error says so).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -80,9 +80,16 @@ def leaky_rnn_scan(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     phi = _phi(nonlinearity)
     ring = max(dilation, skip or 0)
     start = x.new_zeros(B, H) if h0 is None else h0
-    init = start.unsqueeze(0).expand(ring, B, H).clone()
     w_t = weight_hh.t()
     ws_t = weight_skip.t() if weight_skip is not None else None
+
+    if torch.jit.is_tracing():
+        # tensors and flags, not Optional[Tensor]: that exporter writes a None
+        # optional as a value of no dtype, which onnxruntime rejects
+        h = _scripted(_leaky_loop)(x, w_t, start, _or_empty(alpha, x), alpha is not None,
+                                   _or_empty(ws_t, x), skip or 0, dilation,
+                                   nonlinearity == "relu", reverse)
+        return h.transpose(0, 1) if batch_first else h
 
     def step(past: Tensor, p_t: Tensor):
         h_d = past[dilation - 1]
@@ -93,7 +100,7 @@ def leaky_rnn_scan(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
         h = u if alpha is None else alpha * h_d + (1 - alpha) * u
         return torch.cat([h.unsqueeze(0), past[:ring - 1]], 0), h.clone()
 
-    _, h = _scan(step, init, x, reverse=reverse)
+    _, h = _scan(step, start.unsqueeze(0).expand(ring, B, H).clone(), x, reverse=reverse)
     return h.transpose(0, 1) if batch_first else h
 
 
@@ -101,22 +108,30 @@ def _per_unit(values, module_sizes):
     return [v for v, k in zip(values, module_sizes) for _ in range(k)]
 
 
-def clock_mask(t0: Union[int, Tensor], steps: int, periods: Sequence[int],
-               module_sizes: Sequence[int], device=None) -> Tensor:
-    """(steps, H) bool: unit of module i active at step t iff (t0 + t) % T_i == 0.
-    t0: an int or a 0-d integer tensor; steps may be symbolic (x.size(0))."""
-    # built from Python lists: a repeat_interleave by a tensor has a data-dependent size
-    per_unit = torch.tensor(_per_unit([min(P, _MAX_PERIOD) for P in periods], module_sizes),
-                            dtype=torch.int64, device=device)
+def _clock(t0: Union[int, Tensor], periods: Sequence[int], module_sizes: Sequence[int],
+           device) -> tuple:
+    """Per unit (H,) int64: the first active step (-t0) mod T_i and the period T_i,
+    both clamped to 2**62 as the fused op does (a step index stays below it, so a
+    clamped first step still never comes and a clamped period still never repeats
+    within a chunk); an int t0 is reduced exactly in Python (any size)."""
+    clamp = [min(P, _MAX_PERIOD) for P in periods]
+    period = torch.tensor(_per_unit(clamp, module_sizes), dtype=torch.int64, device=device)
     if isinstance(t0, Tensor):
         t0 = t0.to(device=device, dtype=torch.int64).reshape(())
+        first = torch.remainder(-torch.remainder(t0, period), period)
     else:
-        t0 = torch.tensor(t0 % _MAX_PERIOD if t0 >= _MAX_PERIOD else t0, dtype=torch.int64,
-                          device=device)
-    # (t0 mod T_i) + t stays far from int64's limit for any t0 and period
-    phase = torch.remainder(t0, per_unit)
-    t = torch.arange(steps, dtype=torch.int64, device=device)
-    return torch.remainder(phase.unsqueeze(0) + t.unsqueeze(1), per_unit.unsqueeze(0)) == 0
+        first = torch.tensor(_per_unit([min((-t0) % P, _MAX_PERIOD) for P in periods], module_sizes),
+                             dtype=torch.int64, device=device)
+    return first, period
+
+
+def clock_mask(t0: Union[int, Tensor], steps, periods: Sequence[int],
+               module_sizes: Sequence[int], device=None) -> Tensor:
+    """(steps, H) bool: unit of module i active at step t iff (t0 + t) % T_i == 0.
+    t0: an int >= 0 or a 0-d integer tensor; steps may be symbolic (x.size(0))."""
+    first, period = _clock(t0, periods, module_sizes, device)
+    t = torch.arange(steps, dtype=torch.int64, device=device).unsqueeze(1)
+    return (t >= first) & (torch.remainder(t - first, period) == 0)
 
 
 def block_upper(weight_hh: Tensor, module_sizes: Sequence[int]) -> Tensor:
@@ -138,9 +153,14 @@ def clockwork_rnn_scan(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None
     x = p.transpose(0, 1) if batch_first else p
     T, B, H = x.shape
     phi = _phi(nonlinearity)
-    active = clock_mask(t0, T, periods, module_sizes, x.device)
     w_t = block_upper(weight_hh, module_sizes).t()
     init = x.new_zeros(B, H) if h0 is None else h0.clone()
+    if torch.jit.is_tracing():
+        first, period = _clock(t0, periods, module_sizes, x.device)
+        h = _scripted(_clockwork_loop)(x, w_t, init, _or_empty(alpha, x), alpha is not None, first,
+                                       period, nonlinearity == "relu")
+        return h.transpose(0, 1) if batch_first else h
+    active = clock_mask(t0, T, periods, module_sizes, x.device)
 
     def step(h: Tensor, xs):
         p_t, on = xs
@@ -209,3 +229,62 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
         t0 = int(t0)
     return _clockwork_fused(p, weight_hh, h0, t0=t0, lengths=lengths, backend=backend,
                                        **kw)
+
+
+# The legacy (TorchScript) ONNX exporter traces with torch.jit.trace, which can
+# neither trace the scan higher-order op (it compiles with dynamo) nor keep a
+# Python loop over T (it would unroll it for the example's T). Scripted loops
+# are recorded as one prim::Loop, which that exporter turns into an ONNX Loop.
+def _leaky_loop(x: Tensor, w_t: Tensor, h0: Tensor, alpha: Tensor, has_alpha: bool,
+                ws_t: Tensor, skip: int, dilation: int, relu: bool, reverse: bool) -> Tensor:
+    T = x.size(0)
+    ring = max(dilation, skip)
+    past = h0.unsqueeze(0).repeat(ring, 1, 1)
+    outs: List[Tensor] = []
+    for k in range(T):
+        t = T - 1 - k if reverse else k
+        h_d = past[dilation - 1]
+        z = x[t] + torch.matmul(h_d, w_t)
+        if skip > 0:
+            z = z + torch.matmul(past[skip - 1], ws_t)
+        u = torch.relu(z) if relu else torch.tanh(z)
+        if has_alpha:
+            u = alpha * h_d + (1 - alpha) * u
+        past = torch.cat([u.unsqueeze(0), past[:ring - 1]], 0)
+        outs.append(u)
+    h = torch.stack(outs, 0)
+    # (a list's reverse() is dropped by that exporter)
+    return h.flip(0) if reverse else h
+
+
+def _clockwork_loop(x: Tensor, w_t: Tensor, h0: Tensor, alpha: Tensor, has_alpha: bool,
+                    first: Tensor, period: Tensor, relu: bool) -> Tensor:
+    h = h0
+    outs: List[Tensor] = []
+    for t in range(x.size(0)):
+        on = (t >= first) & (torch.remainder(t - first, period) == 0)
+        u = torch.relu(x[t] + torch.matmul(h, w_t)) if relu else torch.tanh(x[t] + torch.matmul(h, w_t))
+        if has_alpha:
+            u = alpha * h + (1 - alpha) * u
+        h = torch.where(on, u, h)
+        outs.append(h)
+    return torch.stack(outs, 0)
+
+
+def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
+    return like.new_empty((0,)) if t is None else t
+
+
+_SCRIPTED: dict = {}
+
+
+def _scripted(fn):
+    """fn compiled by torch.jit.script on first use (scripting at import would cost
+    every import time and torch.jit.script's deprecation warning)."""
+    if fn not in _SCRIPTED:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            _SCRIPTED[fn] = torch.jit.script(fn)
+    return _SCRIPTED[fn]

@@ -56,6 +56,9 @@ def forward_packed(module: str, run: Callable, seq: PackedSequence, hx: Optional
                    lengths) -> Tuple[PackedSequence, Tensor]:
     """A module's forward on a PackedSequence: run(padded (T, B, *), hx, lengths)
     -> (output (T, B, H), h_n (L, B, H)), all in the packed (sorted) order."""
+    from mts_kernels.nn._export import check_not_exporting  # (imports this module)
+
+    check_not_exporting(module, "PackedSequence input")
     if lengths is not None:
         raise ValueError(f"{module}: lengths must be None for PackedSequence input "
                          "(the lengths are part of it)")
