@@ -19,12 +19,20 @@ and the ONNX exporter translates into an ONNX Scan.
   does the dense H x H product at every step (the fused op skips inactive
   modules); it is the form that exports, not the fast one.
 
-Both take the same arguments as the fused ops (without lengths) and are tested
-against mts_kernels.reference; they run in eager mode too (slowly: the scan is
-compiled for each new shape).
-
-`leaky_rnn` and `clockwork_rnn` here are what the modules call: the fused ops,
-or the scan forms while exporting. Lengths and PackedSequence input are not
+Which form runs (`leaky_rnn` / `clockwork_rnn` below are what the modules call):
+- torch.onnx.export (dynamo=True): both modules, the scan form (ONNX Scan).
+- torch.onnx.export(dynamo=False), the legacy TorchScript exporter: the forms
+  switch to scripted Python loops under its torch.jit.trace (_leaky_loop,
+  _clockwork_loop), recorded as one prim::Loop, which it writes as an ONNX Loop.
+- torch.export: ClockworkRNN the scan form (t0 may be a 0-d tensor input);
+  LeakyRNN keeps the fused op (it has a fake kernel, so the exported program
+  runs the C++/CUDA kernel) except with skip or dilation > 1, where the op's
+  delay arguments (clamped to T, as ints) would specialise a dynamic T.
+- otherwise (eager, torch.compile): the fused ops.
+The forms take the fused ops' arguments (without lengths) and are tested against
+mts_kernels.reference; they run eagerly too (slowly: the scan is compiled for
+each new shape). They are inference forms for ONNX (the scan's inputs are
+detached there, see _inference_only). Lengths and PackedSequence input are not
 supported while exporting (a clear error says so).
 """
 

@@ -109,7 +109,9 @@ class ClockworkRNN(nn.Module):
         """input: (T, B, input_size) ((B, T, ...) batch_first) or a PackedSequence (as
         torch.nn.RNN takes it: the output is packed the same way and h_n holds each
         sequence's final state in the batch order); hx: (1, B, hidden_size) or None;
-        t0: the clock at the first step (shared by the batch). lengths (padded input
+        t0: the clock at the first step (shared by the batch): an int >= 0, or a 0-d
+        integer tensor (read with int() outside export; an input of the program under
+        torch.export / torch.onnx.export). lengths (padded input
         only): (B,) ints; the output is 0 beyond each length. Returns (output, h_n)."""
         if isinstance(input, nn.utils.rnn.PackedSequence):
             return _packed.forward_packed(
