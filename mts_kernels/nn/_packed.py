@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
+from mts_kernels.nn._export import check_not_exporting
+
 
 def _rows(batch_sizes: Tensor) -> Tensor:
     """Row t * B + i of the flattened (T, B) grid for each packed element: the
@@ -56,6 +58,7 @@ def forward_packed(module: str, run: Callable, seq: PackedSequence, hx: Optional
                    lengths) -> Tuple[PackedSequence, Tensor]:
     """A module's forward on a PackedSequence: run(padded (T, B, *), hx, lengths)
     -> (output (T, B, H), h_n (L, B, H)), all in the packed (sorted) order."""
+    check_not_exporting(module, "PackedSequence input")
     if lengths is not None:
         raise ValueError(f"{module}: lengths must be None for PackedSequence input "
                          "(the lengths are part of it)")

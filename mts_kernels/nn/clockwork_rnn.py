@@ -21,10 +21,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from mts_kernels.nn import _common, _packed
+from mts_kernels.nn import _common, _export, _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
 from mts_kernels.ops._lengths import check_lengths, final_state
-from mts_kernels.ops.clockwork_rnn import check_modules, clockwork_rnn
+from mts_kernels.ops.clockwork_rnn import check_modules
 
 DEFAULT_MODULES = 4
 _WHERE = "ClockworkRNN"
@@ -181,8 +181,10 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
         is packed the same way and h_n holds each sequence's final state in the
         batch order); hx: (num_layers * num_dirs, B, hidden_size) ((num_layers *
         num_dirs, hidden_size) for unbatched input) or None; t0: the clock at the
-        first step (shared by the batch). lengths (padded input only): (B,) ints;
-        the output is 0 beyond each length. Returns (output, h_n)."""
+        first step (shared by the batch): an int >= 0, or a 0-d integer tensor
+        (read with int() outside export; an input of the program under torch.export
+        / torch.onnx.export). lengths (padded input only): (B,) ints; the output is
+        0 beyond each length. Returns (output, h_n)."""
         if isinstance(input, nn.utils.rnn.PackedSequence):
             return _packed.forward_packed(
                 _WHERE, lambda x, h, lens: self._run(x, h, t0, lens, batch_first=False), input, hx, lengths)
@@ -221,10 +223,13 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
                 p = p.transpose(0, 1)
             if direction == 1:
                 p = _common.reverse_time(p, rev)
-            h = clockwork_rnn(p, getattr(self, "weight_hh" + s), h0, periods=self.periods,
-                              module_sizes=self.module_sizes,
-                              alpha=alpha_of(self.leak, getattr(self, "log_tau" + s, None), self.hidden_size, p),
-                              nonlinearity=self.nonlinearity, t0=t0, lengths=lengths, backend=self.backend)
+            # the scan form while exporting; t0 may be a 0-d integer tensor
+            h = _export.clockwork_rnn(p, getattr(self, "weight_hh" + s), h0, periods=self.periods,
+                                      module_sizes=self.module_sizes,
+                                      alpha=alpha_of(self.leak, getattr(self, "log_tau" + s, None),
+                                                     self.hidden_size, p),
+                                      nonlinearity=self.nonlinearity, t0=t0, lengths=lengths,
+                                      backend=self.backend)
             # the state after the direction's last step (reverse: the sequence's step 0)
             final = final_state(h, lengths, h0, batch_first=False)
             return (h if direction == 0 else _common.reverse_time(h, rev)), final

@@ -15,10 +15,9 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from mts_kernels.nn import _common, _packed
+from mts_kernels.nn import _common, _export, _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
 from mts_kernels.ops._lengths import check_lengths, final_state
-from mts_kernels.ops.leaky_rnn import leaky_rnn
 
 _WHERE = "LeakyRNN"
 
@@ -174,7 +173,7 @@ class LeakyRNN(_common.RNNCompat, nn.Module):
             p = _common.input_projection(  # all steps: one GEMM
                 x, getattr(self, f"weight_ih_{name}"), getattr(self, f"bias_ih_{name}", None),
                 getattr(self, f"bias_hh_{name}", None))
-            h = leaky_rnn(
+            h = _export.leaky_rnn(  # the scan form while exporting to ONNX
                 p, getattr(self, f"weight_hh_{name}"), h0,
                 alpha=alpha_of(self.leak, getattr(self, f"log_tau_{name}", None), self.hidden_size, p),
                 weight_skip=getattr(self, f"weight_skip_{name}") if self.skip else None,
