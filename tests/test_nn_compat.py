@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import mts_kernels
@@ -374,19 +374,12 @@ def test_forward_backward_under_fake_mode(make):
         assert out.shape == (6, 8) and h_n.shape == (4, 4)
 
 
-# The tests marked below need the few-line mts_kernels/ops change described in the
-# nncompat report (no value check of fake lengths in check_lengths, and a backend
-# for meta tensors): remove the markers when it lands.
-_FAKE_LENGTHS = pytest.mark.xfail(strict=True, raises=DataDependentOutputException,
-                                  reason="ops/_lengths.py check_lengths reads the values of fake lengths")
-
-
 @pytest.mark.parametrize("make,as_tensor", [
     pytest.param(_modules()[0], False, id="leaky-list"),
-    pytest.param(_modules()[0], True, id="leaky-tensor", marks=_FAKE_LENGTHS),
+    pytest.param(_modules()[0], True, id="leaky-tensor"),
     # clockwork_rnn derives per-module length tensors from a list too
-    pytest.param(_modules()[1], False, id="clockwork-list", marks=_FAKE_LENGTHS),
-    pytest.param(_modules()[1], True, id="clockwork-tensor", marks=_FAKE_LENGTHS),
+    pytest.param(_modules()[1], False, id="clockwork-list"),
+    pytest.param(_modules()[1], True, id="clockwork-tensor"),
 ])
 def test_fake_mode_with_lengths(make, as_tensor):
     with FakeTensorMode():
@@ -398,8 +391,6 @@ def test_fake_mode_with_lengths(make, as_tensor):
         assert x.grad.shape == x.shape
 
 
-@pytest.mark.xfail(strict=True, raises=mts_kernels.BackendUnavailableError,
-                   reason="ops/_backend.py resolves no backend for meta tensors")
 @pytest.mark.parametrize("make", _modules(), ids=["leaky", "clockwork"])
 def test_forward_backward_on_meta(make):
     with torch.device("meta"):

@@ -54,7 +54,8 @@ def why_unavailable(backend: str, op: str, device: torch.device, dtype: torch.dt
     if backend == "reference":
         return None
     if backend == "cpu":
-        if device.type != "cpu":
+        # meta tensors: the op's fake kernel is its Meta kernel (shapes, no data)
+        if device.type not in ("cpu", "meta"):
             return f"backend='cpu' runs CPU tensors, got tensors on {device}"
         if not cpu_compiled(op):
             return f"the compiled C++ kernels are unavailable: {_extension.UNAVAILABLE_REASON}"
@@ -94,7 +95,7 @@ def resolve(requested: Optional[str], op: str, device: torch.device, dtype: torc
     if backend == "auto":
         if device.type == "cuda":
             candidates = ("cuda", "triton")
-        elif device.type == "cpu":
+        elif device.type in ("cpu", "meta"):
             candidates = ("cpu", "triton")  # Triton only under TRITON_INTERPRET=1
         else:
             candidates = ("triton",)

@@ -61,7 +61,9 @@ def check_lengths(op: str, lengths, B: int, T: int, device: torch.device) -> Opt
             lengths.device.type != "cpu" and lengths.device != device):
         raise ValueError(f"{op}: lengths must be on the CPU or on the data's device {device}, "
                          f"got {lengths.device}")
-    if not _compiling() and B > 0 and lengths.device.type != "meta":
+    # meta and fake tensors have no values to check (and reading one would fail)
+    if (not _compiling() and B > 0 and lengths.device.type != "meta"
+            and not torch._subclasses.fake_tensor.is_fake(lengths)):
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 0 or hi > T:
             bad = lo if lo < 0 else hi

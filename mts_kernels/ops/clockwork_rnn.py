@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mts_kernels import reference
-from mts_kernels.ops import _backend, _lengths
+from mts_kernels.ops import _backend, _lengths, _transforms
 from mts_kernels.ops.leaky_rnn import NONLINEARITIES, check_projection, leaky_rnn
 
 
@@ -83,7 +83,17 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     Returns h shaped like p; the final state is its last step
     (mts_kernels.final_state(h, lengths, h0, batch_first=batch_first) with lengths).
     """
-    _check_args(p, weight_hh, h0, periods, module_sizes, alpha, nonlinearity, t0, batch_first)
+    cast = _transforms.autocast_dtype(p.device) if isinstance(p, Tensor) else None
+    _check_args(p, weight_hh, h0, periods, module_sizes, alpha, nonlinearity, t0, batch_first, cast)
+    if cast is not None:
+        # A composite of ops: autocast once here (as the registered ops' autocast
+        # kernels do), so every piece and the held values run in one dtype.
+        p, weight_hh, h0, alpha = _transforms.autocast_inputs((p, weight_hh, h0, alpha),
+                                                              p.device.type, cast)
+        with torch.autocast(p.device.type, enabled=False):
+            return clockwork_rnn(p, weight_hh, h0, periods=periods, module_sizes=module_sizes,
+                                 alpha=alpha, nonlinearity=nonlinearity, t0=t0,
+                                 batch_first=batch_first, lengths=lengths, backend=backend)
     T_, B_, _ = check_projection("clockwork_rnn", p, batch_first)
     lens = _lengths.check_lengths("clockwork_rnn", lengths, B_, T_, p.device)
     # the per-module lengths below are derived from a host copy when lengths came
@@ -157,7 +167,8 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     return h.transpose(0, 1) if batch_first else h
 
 
-def _check_args(p, weight_hh, h0, periods, module_sizes, alpha, nonlinearity, t0, batch_first):
+def _check_args(p, weight_hh, h0, periods, module_sizes, alpha, nonlinearity, t0, batch_first,
+                cast=None):
     op = "clockwork_rnn"
     _, B, H = check_projection(op, p, batch_first)
     check_modules(periods, module_sizes, H, op)
@@ -168,7 +179,8 @@ def _check_args(p, weight_hh, h0, periods, module_sizes, alpha, nonlinearity, t0
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if tuple(t.shape) != shape:
             raise ValueError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
-        if t.dtype != p.dtype or t.device != p.device:
+        eff = _transforms.effective_dtype
+        if eff(t, cast) != eff(p, cast) or t.device != p.device:
             raise TypeError(f"{op}: {name} must be {p.dtype} on {p.device}, got {t.dtype} on {t.device}")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"{op}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mts_kernels import _extension, reference
-from mts_kernels.ops import _backend, _lengths
+from mts_kernels.ops import _backend, _lengths, _transforms
 
 NONLINEARITIES = ("tanh", "relu")
 
@@ -35,6 +35,61 @@ def _fake_bwd(grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip, dilation, n
             h.new_empty((H, H) if weight_skip is not None else (0,)))
 
 
+_NO_HIGHER_ORDER = (
+    "{op}: {what} through the fused kernels is not implemented: it needs the tangent "
+    "recurrence of the RNN (a matrix recurrence with a time-varying gain), which has no "
+    "kernel yet. Run this computation with backend='reference' (the plain PyTorch loop, "
+    "differentiable to any order and in forward mode); first-order gradients "
+    "(backward, torch.func.grad, vjp, vmap(grad), jacrev) work with every backend")
+
+
+class _BackwardFunction(torch.autograd.Function):
+    """The fused backward as a differentiable node (create_graph=True, torch.func):
+    its own derivative raises instead of silently being zero."""
+
+    @staticmethod
+    def forward(bwd_name, grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip, dilation,
+                nonlinearity, reverse, lengths):
+        return getattr(torch.ops.mts_kernels, bwd_name)(grad_h, weight_hh, h, u, h0, alpha,
+                                                        weight_skip, skip, dilation, nonlinearity,
+                                                        reverse, lengths)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_NO_HIGHER_ORDER.format(op="leaky_rnn",
+                                                   what="a second-order gradient"))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(_NO_HIGHER_ORDER.format(op="leaky_rnn",
+                                                   what="forward-mode AD of its gradient"))
+
+    @staticmethod
+    def vmap(info, in_dims, bwd_name, *args):
+        # The weight gradients are per vmapped sample (per-sample gradients), so
+        # the samples cannot share one call: one fused call each.
+        n = info.batch_size
+        dims = in_dims[1:]
+        outs = []
+        for i in range(n):
+            sample = [a.select(d, i) if (isinstance(a, Tensor) and d is not None) else a
+                      for a, d in zip(args, dims)]
+            outs.append(_BackwardFunction.apply(bwd_name, *sample))
+        return tuple(torch.stack(o) for o in zip(*outs)), (0,) * 5
+
+
+def _fused_backward(bwd_name, grad_h, saved, config, lengths):
+    weight_hh, h, u, h0, alpha, weight_skip = saved
+    args = (grad_h, weight_hh, h, u, h0, alpha, weight_skip, *config, lengths)
+    if torch.is_grad_enabled():  # create_graph=True or torch.func: a node that refuses a 2nd order
+        return _BackwardFunction.apply(bwd_name, *args)
+    return getattr(torch.ops.mts_kernels, bwd_name)(*args)
+
+
 def _setup_context(ctx, inputs, output):
     p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse, lengths = inputs
     h, u = output
@@ -44,18 +99,73 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(weight_hh, h, u, h0, alpha, weight_skip, lengths)
 
 
+def _grads(ctx, bwd_name, grad_h):
+    weight_hh, h, u, h0, alpha, weight_skip, lengths = ctx.saved_tensors
+    if grad_h is None:
+        grad_h = torch.zeros_like(h)
+    dp, dw, dh0, dalpha, dws = _fused_backward(bwd_name, grad_h,
+                                               (weight_hh, h, u, h0, alpha, weight_skip),
+                                               ctx.config, lengths)
+    has_h0, has_alpha, has_skip = ctx.has
+    return (dp, dw, dh0 if has_h0 else None, dalpha if has_alpha else None,
+            dws if has_skip else None)
+
+
 def _make_backward(bwd_name: str):
     def backward(ctx, grad_h, _grad_u):
-        weight_hh, h, u, h0, alpha, weight_skip, lengths = ctx.saved_tensors
-        if grad_h is None:
-            grad_h = torch.zeros_like(h)
-        dp, dw, dh0, dalpha, dws = getattr(torch.ops.mts_kernels, bwd_name)(
-            grad_h, weight_hh, h, u, h0, alpha, weight_skip, *ctx.config, lengths)
-        has_h0, has_alpha, has_skip = ctx.has
-        return (dp, dw, dh0 if has_h0 else None, dalpha if has_alpha else None,
-                dws if has_skip else None, None, None, None, None, None)
+        return (*_grads(ctx, bwd_name, grad_h), None, None, None, None, None)
 
     return backward
+
+
+class _Function(torch.autograd.Function):
+    """leaky_rnn for torch.func transforms and forward-mode AD (see _transforms)."""
+
+    @staticmethod
+    def forward(suffix, p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity,
+                reverse, lengths):
+        return getattr(torch.ops.mts_kernels, f"leaky_rnn_fwd{suffix}")(
+            p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse, lengths)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.suffix = inputs[0]
+        _setup_context(ctx, inputs[1:], output)
+
+    @staticmethod
+    def backward(ctx, grad_h, _grad_u):
+        return (None, *_grads(ctx, f"leaky_rnn_bwd{ctx.suffix}", grad_h), None, None, None, None,
+                None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(_NO_HIGHER_ORDER.format(op="leaky_rnn", what="forward-mode AD (jvp)"))
+
+    @staticmethod
+    def vmap(info, in_dims, suffix, p, weight_hh, h0, alpha, weight_skip, skip, dilation,
+             nonlinearity, reverse, lengths):
+        n = info.batch_size
+        _, dp, dw, dh0, da, dws, _, _, _, _, dl = in_dims
+        if dw is None and da is None and dws is None:
+            # shared weights: the vmapped samples fold into the batch, one fused call
+            pb = _transforms.batch_to_front(p, dp, n)
+            N, T, B, H = pb.shape
+            p_f = pb.transpose(0, 1).reshape(T, N * B, H)
+            h0_f = None if h0 is None else _transforms.batch_to_front(h0, dh0, n).reshape(N * B, H)
+            lens_f = (None if lengths is None
+                      else _transforms.batch_to_front(lengths, dl, n).reshape(N * B))
+            h, u = _Function.apply(suffix, p_f, weight_hh, h0_f, alpha, weight_skip, skip, dilation,
+                                   nonlinearity, reverse, lens_f)
+            unfold = lambda t: t.reshape(T, N, B, -1).transpose(0, 1) if t.numel() else t.expand(N, 0)
+            return (unfold(h), unfold(u)), (0, 0)
+        # a weight per sample (an ensemble): one fused call per sample
+        args = (p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse, lengths)
+        outs = []
+        for i in range(n):
+            sample = [a.select(d, i) if (isinstance(a, Tensor) and d is not None) else a
+                      for a, d in zip(args, in_dims[1:])]
+            outs.append(_Function.apply(suffix, *sample))
+        return tuple(torch.stack(o) for o in zip(*outs)), (0, 0)
 
 
 def _register(suffix: str) -> None:
@@ -64,6 +174,7 @@ def _register(suffix: str) -> None:
     torch.library.register_fake(f"mts_kernels::{bwd}")(_fake_bwd)
     torch.library.register_autograd(f"mts_kernels::{fwd}", _make_backward(bwd),
                                     setup_context=_setup_context)
+    _transforms.register_autocast(f"mts_kernels::{fwd}")
 
 
 # The Triton path as custom ops with the C++ schemas' signatures
@@ -109,7 +220,8 @@ def check_projection(op: str, p, batch_first: bool):
     return T, p.size(0 if batch_first else 1), p.size(2)
 
 
-def _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, batch_first):
+def _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, batch_first,
+                cast=None):
     op = "leaky_rnn"
     _, B, H = check_projection(op, p, batch_first)
 
@@ -118,8 +230,9 @@ def _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlineari
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if tuple(t.shape) != shape:
             raise ValueError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
-        if t.dtype != p.dtype:
-            raise TypeError(f"{op}: {name} has dtype {t.dtype} but p has {p.dtype}")
+        if _transforms.effective_dtype(t, cast) != _transforms.effective_dtype(p, cast):
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but p has {p.dtype}"
+                            f"{' (under autocast)' if cast is not None else ''}")
         if t.device != p.device:
             raise ValueError(f"{op}: {name} is on {t.device} but p is on {p.device}")
 
@@ -162,15 +275,21 @@ def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     mts_kernels.final_state(h, lengths, h0, reverse=reverse, batch_first=batch_first).
     Returns h shaped like p.
     """
-    _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, batch_first)
+    cast = _transforms.autocast_dtype(p.device) if isinstance(p, Tensor) else None
+    _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, batch_first, cast)
     T, B, _ = check_projection("leaky_rnn", p, batch_first)
     lens = _lengths.check_lengths("leaky_rnn", lengths, B, T, p.device)
-    be = _backend.resolve(backend, "leaky_rnn_fwd", p.device, p.dtype)
-    kw = dict(alpha=alpha, weight_skip=weight_skip, skip=skip, dilation=dilation,
-              nonlinearity=nonlinearity, reverse=reverse, batch_first=batch_first)
+    be = _backend.resolve(backend, "leaky_rnn_fwd", p.device, _transforms.effective_dtype(p, cast))
     if be == "reference":
-        return reference.leaky_rnn(p, weight_hh, h0, lengths=lens, **kw)
-    op = torch.ops.mts_kernels.leaky_rnn_fwd
+        if cast is not None:  # the loop is not an op: autocast it by hand, as the op's kernel does
+            p, weight_hh, h0, alpha, weight_skip = _transforms.autocast_inputs(
+                (p, weight_hh, h0, alpha, weight_skip), p.device.type, cast)
+        with torch.autocast(p.device.type, enabled=False):
+            return reference.leaky_rnn(p, weight_hh, h0, lengths=lens, alpha=alpha,
+                                       weight_skip=weight_skip, skip=skip, dilation=dilation,
+                                       nonlinearity=nonlinearity, reverse=reverse,
+                                       batch_first=batch_first)
+    suffix = ""
     if be == "triton":
         from mts_kernels.triton.leaky_rnn import MAX_HIDDEN
 
@@ -179,9 +298,15 @@ def leaky_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
                 f"leaky_rnn: the Triton kernel keeps W_hh in registers and supports hidden sizes up to "
                 f"{MAX_HIDDEN}, got {p.size(2)}; build the CUDA kernels (see README) or use "
                 f"backend='reference'")
-        op = torch.ops.mts_kernels.leaky_rnn_fwd_triton
+        suffix = "_triton"
     pt = p.transpose(0, 1) if batch_first else p
     # a delay of T or more reads h0 at every step, as a delay of T does (and fits int64)
-    h, _ = op(pt, weight_hh, h0, alpha, weight_skip, min(skip or 0, T), min(dilation, T), nonlinearity,
-              reverse, lens)
+    args = (pt, weight_hh, h0, alpha, weight_skip, min(skip or 0, T), min(dilation, T), nonlinearity,
+            reverse, lens)
+    if _transforms.transform_active():
+        if cast is not None:
+            args = _transforms.autocast_inputs(args, p.device.type, cast)
+        h, _ = _Function.apply(suffix, *args)
+    else:
+        h, _ = getattr(torch.ops.mts_kernels, f"leaky_rnn_fwd{suffix}")(*args)
     return h.transpose(0, 1) if batch_first else h
