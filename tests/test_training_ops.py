@@ -179,18 +179,42 @@ def test_leaky_rnn_torch_func_first_order(kw):
     torch.testing.assert_close(jr, torch.func.jacrev(lambda alpha: r(p, w, h0, alpha, ws))(alpha))
 
 
-def test_leaky_rnn_higher_order_raises_clearly():
+JVP_KW = [dict(), dict(skip=2, dilation=2, reverse=True, lengths=[7, 3, 0]),
+          dict(skip=9, nonlinearity="relu", lengths=[2, 7, 5]), dict(dilation=3, reverse=True)]
+
+
+@pytest.mark.parametrize("leak", [False, True])
+@pytest.mark.parametrize("kw", JVP_KW)
+def test_leaky_rnn_jvp_and_reverse_over_forward(kw, leak):
+    p, w, h0, alpha, ws = _rnn_case(seed=7)
+    alpha = alpha if leak else None
+    f, r = _rnn("cpu", **kw), _rnn("reference", **kw)
+    prim = (p, w, h0) + ((alpha,) if leak else ())
+    call = lambda fn: (lambda p, w, h0, alpha=None: fn(p, w, h0, alpha, ws))
+    tangents = tuple(torch.randn_like(t) for t in prim)
+    _, ours = torch.func.jvp(call(f), prim, tangents)
+    _, ref = torch.func.jvp(call(r), prim, tangents)
+    torch.testing.assert_close(ours, ref)
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(t, d) for t, d in zip(prim, tangents)]
+        torch.testing.assert_close(fwAD.unpack_dual(call(f)(*duals)).tangent, ref)
+    # Hessians as reverse over forward, through every argument
+    for i in range(len(prim)):
+        def loss(x, fn):
+            args = list(prim)
+            args[i] = x
+            return call(fn)(*args).pow(2).sum()
+        hess = torch.func.jacrev(torch.func.jacfwd(lambda x: loss(x, f)))(prim[i])
+        torch.testing.assert_close(hess, torch.func.hessian(lambda x: loss(x, r))(prim[i]))
+
+
+def test_leaky_rnn_reverse_over_reverse_raises_clearly():
     args = tuple(t.requires_grad_() for t in _rnn_case())
     f = _rnn("cpu", skip=2)
     g = torch.autograd.grad(f(*args).sum(), args[1], create_graph=True)[0]
-    with pytest.raises(RuntimeError, match="second-order gradient.*backend='reference'"):
+    with pytest.raises(RuntimeError, match="second-order gradient.*jacrev.*backend='reference'"):
         torch.autograd.grad(g.sum(), args[1])
-    with pytest.raises(RuntimeError, match=r"forward-mode AD \(jvp\).*backend='reference'"):
-        torch.func.jvp(lambda w: f(args[0], w, *args[2:]), (args[1],), (torch.ones_like(args[1]),))
-    with pytest.raises(RuntimeError, match="forward-mode AD"):
-        with fwAD.dual_level():
-            f(fwAD.make_dual(args[0].detach(), torch.ones_like(args[0])), *args[1:])
-    with pytest.raises(RuntimeError, match="backend='reference'"):
+    with pytest.raises(RuntimeError, match="forward over reverse.*jacfwd"):
         torch.func.hessian(lambda w: f(args[0], w, *args[2:]).sum())(args[1].detach())
     # the workaround the message names works
     r = _rnn("reference", skip=2)
@@ -207,6 +231,8 @@ def test_clockwork_rnn_func_grad_and_second_order_error():
     r = lambda p, w: reference.clockwork_rnn(p, w, None, [1, 3], [4, 2], t0=1, lengths=[9, 5]).tanh().sum()
     for o, e in zip(torch.func.grad(f, argnums=(0, 1))(p, w), torch.func.grad(r, argnums=(0, 1))(p, w)):
         torch.testing.assert_close(o, e)
+    tangents = (torch.randn_like(p), torch.randn_like(w))
+    torch.testing.assert_close(torch.func.jvp(f, (p, w), tangents)[1], torch.func.jvp(r, (p, w), tangents)[1])
     w = w.requires_grad_()
     g = torch.autograd.grad(f(p, w), w, create_graph=True)[0]
     with pytest.raises(RuntimeError, match="second-order"):

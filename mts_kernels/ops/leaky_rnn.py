@@ -36,11 +36,12 @@ def _fake_bwd(grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip, dilation, n
 
 
 _NO_HIGHER_ORDER = (
-    "{op}: {what} through the fused kernels is not implemented: it needs the tangent "
-    "recurrence of the RNN (a matrix recurrence with a time-varying gain), which has no "
-    "kernel yet. Run this computation with backend='reference' (the plain PyTorch loop, "
-    "differentiable to any order and in forward mode); first-order gradients "
-    "(backward, torch.func.grad, vjp, vmap(grad), jacrev) work with every backend")
+    "{op}: {what} of the fused kernels' backward is not implemented (it needs the "
+    "derivative of the adjoint recurrence, which has no kernel yet). Reverse mode once, "
+    "forward mode (jvp, jacfwd) and reverse over forward work: for Hessians and "
+    "Hessian-vector products use torch.func.jacrev(torch.func.jacfwd(f)) or "
+    "torch.func.vjp of a torch.func.jvp. Or run this computation with backend='reference' "
+    "(the plain PyTorch loop, differentiable in every order)")
 
 
 class _BackwardFunction(torch.autograd.Function):
@@ -60,13 +61,14 @@ class _BackwardFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(_NO_HIGHER_ORDER.format(op="leaky_rnn",
-                                                   what="a second-order gradient"))
+        raise RuntimeError(_NO_HIGHER_ORDER.format(
+            op="leaky_rnn", what="a second-order gradient (create_graph=True, reverse over reverse)"))
 
     @staticmethod
     def jvp(ctx, *tangents):
-        raise RuntimeError(_NO_HIGHER_ORDER.format(op="leaky_rnn",
-                                                   what="forward-mode AD of its gradient"))
+        raise RuntimeError(_NO_HIGHER_ORDER.format(
+            op="leaky_rnn", what="forward-mode AD of its gradient (forward over reverse, "
+                                 "e.g. torch.func.hessian)"))
 
     @staticmethod
     def vmap(info, in_dims, bwd_name, *args):
@@ -118,6 +120,89 @@ def _make_backward(bwd_name: str):
     return backward
 
 
+def _processing_order(x: Tensor, reverse: bool, lengths: Optional[Tensor]) -> Tensor:
+    """(T, B, H) in each row's processing order: step k of row b is its k-th
+    processed step (reverse: t = L_b - 1 - k); padded steps stay in place. An
+    involution, so it also maps back."""
+    if not reverse:
+        return x
+    if lengths is None:
+        return x.flip(0)
+    t = torch.arange(x.size(0), device=x.device).unsqueeze(1)
+    L = lengths.to(x.device).unsqueeze(0)
+    index = torch.where(t < L, L - 1 - t, t)
+    return x.gather(0, index.unsqueeze(-1).expand(x.shape))
+
+
+def _delayed(x: Tensor, start: Tensor, d: int) -> Tensor:
+    """x_{k-d} for every step k of a processing-order (T, B, H) tensor, start for k < d."""
+    T = x.size(0)
+    if d >= T:
+        return start.expand(x.shape)
+    return torch.cat([start.expand(d, *start.shape), x[:T - d]], 0)
+
+
+def _tangent(primals, tangents, skip, dilation, nonlinearity, reverse, lengths):
+    """The tangent of h for tangents of (p, weight_hh, h0, alpha, weight_skip): the
+    linearised recurrence, in processing order (None tangents are zero),
+
+        zdot_k = pdot_k + W hdot_{k-d} + Wdot h_{k-d} [+ Ws hdot_{k-s} + Wsdot h_{k-s}]
+        hdot_k = alpha hdot_{k-d} + alphadot (h_{k-d} - u_k) + (1 - alpha) phi'(u_k) zdot_k
+
+    The terms of the primal states (Wdot h, alphadot (h - u)) are one GEMM /
+    pointwise pass over all steps; what stays sequential is one (B, H) x (H, H)
+    product per connection per step, in PyTorch ops (there is no fused tangent
+    kernel yet)."""
+    weight_hh, h, u, h0, alpha, weight_skip = primals
+    dp, dw, dh0, dalpha, dws = tangents
+    T, B, H = h.shape
+    if u.numel() == 0:  # no leak: the kernel stores h only, and h = u
+        u = h
+    h_ord, u_ord = _processing_order(h, reverse, lengths), _processing_order(u, reverse, lengths)
+    start = h.new_zeros(B, H) if h0 is None else h0
+    h_del = _delayed(h_ord, start, dilation)
+    if alpha is not None:
+        # u is a non-differentiable output of the op, yet a reverse-over-forward
+        # derivative (jacrev(jacfwd)) must see how it moves: it is the function
+        # u = (h_t - alpha h_{t-d}) / (1 - alpha) of the differentiable outputs, so
+        # take the saved value with that function's gradient (alpha < 1)
+        u_fn = (h_ord - alpha * h_del) / (1 - alpha)
+        u_ord = u_ord + (u_fn - u_fn.detach())
+    gain = (1 - u_ord * u_ord) if nonlinearity == "tanh" else (u_ord > 0).to(u_ord.dtype)
+    if alpha is not None:
+        gain = gain * (1 - alpha)
+    # everything that does not depend on the tangent state, for all steps at once
+    drive = torch.zeros_like(h_ord) if dp is None else _processing_order(dp, reverse, lengths)
+    if dw is not None:
+        drive = drive + h_del @ dw.transpose(0, 1)
+    if skip and dws is not None:
+        drive = drive + _delayed(h_ord, start, skip) @ dws.transpose(0, 1)
+    drive = gain * drive
+    if dalpha is not None:
+        drive = drive + dalpha * (h_del - u_ord)
+    if lengths is not None:  # rows that ended keep a zero tangent (their output is 0)
+        steps = torch.arange(T, device=h.device).unsqueeze(1)
+        drive = torch.where((steps < lengths.to(h.device).unsqueeze(0)).unsqueeze(-1), drive,
+                            drive.new_zeros(()))
+        live = (steps < lengths.to(h.device).unsqueeze(0)).unsqueeze(-1).to(h.dtype)
+    start_dot = h.new_zeros(B, H) if dh0 is None else dh0
+    out = []
+    w_t = weight_hh.transpose(0, 1)
+    ws_t = weight_skip.transpose(0, 1) if skip else None
+    for k in range(T):
+        prev = out[k - dilation] if k >= dilation else start_dot
+        z = prev @ w_t
+        if skip:
+            z = z + (out[k - skip] if k >= skip else start_dot) @ ws_t
+        hk = gain[k] * z + drive[k]
+        if alpha is not None:
+            hk = hk + alpha * prev
+        if lengths is not None:
+            hk = hk * live[k]
+        out.append(hk)
+    return _processing_order(torch.stack(out), reverse, lengths)
+
+
 class _Function(torch.autograd.Function):
     """leaky_rnn for torch.func transforms and forward-mode AD (see _transforms)."""
 
@@ -131,6 +216,8 @@ class _Function(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         ctx.suffix = inputs[0]
         _setup_context(ctx, inputs[1:], output)
+        p, weight_hh, h0, alpha, weight_skip = inputs[1:6]
+        ctx.save_for_forward(weight_hh, output[0], output[1], h0, alpha, weight_skip, inputs[-1])
 
     @staticmethod
     def backward(ctx, grad_h, _grad_u):
@@ -138,8 +225,14 @@ class _Function(torch.autograd.Function):
                 None)
 
     @staticmethod
-    def jvp(ctx, *tangents):
-        raise RuntimeError(_NO_HIGHER_ORDER.format(op="leaky_rnn", what="forward-mode AD (jvp)"))
+    def jvp(ctx, _suffix, dp, dw, dh0, dalpha, dws, *_):
+        weight_hh, h, u, h0, alpha, weight_skip, lengths = ctx.saved_tensors
+        skip, dilation, nonlinearity, reverse = ctx.config
+        has_h0, has_alpha, has_skip = ctx.has
+        dh = _tangent((weight_hh, h, u, h0, alpha, weight_skip),
+                      (dp, dw, dh0 if has_h0 else None, dalpha if has_alpha else None,
+                       dws if has_skip else None), skip, dilation, nonlinearity, reverse, lengths)
+        return dh, None
 
     @staticmethod
     def vmap(info, in_dims, suffix, p, weight_hh, h0, alpha, weight_skip, skip, dilation,
