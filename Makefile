@@ -16,7 +16,7 @@ TORCH_SPEC ?= torch==2.14.1
 DIST ?= dist
 # e.g. PIP_WHEEL_FLAGS=-v to see the compiler run
 PIP_WHEEL_FLAGS ?=
-DEPS := ninja numpy pytest pytest-benchmark hypothesis setuptools wheel matplotlib tqdm
+DEPS := ninja numpy pytest pytest-benchmark hypothesis setuptools wheel matplotlib tqdm onnx onnxruntime onnxscript
 MAX_JOBS ?= 2
 export MAX_JOBS
 # torch's own guess (/usr/local) is wrong where the toolkit lives in /usr/local/cuda only.
