@@ -29,6 +29,7 @@ from mts_kernels.ops import (
     linear_scan,
 )
 from mts_kernels.ops._lengths import final_state
+from mts_kernels.ops import _flops  # noqa: F401  (FlopCounterMode formulas of the custom ops)
 
 __version__ = (_extension.BUILD_INFO or {}).get("version", "0.1.0")
 

@@ -8,14 +8,104 @@ import json
 import os
 import platform
 import sys
+from typing import Optional
 
 import torch
+
+
+# The forward ops a backend is chosen for (clockwork_rnn runs leaky_rnn_fwd per module).
+OPS = {"linear_scan": "linear_scan_fwd", "leaky_integrate": "leaky_integrate_fwd",
+       "leaky_rnn": "leaky_rnn_fwd", "clockwork_rnn": "leaky_rnn_fwd"}
+
+
+class BadBackendError(ValueError):
+    """MTS_KERNELS_BACKEND names no backend (info exits with status 2)."""
+
+
+def _gpu_missing(device: torch.device) -> Optional[str]:
+    """Why no kernel can run on `device` in this process, or None."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = ("the running torch is a CPU-only build" if torch.version.cuda is None
+               else "no CUDA GPU is visible (torch.cuda.is_available() is False)")
+        return f"cannot run: {why}"
+    return None
+
+
+def _backends_for(device: torch.device, requested: str) -> dict:
+    """Per backend: "available", or why not; per op: the backend that serves its
+    float32 calls under `requested` (MTS_KERNELS_BACKEND), or "none (why)".
+
+    why_unavailable only looks at what was built; a built CUDA or Triton backend
+    still cannot run CUDA tensors without a visible GPU, and is never reported
+    "available" then."""
+    from mts_kernels.ops import _backend
+
+    no_gpu = _gpu_missing(device)
+    status = {}
+    for name in ("cpu", "cuda", "triton", "reference"):
+        why = _backend.why_unavailable(name, "leaky_integrate_fwd", device, torch.float32)
+        if why is None and no_gpu is not None and name != "reference":
+            why = f"compiled, but {no_gpu}" if name == "cuda" else f"installed, but {no_gpu}"
+        status[name] = "available" if why is None else why
+    serves = {}
+    for op, fwd in OPS.items():
+        try:
+            be = _backend.resolve(requested, fwd, device, torch.float32)
+        except _backend.BackendUnavailableError as e:
+            serves[op] = f"none ({e})"
+            continue
+        if be != "reference" and no_gpu is not None:
+            serves[op] = f"none ({be}: {no_gpu})"
+        else:
+            serves[op] = be
+    try:
+        auto = _backend.resolve("auto", "leaky_integrate_fwd", device, torch.float32)
+        if no_gpu is not None:
+            auto = f"none ({no_gpu})"
+    except _backend.BackendUnavailableError as e:
+        auto = f"none ({e})"
+    return {"auto": auto, "serves": serves, "backends": status}
+
+
+def _cpu_info() -> dict:
+    """CPU model, the vector extensions it has (of those the kernels and torch's
+    BLAS care about) and torch's threads."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model", "Hardware", "cpu model") and model is None:
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    model = model or platform.processor() or platform.machine() or "unknown"
+    known = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "neon", "asimd", "sve", "sve2")
+    ext = [x for x in known if x in flags]
+    if platform.machine() in ("aarch64", "arm64") and "neon" not in ext:
+        ext.insert(0, "neon")  # every AArch64 core has it (cpuinfo calls it asimd)
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = None
+    return {"model": model, "machine": platform.machine(), "vector_extensions": ext,
+            "torch_cpu_capability": capability, "torch_threads": torch.get_num_threads(),
+            "logical_cpus": os.cpu_count()}
 
 
 def collect() -> dict:
     import mts_kernels
     from mts_kernels import _extension
     from mts_kernels.ops import _backend
+
+    requested = os.environ.get(_backend.ENV_VAR) or "auto"
+    if requested not in _backend.BACKENDS:
+        raise BadBackendError(f"{_backend.ENV_VAR}={requested!r} is not a backend; expected one of "
+                              f"{', '.join(_backend.BACKENDS)} (or unset for auto)")
 
     build = _extension.BUILD_INFO or {}
     gpu = None
@@ -26,18 +116,7 @@ def collect() -> dict:
                "capability": f"{props.major}.{props.minor}",
                "memory_GiB": round(props.total_memory / 2**30, 1),
                "compiled_for_it": _arch_coverage(build.get("cuda_archs", []), props.major, props.minor)}
-    backends = {}
-    for device in ("cpu", "cuda"):
-        dev = torch.device(device)
-        avail = {}
-        for name in ("cpu", "cuda", "triton", "reference"):
-            why = _backend.why_unavailable(name, "leaky_integrate_fwd", dev, torch.float32)
-            avail[name] = "available" if why is None else why
-        try:
-            auto = _backend.resolve("auto", "leaky_integrate_fwd", dev, torch.float32)
-        except _backend.BackendUnavailableError as e:
-            auto = f"none ({e})"
-        backends[device] = {"auto": auto, "backends": avail}
+    backends = {device: _backends_for(torch.device(device), requested) for device in ("cpu", "cuda")}
     return {
         "version": mts_kernels.__version__,
         "built_against": {
@@ -63,6 +142,8 @@ def collect() -> dict:
         "triton": _triton_version(),
         "triton_interpret": _backend.triton_interpreted(),
         "gpu": gpu,
+        "cpu": _cpu_info(),
+        "requested_backend": requested,
         "backends": backends,
     }
 
@@ -125,10 +206,19 @@ def _print_text(info: dict) -> None:
               f"{gpu['compiled_for_it']}")
     else:
         print("  GPU:           none")
+    c = info["cpu"]
+    cap = f"; torch kernels: {c['torch_cpu_capability']}" if c["torch_cpu_capability"] else ""
+    print(f"  CPU:           {c['model']} ({c['machine']}, {c['logical_cpus']} logical CPUs)")
+    print(f"  vector ext.:   {' '.join(c['vector_extensions']) or 'none found'}{cap}")
+    print(f"  torch threads: {c['torch_threads']}")
+    print(f"  MTS_KERNELS_BACKEND: {info['requested_backend']}")
     for device, d in info["backends"].items():
-        print(f"  {device} tensors: auto -> {d['auto']}")
+        print(f"  {device} tensors (float32): automatic choice -> {d['auto']}")
+        for op, be in d["serves"].items():
+            print(f"    {op:<16} served by {be}")
+        print("    backends:")
         for name, status in d["backends"].items():
-            print(f"    {name:<10} {status}")
+            print(f"      {name:<10} {status}")
 
 
 def main(argv=None) -> int:
@@ -138,7 +228,11 @@ def main(argv=None) -> int:
     p_info.add_argument("--json", action="store_true", help="print the same as JSON, for bug reports")
     args = parser.parse_args(argv)
     if args.command == "info":
-        info = collect()
+        try:
+            info = collect()
+        except BadBackendError as e:
+            print(f"python -m mts_kernels info: {e}", file=sys.stderr)
+            return 2
         if args.json:
             json.dump(info, sys.stdout, indent=2)
             print()

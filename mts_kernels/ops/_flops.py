@@ -1,0 +1,82 @@
+"""FLOP formulas of the custom ops, so torch.utils.flop_counter.FlopCounterMode
+counts them (the C++ ops and the Triton custom ops alike).
+
+FlopCounterMode counts matmul-like work only (torch's own formulas cover mm,
+addmm, bmm, convolutions, attention); for the recurrences the same convention
+is kept: 2 FLOPs per multiply-add of the recurrent products, nothing for the
+nonlinearity, the leak or the carries. The scans have no matmul at all, so for
+them the pointwise work is counted instead (otherwise they would not appear):
+2 per element and step forward (h = a h + x), 4 backward (the adjoint scan
+delta = g + a delta', and the decay gradient delta * h_prev).
+
+The formulas see shapes only: with `lengths` every row is counted over the full
+T steps, though the kernels run row b over its own L_b steps only (and the
+clockwork decomposition's cross-module GEMMs are torch's own mm / addmm, counted
+by torch).
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from mts_kernels import _extension
+
+_SCAN_FWD_FLOPS_PER_ELEMENT = 2
+_SCAN_BWD_FLOPS_PER_ELEMENT = 4
+
+
+def _ops(name: str) -> list:
+    """The C++ op (when compiled) and the Triton custom op of a name."""
+    ops = [getattr(torch.ops.mts_kernels, f"{name}_triton")]
+    if _extension.COMPILED:
+        ops.append(getattr(torch.ops.mts_kernels, name))
+    return ops
+
+
+def leaky_rnn_fwd_flop(p_shape, weight_hh_shape, h0_shape, alpha_shape, weight_skip_shape,
+                       *args, out_shape=None, **kwargs) -> int:
+    """Forward of one layer and direction: per step and recurrent matrix (W_hh,
+    and W_skip with skip) one (B, H) x (H, H) product, 2*B*H*H FLOPs, over all T
+    steps (with lengths too: the formula sees only shapes). The input projection
+    p is the caller's GEMM, counted by torch."""
+    T, B, H = p_shape
+    return 2 * T * B * H * H * (1 + (weight_skip_shape is not None))
+
+
+def leaky_rnn_bwd_flop(grad_h_shape, weight_hh_shape, h_shape, u_shape, h0_shape, alpha_shape,
+                       weight_skip_shape, skip=0, dilation=1, *args, out_shape=None, **kwargs) -> int:
+    """Backward: the adjoint recurrence (per step and matrix e_t W, 2*B*H*H, all
+    T steps: the first ones' go to dh0) and the weight gradients (dW = sum_t
+    e_t h_{t-d}^T as one GEMM, 2*B*H*H per step it covers: all T with h0, else
+    the T - d steps that read h, since h0 = 0 adds nothing; T - s for W_skip).
+    With lengths every row still counts T steps."""
+    T, B, H = h_shape
+    step = 2 * B * H * H
+
+    def gram_steps(delay):
+        return T if h0_shape is not None else max(T - min(delay, T), 0)
+
+    flops = step * (T + gram_steps(dilation))
+    if weight_skip_shape is not None:
+        flops += step * (T + gram_steps(skip))
+    return flops
+
+
+def scan_fwd_flop(decay_shape, x_shape, *args, out_shape=None, **kwargs) -> int:
+    """h_t = a_t h_{t-1} + x_t: 2 FLOPs per element of (B, T, D) (see the module
+    docstring for why a scan is counted at all)."""
+    return _SCAN_FWD_FLOPS_PER_ELEMENT * prod(out_shape)
+
+
+def scan_bwd_flop(grad_h_shape, *args, out_shape=None, **kwargs) -> int:
+    """The adjoint scan and the decay gradient: 4 FLOPs per element of (B, T, D)."""
+    return _SCAN_BWD_FLOPS_PER_ELEMENT * prod(grad_h_shape)
+
+
+register_flop_formula(_ops("leaky_rnn_fwd"))(leaky_rnn_fwd_flop)
+register_flop_formula(_ops("leaky_rnn_bwd"))(leaky_rnn_bwd_flop)
+register_flop_formula(_ops("linear_scan_fwd") + _ops("leaky_integrate_fwd"))(scan_fwd_flop)
+register_flop_formula(_ops("linear_scan_bwd") + _ops("leaky_integrate_bwd"))(scan_bwd_flop)

@@ -1,0 +1,191 @@
+"""Bitwise determinism on the CPU: repeated calls and any thread count give
+identical outputs and gradients (torch.equal), for every op.
+
+What holds (README, Determinism): the scan kernels and leaky_rnn's time loop
+fix every summation order by the shape (the scans' per-channel decay gradient is
+summed per batch row, then over rows; dalpha per step, then over steps), so they
+do not depend on the thread count. The GEMMs that run through torch's BLAS do,
+with torch's MKL in its default mode: sgemm splits the reduction dimension
+between threads (measured, MKL 2024.2 in torch 2.14: from K = 1024 in general,
+from K = 256 for a single row). In leaky_rnn those are the per-step product above
+the register-tiled size (B*H*H > 2**17, K = H) and the weight gradients dW_hh,
+dW_skip (K = T*B); in clockwork_rnn also the cross-module GEMM's weight gradient
+(K = (ceil(T/T_j) + 1) * B). MKL_CBWR=AUTO,STRICT (MKL's strict conditional
+numerical reproducibility) makes them reproducible across thread counts:
+test_blas_sizes_with_strict_cnr runs those sizes in a child process with it.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mts_kernels
+
+THREADS = (1, 2, 3)  # 3 oversubscribes the 2-core CI machine
+
+
+def _grads(fn, inputs, seed=1):
+    xs = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+    out = fn(*xs)
+    out = out[0] if isinstance(out, tuple) else out
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    out.backward(g)  # not (out * g).sum(): a full reduction's split depends on threads
+    return [out.detach()] + [x.grad for x in xs if x.requires_grad]
+
+
+def assert_deterministic(fn, inputs, threads=THREADS, repeats=2):
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads[0])
+        base = _grads(fn, inputs)
+        assert all(b is not None for b in base)
+        for nt in threads:
+            torch.set_num_threads(nt)
+            for _ in range(repeats):
+                for i, (a, b) in enumerate(zip(base, _grads(fn, inputs))):
+                    assert torch.equal(a, b), (
+                        f"result {i} (0: output, then the inputs' gradients) differs with "
+                        f"{nt} threads from {threads[0]}: max |diff| {(a - b).abs().max().item()}")
+    finally:
+        torch.set_num_threads(old)
+
+
+def _r(*shape, dtype=torch.float32, positive=False):
+    t = torch.rand(*shape, dtype=dtype) if positive else torch.randn(*shape, dtype=dtype)
+    return t.requires_grad_()
+
+
+torch.manual_seed(0)
+_LENGTHS = [37, 0, 64, 5, 64, 12]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("op", ["linear_scan", "leaky_integrate"])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scans(op, per_channel, reverse, dtype):
+    # D = 700: several channel blocks, whose width depends on the thread count
+    B, T, D = 6, 64, 700
+    decay = _r(D, positive=True, dtype=dtype) if per_channel else _r(B, T, D, positive=True, dtype=dtype)
+    f = getattr(mts_kernels, op)
+    for lengths in (None, _LENGTHS):
+        assert_deterministic(
+            lambda d, x, h0: f(d, x, h0, reverse=reverse, lengths=lengths) if op == "linear_scan"
+            else f(x, d, h0, reverse=reverse, lengths=lengths),
+            [decay, _r(B, T, D, dtype=dtype), _r(B, D, dtype=dtype)])
+
+
+def test_scan_many_channels_per_channel_decay():
+    # B * D large: the backward's per-row decay-gradient sums run on every thread
+    assert_deterministic(lambda a, v, h0: mts_kernels.leaky_integrate(v, a, h0),
+                         [_r(2048, positive=True), _r(32, 40, 2048), _r(32, 2048)], repeats=1)
+
+
+def _rnn_case(T, B, H, leak, skip, dilation, reverse, lengths, nonlinearity="tanh"):
+    g = torch.Generator().manual_seed(T * 1000 + B * 10 + H)
+    inputs = [torch.randn(T, B, H, generator=g).requires_grad_(),
+              (torch.randn(H, H, generator=g) / H ** 0.5).requires_grad_(),
+              torch.randn(B, H, generator=g).requires_grad_()]
+    if leak:
+        inputs.append(torch.rand(H, generator=g).requires_grad_())
+    if skip:
+        inputs.append((torch.randn(H, H, generator=g) / H ** 0.5).requires_grad_())
+
+    def fn(p, w, h0, *rest):
+        rest = list(rest)
+        alpha = rest.pop(0) if leak else None
+        ws = rest.pop(0) if skip else None
+        return mts_kernels.leaky_rnn(p, w, h0, alpha=alpha, weight_skip=ws, skip=skip,
+                                     dilation=dilation, reverse=reverse, lengths=lengths,
+                                     nonlinearity=nonlinearity)
+    return fn, inputs
+
+
+# register-tiled loop (B*H*H <= 2**17) with T*B < 256, so the weight-gradient
+# GEMMs stay below MKL's thread split too
+@pytest.mark.parametrize("leak,skip,dilation,reverse,lengths,nonlinearity", [
+    (False, None, 1, False, None, "tanh"),
+    (True, 2, 1, False, None, "tanh"),
+    (True, None, 3, True, None, "relu"),
+    (True, 3, 2, True, [12, 0, 7, 12, 1, 9], "tanh"),
+    (False, 2, 1, False, [3, 12, 12, 0, 8, 5], "relu"),
+])
+def test_leaky_rnn_register_tiled(leak, skip, dilation, reverse, lengths, nonlinearity):
+    T, B, H = 12, 6, 40
+    assert B * H * H <= 2 ** 17
+    assert_deterministic(*_rnn_case(T, B, H, leak, skip, dilation, reverse, lengths, nonlinearity))
+
+
+def test_clockwork_small():
+    T, B, H = 16, 4, 24
+    w = (torch.randn(H, H) / H ** 0.5).requires_grad_()
+    for lengths, t0 in ((None, 0), ([16, 3, 0, 11], 5)):
+        assert_deterministic(
+            lambda p, w, h0, a: mts_kernels.clockwork_rnn(p, w, h0, periods=[1, 2, 4, 8],
+                                                          module_sizes=[6, 6, 6, 6], alpha=a,
+                                                          t0=t0, lengths=lengths),
+            [_r(T, B, H), w, _r(B, H), _r(H, positive=True)])
+
+
+def test_modules_small():
+    torch.manual_seed(0)
+    rnn = mts_kernels.LeakyRNN(5, 16, num_layers=2, leak="learned", skip=2, bidirectional=True)
+    cw = mts_kernels.ClockworkRNN(5, 16, periods=[1, 2, 4, 8], leak="learned")
+    x = torch.randn(9, 3, 5)
+    for m in (rnn, cw):
+        params = list(m.parameters())
+
+        old = torch.get_num_threads()
+        try:
+            results = []
+            for nt in THREADS:
+                torch.set_num_threads(nt)
+                m.zero_grad()
+                xx = x.clone().requires_grad_()
+                out = m(xx)[0]
+                out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(2)))
+                results.append([out.detach(), xx.grad] + [p.grad.clone() for p in params])
+            for r in results[1:]:
+                for a, b in zip(results[0], r):
+                    assert torch.equal(a, b)
+        finally:
+            torch.set_num_threads(old)
+
+
+# Sizes past the register-tiled threshold (B*H*H > 2**17: the BLAS per-step
+# product, K = H up to 1100) and weight gradients with K = T*B >= 1024.
+def _blas_cases():
+    L = lambda B, T, seed: torch.randint(0, T + 1, (B,), generator=torch.Generator().manual_seed(seed))
+    yield "leaky_rnn B64 H200", _rnn_case(20, 64, 200, True, 3, 2, True, L(64, 20, 1))
+    yield "leaky_rnn B1 H600", _rnn_case(6, 1, 600, True, 2, 1, False, None)
+    yield "leaky_rnn B70 H1100", _rnn_case(3, 70, 1100, False, None, 1, False, None)
+    T, B, H = 40, 64, 64
+    yield "clockwork_rnn B64 T40", (
+        lambda p, w, h0: mts_kernels.clockwork_rnn(p, w, h0, periods=[1, 2, 4, 8],
+                                                   module_sizes=[16] * 4),
+        [_r(T, B, H), (torch.randn(H, H) / 8).requires_grad_(), _r(B, H)])
+
+
+def _run_blas_cases():
+    for name, (fn, inputs) in _blas_cases():
+        assert_deterministic(fn, inputs, repeats=1)
+        print("deterministic:", name, flush=True)
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="MKL_CBWR is an MKL setting")
+def test_blas_sizes_with_strict_cnr():
+    env = dict(os.environ, MKL_CBWR="AUTO,STRICT")
+    env.pop("MTS_KERNELS_BACKEND", None)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, __file__], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("deterministic:") == 4, proc.stdout
+
+
+if __name__ == "__main__":
+    _run_blas_cases()
