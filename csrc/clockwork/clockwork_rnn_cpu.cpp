@@ -61,9 +61,6 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 struct Clock {
   int64_t g = 0;
   std::vector<int64_t> lo, k, period, first;
-  bool active(int64_t m, int64_t t) const {
-    return t >= first[m] && (t - first[m]) % period[m] == 0;
-  }
 };
 
 Clock make_clock(int64_t T, int64_t H, const std::vector<int64_t>& sizes,
@@ -180,12 +177,15 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
   T* s = state.data();
   T* z = zbuf.data();
   for (int64_t i = 0; i < B; ++i) std::copy(r.h0 + r.row(i) * H, r.h0 + (r.row(i) + 1) * H, s + i * H);
+  std::vector<int64_t> next(c.first);  // each module's next active step (no division per step)
   for (int64_t t = 0; t < r.Tn; ++t) {
     const int64_t n = r.rows_at(t);
     if (n == 0) break;
     for (int64_t m = 0; m < c.g; ++m) {  // fast to slow: see the file comment
       const int64_t lo = c.lo[m], k = c.k[m], N = r.ld[m];
-      if (!c.active(m, t)) {
+      const bool on = next[m] == t;
+      if (on) next[m] += c.period[m];
+      if (!on) {
         if (u)  // u is read at active steps only; zeros keep the output deterministic
           for (int64_t i = 0; i < n; ++i) std::fill(u + r.off(t, i) + lo, u + r.off(t, i) + lo + k, T(0));
         continue;
@@ -237,23 +237,28 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e,
   T* cr = carry.data();
   T* eb = ebuf.data();
   std::vector<char> on(c.g);
+  std::vector<int64_t> last(c.g);  // each module's last active step not yet processed
+  for (int64_t m = 0; m < c.g; ++m)
+    last[m] = c.first[m] < r.Tn ? c.first[m] + (r.Tn - 1 - c.first[m]) / c.period[m] * c.period[m] : -1;
   for (int64_t t = r.Tn - 1; t >= 0; --t) {
     const int64_t n = r.rows_at(t);
     if (n == 0) continue;
-    for (int64_t i = 0; i < n; ++i) {
-      const T* gb = g + r.off(t, i);
-      T* cb = cr + i * Hc;
-      for_lanes<T>(H, [&](int64_t j, auto v) {
-        using V = decltype(v);
-        V gv, cv;
-        ld(gv, gb + j);
-        ld(cv, cb + j);
-        st(cb + j, cv + gv);
-      });
-    }
     for (int64_t m = 0; m < c.g; ++m) {
       const int64_t lo = c.lo[m], k = c.k[m];
-      on[m] = c.active(m, t);
+      on[m] = last[m] == t;
+      if (on[m]) last[m] -= c.period[m];
+      // delta(t) = grad_h(t) + the carry, formed in the carry itself
+      for (int64_t i = 0; i < n; ++i) {
+        const T* gb = g + r.off(t, i) + lo;
+        T* cb = cr + i * Hc + lo;
+        for_lanes<T>(k, [&](int64_t j, auto v) {
+          using V = decltype(v);
+          V gv, cv;
+          ld(gv, gb + j);
+          ld(cv, cb + j);
+          st(cb + j, cv + gv);
+        });
+      }
       if (!on[m]) {  // delta passes straight through to h(t-1); dp is 0 here
         for (int64_t i = 0; i < n; ++i) std::fill(e + r.off(t, i) + lo, e + r.off(t, i) + lo + k, T(0));
         continue;
