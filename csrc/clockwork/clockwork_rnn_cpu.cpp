@@ -455,8 +455,12 @@ std::tuple<Tensor, Tensor> clockwork_rnn_fwd(Tensor p_in, Tensor w_in, std::opti
   return {as_dtype(h, dtype), u ? as_dtype(*u, dtype) : torch::stable::new_empty(p_in, {0})};
 }
 
+// Above this many batch rows the per-row GEMMs of a slow module's weight gradient
+// cost more in call overhead (a few microseconds each) than packing its steps.
+constexpr int64_t kMaxSplitRows = 16;
+
 // dW block row of module m: sum over its active steps t of e_m(t)^T h_{lo:}(t-1),
-// one GEMM on strided views of e and h (h0 for t = 0).
+// GEMMs on strided views of e and h (h0 for t = 0).
 template <typename T>
 void weight_grad(const Clock& c, const Shape& s, const Tensor& e, const Tensor& h, const Tensor& h0,
                  bool has_h0, Tensor& dw) {
@@ -479,12 +483,19 @@ void weight_grad(const Clock& c, const Shape& s, const Tensor& e, const Tensor& 
     const Tensor block = view(mut<T>(dw) + lo * H + lo, {k, K}, {H, 1});
     const int64_t t1 = f > 0 ? f : f + P;  // first active step reading h, not h0
     const int64_t n1 = t1 < s.T ? (s.T - 1 - t1) / P + 1 : 0;
-    if (n1 > 0) {
+    if (n1 > 0 && (P == 1 || B > kMaxSplitRows)) {
+      // one GEMM over all (step, row) pairs: a view when P = 1, else a packed copy
       const Tensor ev = torch::stable::reshape(view(ep + t1 * B * H + lo, {n1, B, k}, {P * B * H, H, 1}),
                                                {n1 * B, k});
       const Tensor hv = torch::stable::reshape(
           view(hp + (t1 - 1) * B * H + lo, {n1, B, K}, {P * B * H, H, 1}), {n1 * B, K});
       acc(block, ev, hv);
+    } else if (n1 > 0) {
+      // one GEMM per batch row: its active steps are evenly strided, so e and h
+      // are read in place instead of packed
+      for (int64_t b = 0; b < B; ++b)
+        acc(block, view(ep + (t1 * B + b) * H + lo, {n1, k}, {P * B * H, 1}),
+            view(hp + ((t1 - 1) * B + b) * H + lo, {n1, K}, {P * B * H, 1}));
     }
     if (f == 0 && has_h0) acc(block, view(ep + lo, {B, k}, {H, 1}), view(ptr<T>(h0) + lo, {B, K}, {H, 1}));
   }
