@@ -50,4 +50,23 @@ STABLE_TORCH_LIBRARY(mts_kernels, m) {
       "leaky_rnn_bwd(Tensor grad_h, Tensor weight_hh, Tensor h, Tensor u, Tensor? h0,"
       " Tensor? alpha, Tensor? weight_skip, int skip, int dilation, str nonlinearity,"
       " bool reverse, Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // The clockwork recurrence in one fused time loop (csrc/clockwork/): modules of
+  // module_sizes units, fast to slow; module i is active at step t when
+  // t >= first_steps[i] and (t - first_steps[i]) % periods[i] == 0 (the caller's
+  // (-t0) mod T_i: the clock phase enters as the first active step, so a t0 of any
+  // size never reaches int64), and then
+  //   u_i = phi(p_i(t) + sum_{j >= i} W_ij h_j(t-1)),  h_i(t) = alpha_i h_i(t-1) + (1 - alpha_i) u_i
+  // (only W's block-upper-triangular part is read); inactive modules hold. p:
+  // (T, B, H) with both biases. The forward returns u (0 at inactive steps; an
+  // empty tensor when alpha is None, then u = h at active steps).
+  m.def(
+      "clockwork_rnn_fwd(Tensor p, Tensor weight_hh, Tensor? h0, Tensor? alpha, int[] module_sizes,"
+      " int[] periods, int[] first_steps, str nonlinearity, Tensor? lengths=None) -> (Tensor, Tensor)");
+  // -> (dp, dweight_hh, dh0, dalpha): dp is 0 at inactive steps, dweight_hh 0 in
+  // the blocks j < i, dalpha an empty tensor when alpha is None.
+  m.def(
+      "clockwork_rnn_bwd(Tensor grad_h, Tensor weight_hh, Tensor h, Tensor u, Tensor? h0,"
+      " Tensor? alpha, int[] module_sizes, int[] periods, int[] first_steps, str nonlinearity,"
+      " Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -17,143 +17,14 @@
 #include "../cpu_alloc.h"
 #include "leaky_rnn_impl.h"
 
-// Vec<T> values are passed between the helpers below and those of
-// leaky_rnn_math.h, all inline and inlined into one target's code (the clones are
-// flattened), so the AVX-vs-SSE calling-convention difference GCC warns about
-// never applies.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "../cpu_vec.h"
 #include "leaky_rnn_math.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, rnn)
 namespace {
 
-// One 32-byte register: 8 floats / 4 doubles (AVX2; the baseline clone lowers it
-// to SSE pairs). GCC vector types rather than intrinsics, so one source serves
-// every target and both dtypes.
-template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  typedef float type __attribute__((vector_size(32)));
-};
-template <>
-struct VecOf<double> {
-  typedef double type __attribute__((vector_size(32)));
-};
-template <typename T>
-using Vec = typename VecOf<T>::type;
-template <typename T>
-constexpr int64_t kLanes = 32 / sizeof(T);
+using namespace ::mts::cpu;
 
-// V is T or Vec<T>: unaligned moves of one element or one vector.
-template <typename V, typename T>
-inline void ld(V& v, const T* p) {
-  std::memcpy(&v, p, sizeof v);
-}
-template <typename V, typename T>
-inline void st(T* p, const V& v) {
-  std::memcpy(p, &v, sizeof v);
-}
-
-// c[r, 0:C*L] += sum_k a[r, k] m[k, 0:C*L] for r < R: an R x C register tile of
-// accumulators lives across the whole k loop, each m row segment is loaded once
-// for R rows, each a[r, k] broadcast once for C vectors. R*C = 6-8 independent FMA
-// chains cover the FMA latency (4 cycles x 2 pipes) at the small sizes this loop
-// serves, where one step's product is too short to amortise anything bigger.
-template <typename T, int R, int C>
-inline void tile(int64_t K, const T* __restrict__ a, int64_t lda, const T* __restrict__ m,
-                 int64_t ldm, T* __restrict__ c, int64_t ldc) {
-  constexpr int64_t L = kLanes<T>;
-  Vec<T> acc[R][C];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int j = 0; j < C; ++j) ld(acc[r][j], c + r * ldc + j * L);
-  for (int64_t k = 0; k < K; ++k) {
-    Vec<T> mv[C];
-#pragma GCC unroll 8
-    for (int j = 0; j < C; ++j) ld(mv[j], m + k * ldm + j * L);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const T av = a[r * lda + k];
-#pragma GCC unroll 8
-      for (int j = 0; j < C; ++j) acc[r][j] += av * mv[j];
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int j = 0; j < C; ++j) st(c + r * ldc + j * L, acc[r][j]);
-}
-
-// Rows [0, R) of c (B x Np, Np a multiple of the vector width) += a (R x K) @ m (K x Np).
-template <typename T, int R>
-inline void tile_row(int64_t K, int64_t Np, const T* a, int64_t lda, const T* m, T* c) {
-  constexpr int64_t L = kLanes<T>;
-  constexpr int C = R >= 4 ? 2 : 8 / R;
-  int64_t j = 0;
-  for (; j + C * L <= Np; j += C * L) tile<T, R, C>(K, a, lda, m + j, Np, c + j, Np);
-  for (; j < Np; j += L) tile<T, R, 1>(K, a, lda, m + j, Np, c + j, Np);
-}
-
-// c (B x Np) += a (B x K, row stride lda) @ m (K x Np); Np is a multiple of the
-// vector width (m and c carry zero / ignored padding columns).
-template <typename T>
-inline void matmul_acc(int64_t B, int64_t K, int64_t Np, const T* a, int64_t lda, const T* m,
-                       T* c) {
-  int64_t r = 0;
-  for (; r + 4 <= B; r += 4) tile_row<T, 4>(K, Np, a + r * lda, lda, m, c + r * Np);
-  switch (B - r) {
-    case 3: tile_row<T, 3>(K, Np, a + r * lda, lda, m, c + r * Np); break;
-    case 2: tile_row<T, 2>(K, Np, a + r * lda, lda, m, c + r * Np); break;
-    case 1: tile_row<T, 1>(K, Np, a + r * lda, lda, m, c + r * Np); break;
-    default: break;
-  }
-}
-
-// float32 tanh as a clamped odd rational function (Eigen's ptanh_float: a few ulp),
-// branch-free and written once for a scalar or a Vec<float> (GCC vector types take
-// ?: and scalar operands), since std::tanh is a scalar libm call that costs more
-// than the rest of a small step.
-template <typename V>
-inline V fast_tanh(V x) {
-  const V hi = V{} + 7.90531110763549805f, lo = -hi;
-  x = x > hi ? hi : x;
-  x = x < lo ? lo : x;
-  const V x2 = x * x;
-  V p = V{} - 2.76076847742355e-16f;
-  p = p * x2 + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * x;
-  V q = V{} + 1.19825839466702e-06f;
-  q = q * x2 + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  return p / q;
-}
-
-inline float tanh_of(float z) { return fast_tanh(z); }
-inline Vec<float> tanh_of(const Vec<float>& z) { return fast_tanh(z); }
-inline double tanh_of(double z) { return std::tanh(z); }  // float64: exact, not fast
-inline Vec<double> tanh_of(const Vec<double>& z) {
-  Vec<double> out;
-  for (int i = 0; i < kLanes<double>; ++i) out[i] = std::tanh(z[i]);
-  return out;
-}
-
-// f(j, V{}) for j over [0, H): whole vectors, then single elements for the tail,
-// so the pointwise passes read and write the unpadded (B, H) rows in place.
-template <typename T, typename F>
-inline void for_lanes(int64_t H, F&& f) {
-  constexpr int64_t L = kLanes<T>;
-  int64_t j = 0;
-  for (; j + L <= H; j += L) f(j, Vec<T>{});
-  for (; j < H; ++j) f(j, T{});
-}
 
 // The time loops over raw pointers (processing order k; reverse maps k to time).
 // The (B, H) operands of the per-step product are padded to Np columns (a
@@ -346,15 +217,6 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
   zero_padded(r, e_all);
 }
 
-// float32 is the common case: on x86-64 it is compiled twice, for the baseline
-// and for x86-64-v3 (AVX2 + FMA), and the loader picks per machine (ifunc), since
-// wheels cannot assume AVX2 but most machines have it. `flatten` inlines the
-// templated loop into each clone, so the loop itself is compiled per target.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define MTS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
-#else
-#define MTS_CPU_CLONES
-#endif
 
 MTS_CPU_CLONES void fwd_steps_f32(const Raw<float>& r, const float* p, float* h, float* u) {
   fwd_steps<float>(r, p, h, u);

@@ -17,19 +17,127 @@ steps cost nothing; only the block-upper-triangular part of W_hh is read (the re
 gets zero gradient). The backward runs the same pieces the other way (fastest
 module first); each slow value's gradient is summed over the interval it was held
 (the gather's and the hold-expand's backward).
+
+Fused path (CPU): torch.ops.mts_kernels.clockwork_rnn_fwd / _bwd (csrc/clockwork/),
+one C++ time loop forward and one backward, no per-module glue: step t computes
+the active modules' rows over their blocks j >= i only, inactive modules hold
+(forward) and pass their gradient straight through (backward); dW's block rows
+are one GEMM per module over its active steps after the loop. Which path a call
+takes (see _use_fused): the fused one for CPU tensors (the cost rule at
+FUSED_ON_CPU records why); the decomposition on CUDA/Triton and
+under torch.func transforms / forward-mode AD (whose jvp the decomposition's
+leaky_rnn pieces provide). MTS_KERNELS_CLOCKWORK_PATH=fused|decomposed|auto
+(default auto) forces the choice, for tests and measurements.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mts_kernels import reference
+from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
-from mts_kernels.ops.leaky_rnn import NONLINEARITIES, check_projection, leaky_rnn
+from mts_kernels.ops.leaky_rnn import _NO_HIGHER_ORDER, NONLINEARITIES, check_projection, leaky_rnn
+
+PATH_ENV_VAR = "MTS_KERNELS_CLOCKWORK_PATH"
+PATHS = ("auto", "fused", "decomposed")
+
+
+def _fake_fwd(p, weight_hh, h0, alpha, module_sizes, periods, first_steps, nonlinearity,
+              lengths=None):
+    return p.new_empty(p.shape), (p.new_empty(p.shape) if alpha is not None else p.new_empty((0,)))
+
+
+def _fake_bwd(grad_h, weight_hh, h, u, h0, alpha, module_sizes, periods, first_steps, nonlinearity,
+              lengths=None):
+    T, B, H = h.shape
+    return (h.new_empty((T, B, H)), h.new_empty((H, H)), h.new_empty((B, H)),
+            h.new_empty((H,) if alpha is not None else (0,)))
+
+
+class _BackwardFunction(torch.autograd.Function):
+    """The fused backward as a differentiable node (create_graph=True): its own
+    derivative raises instead of silently being zero."""
+
+    @staticmethod
+    def forward(*args):
+        return torch.ops.mts_kernels.clockwork_rnn_bwd(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_NO_HIGHER_ORDER.format(
+            op="clockwork_rnn", what="a second-order gradient (create_graph=True, reverse over reverse)"))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(_NO_HIGHER_ORDER.format(
+            op="clockwork_rnn", what="forward-mode AD of its gradient (forward over reverse)"))
+
+
+def _setup_context(ctx, inputs, output):
+    p, weight_hh, h0, alpha, module_sizes, periods, first_steps, nonlinearity, lengths = inputs
+    h, u = output
+    ctx.mark_non_differentiable(u)
+    ctx.config = (module_sizes, periods, first_steps, nonlinearity)
+    ctx.has = (h0 is not None, alpha is not None)
+    ctx.save_for_backward(weight_hh, h, u, h0, alpha, lengths)
+
+
+def _backward(ctx, grad_h, _grad_u):
+    weight_hh, h, u, h0, alpha, lengths = ctx.saved_tensors
+    if grad_h is None:
+        grad_h = torch.zeros_like(h)
+    args = (grad_h, weight_hh, h, u, h0, alpha, *ctx.config, lengths)
+    if torch.is_grad_enabled():  # create_graph=True: a node that refuses a 2nd order
+        dp, dw, dh0, dalpha = _BackwardFunction.apply(*args)
+    else:
+        dp, dw, dh0, dalpha = torch.ops.mts_kernels.clockwork_rnn_bwd(*args)
+    has_h0, has_alpha = ctx.has
+    return (dp, dw, dh0 if has_h0 else None, dalpha if has_alpha else None,
+            None, None, None, None, None)
+
+
+FUSED_COMPILED = _extension.COMPILED and hasattr(torch.ops.mts_kernels, "clockwork_rnn_fwd")
+if FUSED_COMPILED:
+    torch.library.register_fake("mts_kernels::clockwork_rnn_fwd")(_fake_fwd)
+    torch.library.register_fake("mts_kernels::clockwork_rnn_bwd")(_fake_bwd)
+    torch.library.register_autograd("mts_kernels::clockwork_rnn_fwd", _backward,
+                                    setup_context=_setup_context)
+    _transforms.register_autocast("mts_kernels::clockwork_rnn_fwd")
+
+
+def _path_setting() -> str:
+    path = os.environ.get(PATH_ENV_VAR) or "auto"
+    if path not in PATHS:
+        raise ValueError(f"{PATH_ENV_VAR}={path!r} is not a clockwork_rnn path; expected one of {PATHS}")
+    return path
+
+
+# The cost rule between the two CPU paths. Both do the multiply-adds of the
+# block-upper-triangular products; the decomposition computes a slow module's
+# contribution to the faster ones once per slow step (fewer FLOPs when slow
+# modules are large) but pays per module for concatenations, gathers, hold
+# expansions and a leaky_rnn call, and the fused loop pays one small product per
+# active module and step. Measured fwd+bwd of ClockworkRNN on the 2-core CPU (one
+# thread, float32; fused vs decomposed, ms):
+#   H=64,   4 modules 1,2,4,8,     B=4,  T=4096:    9.7 vs  16.9
+#   H=512,  8 modules 1..128,      B=32, T=1024:  314   vs 352
+#   H=512,  2 modules 1,64,        B=32, T=1024:  436   vs 550
+#   H=512,  modules 32+480 at 1,64 B=32, T=1024:  227   vs 421
+#   H=1024, 2 modules 1,16,        B=32, T=512:   659   vs 710
+#   H=1024, modules 32+992 at 1,1024, B=32, T=1024: 598 vs 676
+#   H=256,  2 modules 1,32,        B=8,  T=1024:   37.6 vs  39.4
+# The decomposition's FLOP saving never outweighed its glue, so on the CPU the
+# rule is: the fused op, always (PATH_ENV_VAR=decomposed still selects the other).
+FUSED_ON_CPU = True
 
 
 def check_modules(periods, module_sizes, hidden_size: int, where: str = "clockwork_rnn") -> None:
@@ -108,6 +216,15 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
                                        lengths=lens)
     x = p.transpose(0, 1) if batch_first else p
     T, B, H = x.shape
+    if _use_fused(be, x, periods, module_sizes):
+        # the phase enters as each module's first active step, (-t0) mod T_i, and a
+        # period or first step beyond T as T (the same active steps in [0, T)), so
+        # any Python int t0 or period fits the op's int64 arguments
+        firsts = [min((-t0) % P, T) for P in periods]
+        h, _ = torch.ops.mts_kernels.clockwork_rnn_fwd(
+            x, weight_hh, h0, alpha, list(module_sizes), [min(P, T) for P in periods], firsts,
+            nonlinearity, lens)
+        return h.transpose(0, 1) if batch_first else h
     if h0 is None:
         h0 = x.new_zeros(B, H)
     offs = [0]
@@ -165,6 +282,18 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     if lens is not None:  # the held values run on past a sequence's end: cut them
         h = h.masked_fill((steps.unsqueeze(1) >= lens.unsqueeze(0)).unsqueeze(-1), 0.0)
     return h.transpose(0, 1) if batch_first else h
+
+
+def _use_fused(be: str, x: Tensor, periods, module_sizes) -> bool:
+    """The fused op for this call? (module docstring; PATH_ENV_VAR forces it)."""
+    path = _path_setting()
+    if path == "decomposed" or be != "cpu" or x.device.type not in ("cpu", "meta") or not FUSED_COMPILED:
+        return False
+    if _transforms.transform_active():
+        # torch.func / forward AD: the decomposition's leaky_rnn pieces carry the
+        # jvp and vmap rules the fused op has not got
+        return False
+    return path == "fused" or FUSED_ON_CPU
 
 
 def _check_args(p, weight_hh, h0, periods, module_sizes, alpha, nonlinearity, t0, batch_first,

@@ -1,0 +1,556 @@
+// CPU kernels of the clockwork recurrence in one fused time loop (schemas in
+// csrc/registration.cpp):
+//
+//   module i active at step t (t >= first_i and (t - first_i) % T_i == 0):
+//     u_i(t) = phi(p_i(t) + sum_{j >= i} W_ij h_j(t-1))
+//     h_i(t) = alpha_i * h_i(t-1) + (1 - alpha_i) * u_i(t)      (alpha None: u_i(t))
+//   inactive: h_i(t) = h_i(t-1)
+//
+// Forward: the state lives in one (B, H) buffer in the rows' processing order.
+// Step t updates the active modules fast to slow, in place: module i reads only
+// the blocks j >= i, none of which an earlier (faster) module of the same step has
+// written, so the in-place update reads exactly h(t-1). Each active module is one
+// product (n_t x (H - lo_i)) @ (H - lo_i x k_i) over the running rows, then one
+// vectorized pass; inactive modules cost nothing but the copy of the state into
+// h(t) that every step writes.
+//
+// Backward (delta = dL/dh(t), carried in one (B, H) buffer): at step t the
+// incoming gradient is added; every active module forms e_i = dL/dp_i(t) =
+// (1 - alpha_i) phi'(u_i) delta_i and leaves alpha_i delta_i behind, then adds
+// e_i W_{i, j>=i} into the carry of h(t-1); inactive modules' delta passes through
+// untouched. dalpha sums delta (h(t-1) - u) over active steps. dW's block row i is
+// one GEMM after the loop over module i's active steps, e_i(t)^T h_{j>=i}(t-1);
+// the lower blocks (never read) get exactly zero.
+//
+// Lengths: rows walk in order of decreasing length (a permutation of indices), so
+// the first n_t rows are the ones still running at step t and the others leave
+// the per-step work; outputs are 0 at t >= L_b, grad_h there is ignored.
+// float16/bfloat16 compute in float32 (state and accumulation); float64 exact.
+// Products: the register-tiled loop of csrc/cpu_vec.h for small ones, BLAS above
+// kSmallWork multiply-adds (a BLAS call's fixed cost is a few microseconds).
+#include <algorithm>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
+
+#include "../cpu_alloc.h"
+#include "../cpu_vec.h"
+#include "../lengths.h"
+#include "../rnn/leaky_rnn_math.h"
+#include "../stable_util.h"
+
+HIDDEN_NAMESPACE_BEGIN(mts, clockwork)
+namespace {
+
+using namespace ::mts::cpu;
+using ::mts::rnn::dphi_times;
+using ::mts::rnn::leak_mix;
+using ::mts::rnn::relu_of;
+
+constexpr int64_t kSmallWork = int64_t(1) << 17;
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// The clock: module m covers units [lo[m], lo[m] + k[m]); active at t when
+// t >= first[m] and (t - first[m]) % period[m] == 0. Periods and first steps are
+// clamped to T (the same active steps in [0, T)), so no product below overflows.
+struct Clock {
+  int64_t g = 0;
+  std::vector<int64_t> lo, k, period, first;
+};
+
+Clock make_clock(int64_t T, int64_t H, const std::vector<int64_t>& sizes,
+                 const std::vector<int64_t>& periods, const std::vector<int64_t>& firsts,
+                 const char* op) {
+  const int64_t g = static_cast<int64_t>(sizes.size());
+  MTS_CHECK(g >= 1, op, ": module_sizes must name at least one module");
+  MTS_CHECK(static_cast<int64_t>(periods.size()) == g && static_cast<int64_t>(firsts.size()) == g,
+            op, ": module_sizes, periods and first_steps must have the same length, got ", g, ", ",
+            periods.size(), " and ", firsts.size());
+  Clock c;
+  c.g = g;
+  int64_t lo = 0;
+  for (int64_t m = 0; m < g; ++m) {
+    MTS_CHECK(sizes[m] >= 1, op, ": module_sizes must be >= 1, got ", sizes[m], " for module ", m);
+    MTS_CHECK(periods[m] >= 1, op, ": periods must be >= 1, got ", periods[m], " for module ", m);
+    MTS_CHECK(firsts[m] >= 0, op, ": first_steps must be >= 0, got ", firsts[m], " for module ", m);
+    MTS_CHECK(sizes[m] <= H - lo, op, ": module_sizes must sum to hidden_size ", H);
+    c.lo.push_back(lo);
+    c.k.push_back(sizes[m]);
+    c.period.push_back(std::min(periods[m], T));
+    c.first.push_back(std::min(firsts[m], T));
+    lo += sizes[m];
+  }
+  MTS_CHECK(lo == H, op, ": module_sizes must sum to hidden_size ", H, ", got ", lo);
+  return c;
+}
+
+struct RowOrder {
+  std::vector<int64_t> len, order, active;
+};
+
+// Rows by decreasing length (stable) and how many still run at each step.
+RowOrder row_order(const std::optional<Tensor>& lengths, int64_t B, int64_t T, const char* op) {
+  RowOrder o;
+  if (!lengths) return o;
+  o.len = lengths_on_host(op, *lengths, T);
+  o.order.resize(B);
+  std::iota(o.order.begin(), o.order.end(), int64_t(0));
+  std::stable_sort(o.order.begin(), o.order.end(),
+                   [&](int64_t a, int64_t b) { return o.len[a] > o.len[b]; });
+  o.active.resize(T);
+  int64_t n = B;
+  for (int64_t t = 0; t < T; ++t) {
+    while (n > 0 && o.len[o.order[n - 1]] <= t) --n;
+    o.active[t] = n;
+  }
+  return o;
+}
+
+// c (n x N, row stride ldc) += a (n x K, lda) @ m (K x N, ldm) through torch's
+// BLAS on views of the loop's buffers (the C shim's addmm.out); out of line, so
+// the cloned loops call it as it is.
+template <typename T>
+__attribute__((noinline)) void blas_acc(int64_t n, int64_t K, int64_t N, const T* a, int64_t lda,
+                                        const T* m, int64_t ldm, T* c, int64_t ldc) {
+  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+  const Device cpu(torch::headeronly::DeviceType::CPU);
+  auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t ld) {
+    return torch::stable::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, cpu, dtype);
+  };
+  const Tensor ct = view(c, n, N, ldc);
+  TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(ct.get(), ct.get(), view(a, n, K, lda).get(),
+                                                  view(m, K, N, ldm).get(), 1.0, 1.0));
+}
+
+// The loop's operands in the compute dtype T (float / double).
+template <typename T>
+struct Raw {
+  int64_t Tn, B, H;
+  bool tanh;
+  const T* alpha;  // nullptr: no leak
+  const T* h0;     // (B, H)
+  const Clock* clock;
+  // Per module m, its weight block packed with zero padding columns to a multiple
+  // of the vector width: forward W[lo:hi, lo:]^T, (H - lo) x fw_ld[m]; backward
+  // W[lo:hi, lo:], k x bw_ld[m].
+  std::vector<const T*> w;
+  std::vector<int64_t> ld;
+  const int64_t* len;     // nullptr: every row runs Tn steps
+  const int64_t* order;   // rows by decreasing length (with len)
+  const int64_t* active;  // rows still running at step t (with len)
+  int64_t rows_at(int64_t t) const { return len ? active[t] : B; }
+  int64_t row(int64_t i) const { return len ? order[i] : i; }
+  int64_t off(int64_t t, int64_t i) const { return (t * B + row(i)) * H; }
+};
+
+// c += a @ m, tiled below kSmallWork multiply-adds, else BLAS with the exact width
+// n_exact (the tiled loop writes the padded width N, which c must have).
+template <typename T>
+inline void product(int64_t n, int64_t K, int64_t N, int64_t n_exact, const T* a, int64_t lda,
+                    const T* m, int64_t ldm, T* c, int64_t ldc) {
+  if (n * K * N > kSmallWork)
+    blas_acc<T>(n, K, n_exact, a, lda, m, ldm, c, ldc);
+  else
+    matmul_acc<T>(n, K, N, a, lda, m, ldm, c, ldc);
+}
+
+template <typename T>
+inline void zero_padded(const Raw<T>& r, T* x) {
+  if (!r.len) return;
+  for (int64_t b = 0; b < r.B; ++b)
+    for (int64_t t = r.len[b]; t < r.Tn; ++t)
+      std::fill(x + (t * r.B + b) * r.H, x + (t * r.B + b + 1) * r.H, T(0));
+}
+
+template <typename T>
+inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
+  const Clock& c = *r.clock;
+  const int64_t B = r.B, H = r.H;
+  int64_t zw = 0;
+  for (int64_t m = 0; m < c.g; ++m) zw = std::max(zw, r.ld[m]);
+  std::vector<T> state(B * H), zbuf(B * zw, T(0));
+  T* s = state.data();
+  T* z = zbuf.data();
+  for (int64_t i = 0; i < B; ++i) std::copy(r.h0 + r.row(i) * H, r.h0 + (r.row(i) + 1) * H, s + i * H);
+  std::vector<int64_t> next(c.first);  // each module's next active step (no division per step)
+  for (int64_t t = 0; t < r.Tn; ++t) {
+    const int64_t n = r.rows_at(t);
+    if (n == 0) break;
+    for (int64_t m = 0; m < c.g; ++m) {  // fast to slow: see the file comment
+      const int64_t lo = c.lo[m], k = c.k[m], N = r.ld[m];
+      const bool on = next[m] == t;
+      if (on) next[m] += c.period[m];
+      if (!on) {
+        if (u)  // u is read at active steps only; zeros keep the output deterministic
+          for (int64_t i = 0; i < n; ++i) std::fill(u + r.off(t, i) + lo, u + r.off(t, i) + lo + k, T(0));
+        continue;
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const T* pt = p + r.off(t, i) + lo;
+        std::copy(pt, pt + k, z + i * N);
+      }
+      product<T>(n, H - lo, N, k, s + lo, H, r.w[m], N, z, N);
+      const T* a = r.alpha ? r.alpha + lo : nullptr;
+      for (int64_t i = 0; i < n; ++i) {
+        const T* zb = z + i * N;
+        T* sb = s + i * H + lo;
+        T* ub = u ? u + r.off(t, i) + lo : nullptr;
+        for_lanes<T>(k, [&](int64_t j, auto v) {
+          using V = decltype(v);
+          V zv, uv;
+          ld(zv, zb + j);
+          uv = r.tanh ? tanh_of(zv) : relu_of(zv);
+          if (a) {
+            V av, hv;
+            ld(av, a + j);
+            ld(hv, sb + j);
+            st(ub + j, uv);
+            st(sb + j, leak_mix(av, hv, uv));
+          } else {
+            st(sb + j, uv);
+          }
+        });
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) std::copy(s + i * H, s + (i + 1) * H, h + r.off(t, i));
+  }
+  zero_padded(r, h);
+  if (u) zero_padded(r, u);
+}
+
+// e (T, B, H) receives dL/dp (0 at inactive steps), dh0 (B, H) dL/dh0, dalpha
+// (H, double) is accumulated.
+template <typename T>
+inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e, T* dh0,
+                      double* dalpha) {
+  const Clock& c = *r.clock;
+  const int64_t B = r.B, H = r.H;
+  // The carry's rows are padded so that each module's tiled product may write the
+  // padded width of its columns [lo, H) (lo + round_up(H - lo) < H + lanes).
+  const int64_t Hc = round_up(H, kLanes<T>) + kLanes<T>;
+  std::vector<T> carry(B * Hc, T(0)), ebuf(B * H, T(0)), da_step(r.alpha ? H : 0, T(0));
+  T* cr = carry.data();
+  T* eb = ebuf.data();
+  std::vector<char> on(c.g);
+  std::vector<int64_t> last(c.g);  // each module's last active step not yet processed
+  for (int64_t m = 0; m < c.g; ++m)
+    last[m] = c.first[m] < r.Tn ? c.first[m] + (r.Tn - 1 - c.first[m]) / c.period[m] * c.period[m] : -1;
+  for (int64_t t = r.Tn - 1; t >= 0; --t) {
+    const int64_t n = r.rows_at(t);
+    if (n == 0) continue;
+    for (int64_t m = 0; m < c.g; ++m) {
+      const int64_t lo = c.lo[m], k = c.k[m];
+      on[m] = last[m] == t;
+      if (on[m]) last[m] -= c.period[m];
+      // delta(t) = grad_h(t) + the carry, formed in the carry itself
+      for (int64_t i = 0; i < n; ++i) {
+        const T* gb = g + r.off(t, i) + lo;
+        T* cb = cr + i * Hc + lo;
+        for_lanes<T>(k, [&](int64_t j, auto v) {
+          using V = decltype(v);
+          V gv, cv;
+          ld(gv, gb + j);
+          ld(cv, cb + j);
+          st(cb + j, cv + gv);
+        });
+      }
+      if (!on[m]) {  // delta passes straight through to h(t-1); dp is 0 here
+        for (int64_t i = 0; i < n; ++i) std::fill(e + r.off(t, i) + lo, e + r.off(t, i) + lo + k, T(0));
+        continue;
+      }
+      const T* a = r.alpha ? r.alpha + lo : nullptr;
+      T* das = r.alpha ? da_step.data() + lo : nullptr;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t off = r.off(t, i) + lo;
+        const T* hp = (t > 0 ? h + r.off(t - 1, i) : r.h0 + r.row(i) * H) + lo;
+        const T* ub = u + off;
+        T* cb = cr + i * Hc + lo;
+        T* ebi = eb + i * H + lo;
+        T* eo = e + off;
+        for_lanes<T>(k, [&](int64_t j, auto v) {
+          using V = decltype(v);
+          V d, uv;
+          ld(d, cb + j);
+          ld(uv, ub + j);
+          V du = d, keep = V{};
+          if (a) {
+            V av, hv, dav;
+            ld(av, a + j);
+            ld(hv, hp + j);
+            ld(dav, das + j);
+            st(das + j, dav + d * (hv - uv));
+            keep = av * d;
+            du = (T(1) - av) * d;
+          }
+          st(cb + j, keep);
+          const V ev = dphi_times(du, uv, !r.tanh);
+          st(ebi + j, ev);
+          st(eo + j, ev);
+        });
+      }
+    }
+    if (r.alpha)
+      for (int64_t j = 0; j < H; ++j) {
+        dalpha[j] += double(da_step[j]);
+        da_step[j] = T(0);
+      }
+    // dL/dh_{j >= i}(t-1) += e_i W_{i, j >= i}, after every module's e_i is formed
+    for (int64_t m = 0; m < c.g; ++m) {
+      if (!on[m]) continue;
+      const int64_t lo = c.lo[m];
+      product<T>(n, c.k[m], r.ld[m], H - lo, eb + lo, H, r.w[m], r.ld[m], cr + lo, Hc);
+    }
+  }
+  for (int64_t i = 0; i < B; ++i) std::copy(cr + i * Hc, cr + i * Hc + H, dh0 + r.row(i) * H);
+  zero_padded(r, e);
+}
+
+MTS_CPU_CLONES void fwd_steps_f32(const Raw<float>& r, const float* p, float* h, float* u) {
+  fwd_steps<float>(r, p, h, u);
+}
+MTS_CPU_CLONES void bwd_steps_f32(const Raw<float>& r, const float* g, const float* h,
+                                  const float* u, float* e, float* dh0, double* dalpha) {
+  bwd_steps<float>(r, g, h, u, e, dh0, dalpha);
+}
+inline void run_fwd(const Raw<float>& r, const float* p, float* h, float* u) {
+  fwd_steps_f32(r, p, h, u);
+}
+inline void run_bwd(const Raw<float>& r, const float* g, const float* h, const float* u, float* e,
+                    float* dh0, double* dalpha) {
+  bwd_steps_f32(r, g, h, u, e, dh0, dalpha);
+}
+inline void run_fwd(const Raw<double>& r, const double* p, double* h, double* u) {
+  fwd_steps<double>(r, p, h, u);
+}
+inline void run_bwd(const Raw<double>& r, const double* g, const double* h, const double* u,
+                    double* e, double* dh0, double* dalpha) {
+  bwd_steps<double>(r, g, h, u, e, dh0, dalpha);
+}
+
+template <typename T>
+const T* ptr(const Tensor& t) {
+  return static_cast<const T*>(t.const_data_ptr());
+}
+template <typename T>
+T* mut(const Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
+inline Tensor as_dtype(const Tensor& t, ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : torch::stable::to(t, dtype);
+}
+// float32 for float16/bfloat16, contiguous.
+inline Tensor compute(const Tensor& t) {
+  return as_contiguous(as_dtype(t, opmath_dtype(t.scalar_type())));
+}
+
+struct Shape {
+  int64_t T, B, H;
+};
+
+Shape check_args(const char* op, const char* lead, const Tensor& x, const Tensor& w,
+                 const std::optional<Tensor>& h0, const std::optional<Tensor>& alpha) {
+  MTS_CHECK(x.dim() == 3, op, ": ", lead, " must be 3-D (T, B, H), got shape ", shape_str(x.sizes()));
+  MTS_CHECK(is_kernel_float(x.scalar_type()), op, ": ", lead, " must be floating point, got ",
+            torch::headeronly::toString(x.scalar_type()));
+  MTS_CHECK(x.device().type() == torch::headeronly::DeviceType::CPU, op, ": ", lead,
+            " must be a CPU tensor, got ", device_str(x.device()));
+  const int64_t T = x.size(0), B = x.size(1), H = x.size(2);
+  MTS_CHECK(T > 0, op, ": ", lead, " needs at least one time step");
+  auto same = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
+    MTS_CHECK(same_sizes(t.sizes(), IntRef(shape)), op, ": ", name, " must have shape ",
+              shape_str(IntRef(shape)), ", got ", shape_str(t.sizes()));
+    MTS_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device(), op, ": ", name,
+              " must be ", torch::headeronly::toString(x.scalar_type()), " on ",
+              device_str(x.device()), ", got ", torch::headeronly::toString(t.scalar_type()),
+              " on ", device_str(t.device()));
+  };
+  same(w, "weight_hh", {H, H});
+  if (h0) same(*h0, "h0", {B, H});
+  if (alpha) same(*alpha, "alpha", {H});
+  return {T, B, H};
+}
+
+bool parse_tanh(const std::string& s, const char* op) {
+  MTS_CHECK(s == "tanh" || s == "relu", op, ": nonlinearity must be 'tanh' or 'relu', got '", s, "'");
+  return s == "tanh";
+}
+
+// Packed weight blocks (see Raw::w) for the forward (transposed) or backward.
+template <typename T>
+std::vector<T> pack_weights(const T* w, const Clock& c, int64_t H, bool fwd,
+                            std::vector<const T*>& blocks, std::vector<int64_t>& lds) {
+  std::vector<int64_t> offs;
+  int64_t total = 0;
+  for (int64_t m = 0; m < c.g; ++m) {
+    const int64_t K = H - c.lo[m];
+    const int64_t ld = round_up(fwd ? c.k[m] : K, kLanes<T>);
+    lds.push_back(ld);
+    offs.push_back(total);
+    total += (fwd ? K : c.k[m]) * ld;
+  }
+  std::vector<T> pool(total, T(0));
+  for (int64_t m = 0; m < c.g; ++m) {
+    const int64_t lo = c.lo[m], k = c.k[m], K = H - lo, ld = lds[m];
+    T* dst = pool.data() + offs[m];
+    for (int64_t a = 0; a < k; ++a)      // block row (unit lo + a)
+      for (int64_t b = 0; b < K; ++b) {  // column (unit lo + b)
+        const T v = w[(lo + a) * H + lo + b];
+        if (fwd)
+          dst[b * ld + a] = v;
+        else
+          dst[a * ld + b] = v;
+      }
+  }
+  for (int64_t m = 0; m < c.g; ++m) blocks.push_back(pool.data() + offs[m]);
+  return pool;
+}
+
+template <typename T>
+Raw<T> raw_of(const Shape& s, bool tanh, const std::optional<Tensor>& alpha, const Tensor& h0,
+              const Clock& c, const RowOrder& o, bool ragged) {
+  return Raw<T>{s.T, s.B, s.H, tanh, alpha ? ptr<T>(*alpha) : nullptr, ptr<T>(h0), &c, {}, {},
+                ragged ? o.len.data() : nullptr, ragged ? o.order.data() : nullptr,
+                ragged ? o.active.data() : nullptr};
+}
+
+template <typename F>
+decltype(auto) dispatch_compute(ScalarType t, const char* name, F&& f) {
+  if (t == ScalarType::Double) return f(TypeTag<double>{});
+  MTS_CHECK(t == ScalarType::Float, name, ": unexpected compute dtype ", torch::headeronly::toString(t));
+  return f(TypeTag<float>{});
+}
+
+std::tuple<Tensor, Tensor> clockwork_rnn_fwd(Tensor p_in, Tensor w_in, std::optional<Tensor> h0_in,
+                                             std::optional<Tensor> alpha_in,
+                                             std::vector<int64_t> module_sizes,
+                                             std::vector<int64_t> periods,
+                                             std::vector<int64_t> first_steps,
+                                             std::string nonlinearity,
+                                             std::optional<Tensor> lengths) {
+  const char* op = "clockwork_rnn_fwd";
+  const Shape s = check_args(op, "p", p_in, w_in, h0_in, alpha_in);
+  const bool tanh = parse_tanh(nonlinearity, op);
+  const Clock clock = make_clock(s.T, s.H, module_sizes, periods, first_steps, op);
+  check_lengths(op, lengths, s.B, p_in.device());
+  const RowOrder order = row_order(lengths, s.B, s.T, op);
+  const Tensor p = compute(p_in), w = compute(w_in);
+  const Tensor h0 = h0_in ? compute(*h0_in) : torch::stable::new_zeros(p, {s.B, s.H});
+  const std::optional<Tensor> alpha = alpha_in ? std::optional<Tensor>(compute(*alpha_in)) : std::nullopt;
+  Tensor h = empty_like_cpu(p);
+  std::optional<Tensor> u;
+  if (alpha) u = empty_like_cpu(p);
+  dispatch_compute(p.scalar_type(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    Raw<T> r = raw_of<T>(s, tanh, alpha, h0, clock, order, lengths.has_value());
+    const std::vector<T> pool = pack_weights<T>(ptr<T>(w), clock, s.H, true, r.w, r.ld);
+    run_fwd(r, ptr<T>(p), mut<T>(h), u ? mut<T>(*u) : nullptr);
+  });
+  const ScalarType dtype = p_in.scalar_type();
+  return {as_dtype(h, dtype), u ? as_dtype(*u, dtype) : torch::stable::new_empty(p_in, {0})};
+}
+
+// Above this many batch rows the per-row GEMMs of a slow module's weight gradient
+// cost more in call overhead (a few microseconds each) than packing its steps.
+constexpr int64_t kMaxSplitRows = 16;
+
+// dW block row of module m: sum over its active steps t of e_m(t)^T h_{lo:}(t-1),
+// GEMMs on strided views of e and h (h0 for t = 0).
+template <typename T>
+void weight_grad(const Clock& c, const Shape& s, const Tensor& e, const Tensor& h, const Tensor& h0,
+                 bool has_h0, Tensor& dw) {
+  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+  const Device cpu(torch::headeronly::DeviceType::CPU);
+  const int64_t B = s.B, H = s.H;
+  auto view = [&](const T* p, std::vector<int64_t> sizes, std::vector<int64_t> strides) {
+    return torch::stable::from_blob(const_cast<T*>(p), sizes, strides, cpu, dtype);
+  };
+  auto acc = [&](const Tensor& out, const Tensor& a, const Tensor& b) {
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(out.get(), out.get(),
+                                                    torch::stable::transpose(a, 0, 1).get(), b.get(),
+                                                    1.0, 1.0));
+  };
+  const T* ep = ptr<T>(e);
+  const T* hp = ptr<T>(h);
+  for (int64_t m = 0; m < c.g; ++m) {
+    const int64_t lo = c.lo[m], k = c.k[m], K = H - lo, P = c.period[m], f = c.first[m];
+    if (f >= s.T) continue;
+    const Tensor block = view(mut<T>(dw) + lo * H + lo, {k, K}, {H, 1});
+    const int64_t t1 = f > 0 ? f : f + P;  // first active step reading h, not h0
+    const int64_t n1 = t1 < s.T ? (s.T - 1 - t1) / P + 1 : 0;
+    if (n1 > 0 && (P == 1 || B > kMaxSplitRows)) {
+      // one GEMM over all (step, row) pairs: a view when P = 1, else a packed copy
+      const Tensor ev = torch::stable::reshape(view(ep + t1 * B * H + lo, {n1, B, k}, {P * B * H, H, 1}),
+                                               {n1 * B, k});
+      const Tensor hv = torch::stable::reshape(
+          view(hp + (t1 - 1) * B * H + lo, {n1, B, K}, {P * B * H, H, 1}), {n1 * B, K});
+      acc(block, ev, hv);
+    } else if (n1 > 0) {
+      // one GEMM per batch row: its active steps are evenly strided, so e and h
+      // are read in place instead of packed
+      for (int64_t b = 0; b < B; ++b)
+        acc(block, view(ep + (t1 * B + b) * H + lo, {n1, k}, {P * B * H, 1}),
+            view(hp + ((t1 - 1) * B + b) * H + lo, {n1, K}, {P * B * H, 1}));
+    }
+    if (f == 0 && has_h0) acc(block, view(ep + lo, {B, k}, {H, 1}), view(ptr<T>(h0) + lo, {B, K}, {H, 1}));
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> clockwork_rnn_bwd(
+    Tensor grad_h, Tensor w_in, Tensor h_in, Tensor u_in, std::optional<Tensor> h0_in,
+    std::optional<Tensor> alpha_in, std::vector<int64_t> module_sizes, std::vector<int64_t> periods,
+    std::vector<int64_t> first_steps, std::string nonlinearity, std::optional<Tensor> lengths) {
+  const char* op = "clockwork_rnn_bwd";
+  const Shape s = check_args(op, "h", h_in, w_in, h0_in, alpha_in);
+  const bool tanh = parse_tanh(nonlinearity, op);
+  const Clock clock = make_clock(s.T, s.H, module_sizes, periods, first_steps, op);
+  check_lengths(op, lengths, s.B, h_in.device());
+  auto like_h = [&](const Tensor& t, const char* name, const char* when) {
+    MTS_CHECK(same_sizes(t.sizes(), h_in.sizes()) && t.scalar_type() == h_in.scalar_type() &&
+                  t.device() == h_in.device(),
+              op, ": ", name, " must be ", torch::headeronly::toString(h_in.scalar_type()),
+              " of shape ", shape_str(h_in.sizes()), " on ", device_str(h_in.device()), when,
+              ", got ", torch::headeronly::toString(t.scalar_type()), " of shape ",
+              shape_str(t.sizes()), " on ", device_str(t.device()));
+  };
+  like_h(grad_h, "grad_h", "");
+  if (alpha_in) like_h(u_in, "u", " when alpha is given");
+  const RowOrder order = row_order(lengths, s.B, s.T, op);
+  const Tensor h = compute(h_in), w = compute(w_in), g = compute(grad_h);
+  const Tensor u = alpha_in ? compute(u_in) : h;
+  const Tensor h0 = h0_in ? compute(*h0_in) : torch::stable::new_zeros(h, {s.B, s.H});
+  const std::optional<Tensor> alpha = alpha_in ? std::optional<Tensor>(compute(*alpha_in)) : std::nullopt;
+  Tensor e = empty_like_cpu(h);
+  Tensor dh0 = torch::stable::new_zeros(h, {s.B, s.H});
+  Tensor dw = torch::stable::new_zeros(h, {s.H, s.H});
+  std::optional<Tensor> dalpha;
+  dispatch_compute(h.scalar_type(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    Raw<T> r = raw_of<T>(s, tanh, alpha, h0, clock, order, lengths.has_value());
+    const std::vector<T> pool = pack_weights<T>(ptr<T>(w), clock, s.H, false, r.w, r.ld);
+    std::vector<double> da(alpha ? s.H : 0, 0.0);
+    run_bwd(r, ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e), mut<T>(dh0), da.data());
+    weight_grad<T>(clock, s, e, h, h0, h0_in.has_value(), dw);
+    if (alpha) {
+      dalpha = torch::stable::new_empty(h, {s.H});
+      T* out = mut<T>(*dalpha);
+      for (int64_t j = 0; j < s.H; ++j) out[j] = static_cast<T>(da[j]);
+    }
+  });
+  const ScalarType dtype = h_in.scalar_type();
+  auto out = [&](const Tensor& t) { return as_dtype(t, dtype); };
+  return {out(e), out(dw), out(dh0), dalpha ? out(*dalpha) : torch::stable::new_empty(w_in, {0})};
+}
+
+}  // namespace
+HIDDEN_NAMESPACE_END(mts, clockwork)
+
+STABLE_TORCH_LIBRARY_IMPL(mts_kernels, CPU, m) {
+  m.impl("clockwork_rnn_fwd", TORCH_BOX(&mts::clockwork::clockwork_rnn_fwd));
+  m.impl("clockwork_rnn_bwd", TORCH_BOX(&mts::clockwork::clockwork_rnn_bwd));
+}

@@ -1,0 +1,297 @@
+"""The fused CPU clockwork_rnn op (csrc/clockwork/) against the reference loop and
+the decomposition: forward, every gradient, clock phases, lengths, dtypes, opcheck
+and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import mts_kernels
+from mts_kernels import reference
+import importlib
+
+cw_ops = importlib.import_module("mts_kernels.ops.clockwork_rnn")
+
+pytestmark = pytest.mark.skipif(not cw_ops.FUSED_COMPILED, reason="needs the compiled fused op")
+
+F64 = torch.float64
+OPS = torch.ops.mts_kernels
+
+
+@pytest.fixture
+def fused(monkeypatch):
+    monkeypatch.setenv(cw_ops.PATH_ENV_VAR, "fused")
+
+
+def _case(seed, T, B, sizes, dtype=F64, leak=False, with_h0=True):
+    gen = torch.Generator().manual_seed(seed)
+    H = sum(sizes)
+    p = torch.randn(T, B, H, generator=gen, dtype=dtype)
+    w = torch.randn(H, H, generator=gen, dtype=dtype) * (0.9 / H ** 0.5)
+    h0 = torch.randn(B, H, generator=gen, dtype=dtype) if with_h0 else None
+    alpha = torch.rand(H, generator=gen, dtype=dtype) * 0.9 if leak else None
+    return p, w, h0, alpha
+
+
+def _grads(out, ins, g):
+    ins = [t for t in ins if t is not None]
+    return torch.autograd.grad(out, ins, g, allow_unused=True, materialize_grads=True)
+
+
+def _calls_fused(monkeypatch):
+    """The path decisions clockwork_rnn makes from now on (True: the fused op)."""
+    calls = []
+    real = cw_ops._use_fused
+    monkeypatch.setattr(cw_ops, "_use_fused", lambda *a: (calls.append(real(*a)), calls[-1])[1])
+    return calls
+
+
+CASES = [
+    # sizes, periods, t0, nonlinearity, leak, lengths
+    ([3, 2, 2], [1, 3, 5], 4, "tanh", False, None),
+    ([5, 1, 6], [2, 3, 7], 0, "relu", True, [11, 0, 6, 11]),
+    ([4, 4], [1, 2], 1, "tanh", True, [3, 11, 11, 1]),
+    ([2, 3, 1, 4], [1, 2, 4, 8], 2 ** 62 - 3, "relu", False, [11, 11, 11, 11]),
+    ([6], [1], 0, "tanh", True, None),
+    ([3, 5], [5, 40], 3 ** 41, "tanh", True, [0, 0, 0, 0]),  # t0 beyond int64, a period beyond T
+]
+
+
+@pytest.mark.parametrize("sizes,periods,t0,nl,leak,lengths", CASES)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_matches_reference_forward_and_every_gradient(fused, monkeypatch, sizes, periods, t0, nl,
+                                                      leak, lengths, batch_first):
+    T, B = 11, 4
+    p, w, h0, alpha = _case(1, T, B, sizes, leak=leak)
+    if batch_first:
+        p = p.transpose(0, 1).contiguous()
+    ins = [t.requires_grad_() if t is not None else None for t in (p, w, h0, alpha)]
+    kw = dict(alpha=alpha, nonlinearity=nl, t0=t0, batch_first=batch_first, lengths=lengths)
+    calls = _calls_fused(monkeypatch)
+    h = mts_kernels.clockwork_rnn(p, w, h0, periods=periods, module_sizes=sizes, **kw)
+    assert calls == [True], "the fused op was not called"
+    h_ref = reference.clockwork_rnn(p, w, h0, periods, sizes, **kw)
+    torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(h)
+    for name, a, b in zip(["p", "weight_hh", "h0", "alpha"], _grads(h, ins, g), _grads(h_ref, ins, g)):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11, msg=lambda m: f"grad {name}: {m}")
+
+
+def test_lower_blocks_get_exactly_zero_gradient_and_are_never_read(fused):
+    sizes, periods = [3, 2, 4], [1, 2, 3]
+    p, w, h0, _ = _case(2, 9, 2, sizes)
+    w.requires_grad_()
+    h = mts_kernels.clockwork_rnn(p, w, h0, periods=periods, module_sizes=sizes)
+    dw, = torch.autograd.grad(h.square().sum(), w)
+    lower = torch.ones(9, 9, dtype=torch.bool)
+    lo = 0
+    for k in sizes:
+        lower[lo:lo + k, lo:] = False
+        lo += k
+    assert (dw[lower] == 0).all() and (dw[~lower] != 0).all()
+    w2 = w.detach().clone()
+    w2[lower] = float("nan")  # never read: a NaN there changes nothing
+    torch.testing.assert_close(mts_kernels.clockwork_rnn(p, w2, h0, periods=periods, module_sizes=sizes),
+                               h.detach())
+
+
+def test_inactive_modules_hold_and_pass_gradients_through(fused):
+    # module 1 (period 4) is active at steps 1, 5, 9 only (t0 = 3): it holds between
+    sizes, periods = [2, 3], [1, 4]
+    p, w, h0, _ = _case(3, 10, 3, sizes)
+    p.requires_grad_()
+    h = mts_kernels.clockwork_rnn(p, w, h0, periods=periods, module_sizes=sizes, t0=3)
+    slow = h[:, :, 2:]
+    torch.testing.assert_close(slow[0], h0[:, 2:], rtol=0, atol=0)
+    torch.testing.assert_close(slow[1:5], slow[1:2].expand(4, -1, -1), rtol=0, atol=0)
+    dp, = torch.autograd.grad(h.sum(), p)
+    inactive = [t for t in range(10) if t not in (1, 5, 9)]
+    assert (dp[inactive, :, 2:] == 0).all() and (dp[[1, 5, 9], :, 2:] != 0).all()
+
+
+@pytest.mark.parametrize("leak", [False, True])
+@pytest.mark.parametrize("nl", ["tanh", "relu"])
+def test_gradcheck_float64(fused, leak, nl):
+    sizes, periods = [2, 1, 2], [1, 2, 3]
+    p, w, h0, alpha = _case(4, 7, 2, sizes, leak=leak)
+    if nl == "relu":
+        p = p + 0.3  # keep pre-activations away from relu's kink
+    ins = tuple(t.requires_grad_() for t in (p, w, h0) + ((alpha,) if leak else ()))
+
+    def f(p, w, h0, alpha=None):
+        return mts_kernels.clockwork_rnn(p, w, h0, periods=periods, module_sizes=sizes, alpha=alpha,
+                                         nonlinearity=nl, t0=1, lengths=[7, 4])
+
+    assert gradcheck(f, ins)
+
+
+@pytest.mark.parametrize("leak", [False, True])
+def test_both_paths_agree(monkeypatch, leak):
+    sizes, periods = [4, 3, 5], [1, 3, 4]
+    p, w, h0, alpha = _case(5, 23, 3, sizes, dtype=torch.float32, leak=leak)
+    ins = [t.requires_grad_() if t is not None else None for t in (p, w, h0, alpha)]
+    kw = dict(periods=periods, module_sizes=sizes, alpha=alpha, t0=7, lengths=[23, 9, 0])
+    out = {}
+    for path in ("fused", "decomposed"):
+        monkeypatch.setenv(cw_ops.PATH_ENV_VAR, path)
+        h = mts_kernels.clockwork_rnn(p, w, h0, **kw)
+        out[path] = [h, *_grads(h, ins, torch.ones_like(h))]
+    for a, b in zip(out["fused"], out["decomposed"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_path_setting_and_choice(monkeypatch):
+    p, w, h0, _ = _case(6, 5, 2, [2, 2], dtype=torch.float32)
+    kw = dict(periods=[1, 2], module_sizes=[2, 2])
+    calls = _calls_fused(monkeypatch)
+    for path, expect in (("auto", True), ("fused", True), ("decomposed", False)):
+        monkeypatch.setenv(cw_ops.PATH_ENV_VAR, path)
+        calls.clear()
+        mts_kernels.clockwork_rnn(p, w, h0, **kw)
+        assert calls == [expect], path
+    # torch.func transforms take the decomposition (its pieces carry jvp / vmap rules)
+    monkeypatch.setenv(cw_ops.PATH_ENV_VAR, "fused")
+    calls.clear()
+    torch.func.grad(lambda p: mts_kernels.clockwork_rnn(p, w, h0, **kw).sum())(p)
+    assert calls == [False]
+    monkeypatch.setenv(cw_ops.PATH_ENV_VAR, "fast")
+    with pytest.raises(ValueError, match=cw_ops.PATH_ENV_VAR):
+        mts_kernels.clockwork_rnn(p, w, h0, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("leak", [False, True])
+def test_low_precision_within_twice_pytorch_error(fused, dtype, leak):
+    # the fused op's error against the float64 reference is at most twice that of
+    # the reference loop run in the same dtype (plus one ulp of the magnitude)
+    sizes, periods = [4, 4, 4], [1, 2, 5]
+    p64, w64, h064, a64 = _case(7, 33, 3, sizes, leak=leak)
+    g64 = torch.randn(33, 3, 12, generator=torch.Generator().manual_seed(8), dtype=F64)
+    kw = dict(t0=3, lengths=[33, 20, 1])
+
+    def run(fn, dt):
+        ins = [t.to(dt).requires_grad_() for t in (p64, w64, h064) + ((a64,) if leak else ())]
+        h = fn(*ins[:3], periods, sizes, alpha=ins[3] if leak else None, **kw)
+        return [t.detach().double() for t in (h, *torch.autograd.grad(h, ins, g64.to(dt)))]
+
+    ours_fn = lambda p, w, h0, per, siz, **k: mts_kernels.clockwork_rnn(p, w, h0, periods=per,
+                                                                        module_sizes=siz, **k)
+    exact, lowp, ours = (run(reference.clockwork_rnn, F64), run(reference.clockwork_rnn, dtype),
+                         run(ours_fn, dtype))
+    eps = torch.finfo(dtype).eps
+    for name, a, b, c in zip(["h", "dp", "dW", "dh0", "dalpha"], ours, exact, lowp):
+        err, err_torch = (a - b).abs().max().item(), (c - b).abs().max().item()
+        assert err <= 2 * err_torch + eps * b.abs().max().item(), f"{name}: {err:.3g} vs {err_torch:.3g}"
+
+
+def test_large_products_take_blas(fused):
+    # B * (H - lo) * k above the tiled loop's threshold: the BLAS path of both loops
+    sizes, periods = [40, 24], [1, 3]
+    p, w, h0, alpha = _case(9, 6, 70, sizes, leak=True)
+    ins = [t.requires_grad_() for t in (p, w, h0, alpha)]
+    kw = dict(alpha=alpha, t0=2, lengths=[6] * 35 + [2] * 35)
+    h = mts_kernels.clockwork_rnn(p, w, h0, periods=periods, module_sizes=sizes, **kw)
+    h_ref = reference.clockwork_rnn(p, w, h0, periods, sizes, **kw)
+    torch.testing.assert_close(h, h_ref)
+    g = torch.randn_like(h)
+    for a, b in zip(_grads(h, ins, g), _grads(h_ref, ins, g)):
+        torch.testing.assert_close(a, b)
+
+
+def test_autocast_bfloat16(fused):
+    p, w, h0, alpha = _case(10, 9, 2, [3, 3], dtype=torch.float32, leak=True)
+    ins = [t.requires_grad_() for t in (p, w, h0, alpha)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = mts_kernels.clockwork_rnn(p, w, h0, periods=[1, 2], module_sizes=[3, 3], alpha=alpha)
+    assert h.dtype == torch.bfloat16
+    grads = torch.autograd.grad(h.float().sum(), ins)
+    assert all(g.dtype == torch.float32 for g in grads)
+    # the registered op's own autocast kernel
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h2, _ = OPS.clockwork_rnn_fwd(p, w, h0, alpha, [3, 3], [1, 2], [0, 0], "tanh", None)
+    assert h2.dtype == torch.bfloat16
+    torch.testing.assert_close(h2, h.detach(), rtol=0, atol=0)
+
+
+def test_second_order_raises_clearly(fused):
+    p, w, h0, _ = _case(11, 6, 2, [2, 2])
+    w.requires_grad_()
+    h = mts_kernels.clockwork_rnn(p, w, h0, periods=[1, 2], module_sizes=[2, 2])
+    g, = torch.autograd.grad(h.tanh().sum(), w, create_graph=True)
+    with pytest.raises(RuntimeError, match="clockwork_rnn: a second-order gradient"):
+        torch.autograd.grad(g.sum(), w)
+
+
+def test_compile_fullgraph(fused):
+    torch._dynamo.reset()
+    p, w, h0, alpha = _case(12, 8, 2, [3, 2], dtype=torch.float32, leak=True)
+    f = lambda p, w: mts_kernels.clockwork_rnn(p, w, h0, periods=[1, 3], module_sizes=[3, 2],
+                                               alpha=alpha, t0=5, lengths=[8, 3]).square().sum()
+    pc, wc = p.clone().requires_grad_(), w.clone().requires_grad_()
+    pe, we = p.clone().requires_grad_(), w.clone().requires_grad_()
+    out_c, out_e = torch.compile(f, fullgraph=True)(pc, wc), f(pe, we)
+    torch.testing.assert_close(out_c, out_e)
+    for a, b in zip(torch.autograd.grad(out_c, (pc, wc)), torch.autograd.grad(out_e, (pe, we))):
+        torch.testing.assert_close(a, b)
+
+
+def _op_args(leak, lengths):
+    p, w, h0, alpha = _case(13, 7, 3, [2, 3], leak=leak)
+    return (p, w, h0, alpha, [2, 3], [1, 3], [0, 2], "tanh",
+            None if lengths is None else torch.tensor(lengths))
+
+
+@pytest.mark.parametrize("leak", [False, True])
+@pytest.mark.parametrize("lengths", [None, [7, 0, 4]])
+def test_opcheck(leak, lengths):
+    args = _op_args(leak, lengths)
+    p, w, h0, alpha = args[:4]
+    fwd_args = (p.requires_grad_(), w.requires_grad_(), h0, alpha, *args[4:])
+    torch.library.opcheck(OPS.clockwork_rnn_fwd, fwd_args)
+    h, u = OPS.clockwork_rnn_fwd(*args)
+    bwd_args = (torch.randn_like(h), w.detach(), h.detach(), u, h0, alpha, *args[4:])
+    torch.library.opcheck(OPS.clockwork_rnn_bwd, bwd_args)
+
+
+def test_meta_and_fake_shapes():
+    p, w, h0, alpha = (t.to("meta") for t in _case(14, 5, 2, [2, 2], leak=True))
+    h, u = OPS.clockwork_rnn_fwd(p, w, h0, alpha, [2, 2], [1, 2], [0, 1], "relu", None)
+    assert h.shape == u.shape == p.shape and h.device.type == "meta"
+    dp, dw, dh0, da = OPS.clockwork_rnn_bwd(h, w, h, u, h0, alpha, [2, 2], [1, 2], [0, 1], "relu", None)
+    assert (dp.shape, dw.shape, dh0.shape, da.shape) == (p.shape, w.shape, h0.shape, alpha.shape)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(module_sizes=[2, 2]), "module_sizes must sum to hidden_size 5"),
+    (dict(module_sizes=[5, 0]), "module_sizes must be >= 1"),
+    (dict(periods=[1]), "must have the same length"),
+    (dict(periods=[0, 3]), "periods must be >= 1"),
+    (dict(first_steps=[0, -1]), "first_steps must be >= 0"),
+    (dict(nonlinearity="gelu"), "nonlinearity must be 'tanh' or 'relu'"),
+    (dict(weight_hh=torch.zeros(5, 4, dtype=F64)), "weight_hh must have shape"),
+    (dict(h0=torch.zeros(3, 5, dtype=torch.float32)), "h0 must be"),
+    (dict(alpha=torch.zeros(4, dtype=F64)), "alpha must have shape"),
+    (dict(p=torch.zeros(0, 3, 5, dtype=F64)), "at least one time step"),
+    (dict(lengths=torch.tensor([7, 8, 0])), r"lengths must be in \[0, T\]"),
+    (dict(lengths=torch.tensor([7, 1])), "lengths must be a 1-D tensor of B = 3"),
+    (dict(lengths=torch.tensor([7.0, 1.0, 1.0])), "lengths must be int64"),
+])
+def test_op_bad_input(change, match):
+    names = ["p", "weight_hh", "h0", "alpha", "module_sizes", "periods", "first_steps",
+             "nonlinearity", "lengths"]
+    args = dict(zip(names, _op_args(False, None)))
+    args.update(change)
+    with pytest.raises(RuntimeError, match=match):
+        OPS.clockwork_rnn_fwd(*args.values())
+
+
+def test_public_bad_input(fused):
+    p, w, h0, _ = _case(15, 5, 2, [2, 2])
+    with pytest.raises(ValueError, match="t0 must be an int >= 0"):
+        mts_kernels.clockwork_rnn(p, w, h0, periods=[1, 2], module_sizes=[2, 2], t0=-1)
+    with pytest.raises(ValueError, match="lengths"):
+        mts_kernels.clockwork_rnn(p, w, h0, periods=[1, 2], module_sizes=[2, 2], lengths=[6, 1])
+    with pytest.raises(ValueError, match="periods must be strictly increasing"):
+        mts_kernels.clockwork_rnn(p, w, h0, periods=[2, 2], module_sizes=[2, 2])
