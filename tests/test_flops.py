@@ -116,7 +116,21 @@ def test_scans(op, per_channel):
     assert counts == {f"mts_kernels.{op}_fwd": 2 * B * T * D, f"mts_kernels.{op}_bwd": 4 * B * T * D}
 
 
-def test_clockwork_counts_its_recurrences():
+def test_clockwork_fused_counts_its_active_blocks(monkeypatch):
+    monkeypatch.setenv("MTS_KERNELS_CLOCKWORK_PATH", "fused")
+    torch.manual_seed(0)
+    periods, sizes = [1, 2, 4], [4, 6, 6]
+    m = mts_kernels.ClockworkRNN(I, H, periods=periods, module_sizes=sizes)
+    x = torch.randn(T, B, I)
+    _, counts = _count(lambda: _train_step(m, x))
+    # module i: its active steps ceil(T / T_i) (t0 = 0) times the columns j >= i
+    fwd = sum(2 * B * k * sum(sizes[i:]) * -(-T // P) for i, (k, P) in enumerate(zip(sizes, periods)))
+    assert counts["mts_kernels.clockwork_rnn_fwd"] == fwd
+    assert counts["mts_kernels.clockwork_rnn_bwd"] == 2 * fwd
+
+
+def test_clockwork_counts_its_recurrences(monkeypatch):
+    monkeypatch.setenv("MTS_KERNELS_CLOCKWORK_PATH", "decomposed")
     torch.manual_seed(0)
     periods, sizes = [1, 2, 4], [4, 6, 6]
     m = mts_kernels.ClockworkRNN(I, H, periods=periods, module_sizes=sizes)

@@ -80,3 +80,32 @@ register_flop_formula(_ops("leaky_rnn_fwd"))(leaky_rnn_fwd_flop)
 register_flop_formula(_ops("leaky_rnn_bwd"))(leaky_rnn_bwd_flop)
 register_flop_formula(_ops("linear_scan_fwd") + _ops("leaky_integrate_fwd"))(scan_fwd_flop)
 register_flop_formula(_ops("linear_scan_bwd") + _ops("leaky_integrate_bwd"))(scan_bwd_flop)
+
+
+def _clockwork_active_steps(T: int, period: int, first: int) -> int:
+    return 0 if first >= T else -(-(T - first) // period)
+
+
+def clockwork_rnn_fwd_flop(p_shape, weight_hh_shape, h0_shape, alpha_shape, module_sizes, periods,
+                           first_steps, *args, out_shape=None, **kwargs) -> int:
+    """The fused clockwork loop: module i's rows, at its active steps only, times
+    the block-upper-triangular columns j >= i: 2 * B * k_i * sum_{j>=i} k_j per
+    active step (all rows of the batch, whatever the lengths)."""
+    T, B, _ = p_shape
+    flops = 0
+    for i, (k, P, f) in enumerate(zip(module_sizes, periods, first_steps)):
+        flops += 2 * B * k * sum(module_sizes[i:]) * _clockwork_active_steps(T, P, f)
+    return flops
+
+
+def clockwork_rnn_bwd_flop(grad_h_shape, weight_hh_shape, h_shape, u_shape, h0_shape, alpha_shape,
+                           module_sizes, periods, first_steps, *args, out_shape=None, **kwargs) -> int:
+    """The adjoint of the same products and the weight gradient over the same
+    blocks and active steps: twice the forward."""
+    return 2 * clockwork_rnn_fwd_flop(h_shape, weight_hh_shape, h0_shape, alpha_shape, module_sizes,
+                                      periods, first_steps)
+
+
+if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "clockwork_rnn_fwd"):
+    register_flop_formula(torch.ops.mts_kernels.clockwork_rnn_fwd)(clockwork_rnn_fwd_flop)
+    register_flop_formula(torch.ops.mts_kernels.clockwork_rnn_bwd)(clockwork_rnn_bwd_flop)
