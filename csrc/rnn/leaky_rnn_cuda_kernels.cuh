@@ -268,6 +268,14 @@ struct DeviceInfo {
   bool cooperative;
 };
 
+// Every runtime error this file handles or returns is also taken out of the
+// runtime's last-error slot: left there, the launch check of the next,
+// unrelated kernel (cudaGetLastError) would report it as that kernel's own.
+inline cudaError_t clear_error(cudaError_t err) {
+  if (err != cudaSuccess) (void)cudaGetLastError();
+  return err;
+}
+
 inline cudaError_t device_info(DeviceInfo* d) {
   int dev = 0, coop = 0;
   cudaError_t err = cudaGetDevice(&dev);
@@ -276,7 +284,7 @@ inline cudaError_t device_info(DeviceInfo* d) {
     err = cudaDeviceGetAttribute(&d->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
   d->cooperative = coop != 0;
-  return err;
+  return clear_error(err);
 }
 
 struct Plan {
@@ -403,13 +411,31 @@ cudaError_t kernel_occupancy(KernelFn<Params> fn, const DeviceInfo& dev, size_t 
   // see a smaller limit set in between.
   cudaError_t err =
       cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_optin);
-  if (err != cudaSuccess) return err;
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, fn, kThreads, smem);
+  if (err == cudaSuccess)
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, fn, kThreads, smem);
+  return clear_error(err);
 }
 
-// Sets *launched. A cooperative grid the device cannot make resident after all
-// (e.g. an MPS client limited to fewer SMs than the attributes report) is not
-// an error: the error state is cleared and the caller runs its own loop.
+// A cooperative launch that failed for want of what the device or the stream
+// offers, not through a bug: the caller runs its cuBLAS loop instead. Too
+// large: fewer blocks resident than the attributes promised (an MPS client
+// limited to fewer SMs, another context's work); not supported: a device or
+// driver mode without cooperative launches. A stream-capture error falls back
+// only while the capture is still active: once it is invalidated, everything
+// later in it fails too, and the error is the caller's to see.
+inline bool cooperative_fallback(cudaError_t err, cudaStream_t stream) {
+  if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) return true;
+  if (err != cudaErrorStreamCaptureUnsupported && err != cudaErrorStreamCaptureImplicit &&
+      err != cudaErrorStreamCaptureInvalidated)
+    return false;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (clear_error(cudaStreamIsCapturing(stream, &status)) != cudaSuccess) return false;
+  return status != cudaStreamCaptureStatusInvalidated;
+}
+
+// Sets *launched. A cooperative launch refused for a reason cooperative_fallback
+// accepts is not an error: the caller runs its own loop. Either way the error
+// is out of the last-error slot.
 template <class Params>
 cudaError_t launch_plan(KernelFn<Params> fn, const Plan& plan, const Params& params,
                         cudaStream_t stream, bool* launched) {
@@ -418,13 +444,10 @@ cudaError_t launch_plan(KernelFn<Params> fn, const Plan& plan, const Params& par
     Params p = params;
     Geo g = plan.g;
     void* args[] = {&p, &g};
-    const cudaError_t err = cudaLaunchCooperativeKernel(
-        fn, dim3(static_cast<unsigned>(plan.blocks)), dim3(kThreads), args, plan.smem, stream);
-    if (err == cudaErrorCooperativeLaunchTooLarge) {
-      (void)cudaGetLastError();
-      return cudaSuccess;
-    }
+    const cudaError_t err = clear_error(cudaLaunchCooperativeKernel(
+        fn, dim3(static_cast<unsigned>(plan.blocks)), dim3(kThreads), args, plan.smem, stream));
     *launched = err == cudaSuccess;
+    if (!*launched && cooperative_fallback(err, stream)) return cudaSuccess;
     return err;
   }
   fn<<<static_cast<unsigned>(plan.blocks), kThreads, plan.smem, stream>>>(params, plan.g);

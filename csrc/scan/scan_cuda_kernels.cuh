@@ -17,6 +17,9 @@
 //    chunks; the data warps then replay their steps from registers. Every
 //    operand is read once and every output written once. Blocks are
 //    persistent and loop over tiles in ticket order.
+//    The maps' composition and application (and why a zero carry is taken
+//    apart) are in scan_combine.h; tests/test_scan_combine.py checks this
+//    order on the CPU through its host emulation (scan_emulate_cpu.cpp).
 //
 // Tile statuses (look-back): per (tile, lane) an int flag and three floats in
 // structure-of-arrays form, so the 32 lanes of a warp touch one 128-byte line
@@ -36,6 +39,7 @@
 
 #include "../common.h"
 #include "scan_launch.h"
+#include "scan_combine.h"
 #include "scan_math.h"
 
 #define MTS_DEV __device__ __forceinline__
@@ -45,8 +49,6 @@ namespace scan_cuda {
 
 // ---------------------------------------------------------------------------
 // Launch geometry and algorithm choice (host and device).
-
-constexpr int kWarp = 32;
 
 // Sequential kernels: steps whose loads are issued together per thread.
 // Forward holds a, x per step (2 registers), backward g, a, h_{k-1} (+ v): the
@@ -64,13 +66,10 @@ constexpr int kSeqBwdSteps = 8;
 // DRAM latency, so the SM stays busy while the other block waits in its
 // look-back. Larger tiles mean fewer look-backs and a smaller workspace
 // (16 B per lane and tile, i.e. 16 / L bytes per element).
-constexpr int kDataWarps = 15;
+// kWarp, kDataWarps, kFwdSteps, kBwdSteps and the chunk lengths are in
+// scan_combine.h (the host emulation of the combine order uses them too).
 constexpr int kChunkedThreads = (kDataWarps + 1) * kWarp;
 constexpr int kChunkedMinBlocks = 2;
-constexpr int kFwdSteps = 16;  // a, x: 32 registers
-constexpr int kFwdChunk = kDataWarps * kFwdSteps;
-constexpr int kBwdSteps = 8;   // g, a, h_{k-1}, v: 32 registers
-constexpr int kBwdChunk = kDataWarps * kBwdSteps;
 
 // Heuristic (must depend on B, T, D only: the workspace / partial-row sizes
 // the caller allocates are derived from the same decision).
@@ -140,11 +139,17 @@ inline TileStatus tile_status(void* ws, const ChunkGeom& g) {
 // loops over tickets), or fewer when there are fewer tiles. Residency is not
 // required for correctness, only for speed: a block that never starts holds
 // no ticket.
+// A failed query also leaves its error in the runtime's last-error slot, where
+// the launch check of some later, unrelated kernel would report it as its
+// own: it is taken out here, and returned (thrown by the caller) instead.
 inline cudaError_t chunked_blocks(int64_t tiles, unsigned int* blocks) {
   int dev = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (err != cudaSuccess) return err;
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return err;
+  }
   const int64_t cap = static_cast<int64_t>(sms > 0 ? sms : 1) * kChunkedMinBlocks;
   *blocks = static_cast<unsigned int>(tiles < cap ? tiles : cap);
   return cudaSuccess;
@@ -259,7 +264,7 @@ MTS_DEV float look_back(const TileStatus& s, int64_t ticket, const ChunkGeom& ge
       const int f = load_acquire(s.flag + slot);
       if (f == kFlagInclusive) {
         const float inc = load_relaxed(s.incl + slot);
-        state = acc.A * inc + acc.X;
+        state = affine_apply(acc, inc);
         done = true;
       } else if (f == kFlagAggregate) {
         const Affine<float> agg{load_relaxed(s.agg_a + slot), load_relaxed(s.agg_x + slot)};
@@ -482,7 +487,7 @@ __global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
           c.rank == 0 ? init : look_back(st, ticket, geo, lane, c.active, publish, tile);
       s_carry[lane] = carry;
       block_sync();  // 2: carry-in is in shared memory
-      if (publish) publish_inclusive(st, ticket * geo.lanes + lane, tile.A * carry + tile.X);
+      if (publish) publish_inclusive(st, ticket * geo.lanes + lane, affine_apply(tile, carry));
     }
   }
 
@@ -519,12 +524,9 @@ __global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
       load_steps<false>(xv, x, ox, p.x_st, first, nv, 0.f);
     }
 
-    Affine<float> seg{1.f, 0.f};
+    Affine<float> seg = affine_identity<float>();
 #pragma unroll
-    for (int i = 0; i < S; ++i) {
-      seg.X = scan_step<LEAKY>(av[i], xv[i], seg.X);
-      seg.A *= av[i];
-    }
+    for (int i = 0; i < S; ++i) seg = affine_fwd_step<LEAKY>(seg, av[i], xv[i]);
     s_a[warp][lane] = seg.A;
     s_x[warp][lane] = seg.X;
     block_sync();  // 1: segment maps are in shared memory
@@ -536,7 +538,7 @@ __global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
       if (w < warp) pre = affine_then(pre, Affine<float>{s_a[w][lane], s_x[w][lane]});
     block_sync();  // 2: carry-in is in shared memory
 
-    float state = pre.A * s_carry[lane] + pre.X;
+    float state = affine_apply(pre, s_carry[lane]);
     const int64_t oh = b * p.h_sb + k0 * p.h_st + d;
 #pragma unroll
     for (int i = 0; i < S; ++i) {
@@ -708,7 +710,7 @@ __global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
           c.rank == 0 ? 0.f : look_back(st, ticket, geo, lane, c.active, publish, tile);
       s_carry[lane] = carry;
       block_sync();  // 2: carry-in is in shared memory
-      const float out = tile.A * carry + tile.X;  // carry leaving the tile's first step
+      const float out = affine_apply(tile, carry);  // carry leaving the tile's first step
       if (publish) publish_inclusive(st, ticket * geo.lanes + lane, out);
       const int64_t chunk = geo.chunks - 1 - c.rank;
       // The carry leaving step 0 is dL/dh0 (the composed value, not the data
@@ -786,13 +788,10 @@ __global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
       load_steps<false>(av, a, oa, p.a_st, first, nv, 1.f);
     }
 
-    Affine<float> seg{1.f, 0.f};  // carry entering the segment's last step -> leaving its first
+    // Carry entering the segment's last step -> leaving its first.
+    Affine<float> seg = affine_identity<float>();
 #pragma unroll
-    for (int i = S - 1; i >= 0; --i) {
-      const float delta = gv[i] + seg.X;
-      seg.X = av[i] * delta;
-      seg.A *= av[i];
-    }
+    for (int i = S - 1; i >= 0; --i) seg = affine_bwd_step(seg, av[i], gv[i]);
     s_a[warp][lane] = seg.A;
     s_x[warp][lane] = seg.X;
     block_sync();  // 1: segment maps are in shared memory
@@ -805,7 +804,7 @@ __global__ void __launch_bounds__(kChunkedThreads, kChunkedMinBlocks)
       if (w > warp) pre = affine_then(pre, Affine<float>{s_a[w][lane], s_x[w][lane]});
     block_sync();  // 2: carry-in is in shared memory
 
-    float carry = pre.A * s_carry[lane] + pre.X;
+    float carry = affine_apply(pre, s_carry[lane]);
     float da_sum = 0.f;
     const int64_t odx = b * p.dx_sb + k0 * p.dx_st + d;
     const int64_t oda = per_channel ? 0 : b * p.da_sb + k0 * p.da_st + d;

@@ -37,17 +37,6 @@ MTS_HD acc_t scan_grad_decay(acc_t delta, acc_t h_prev, acc_t x) {
   return LEAKY ? delta * (h_prev - x) : delta * h_prev;
 }
 
-// Composition of two affine maps h -> A h + X, first (A1, X1) then (A2, X2):
-// the associative operator of the parallel scan over time.
-template <typename acc_t>
-struct Affine {
-  acc_t A;
-  acc_t X;
-};
-
-template <typename acc_t>
-MTS_HD Affine<acc_t> affine_then(Affine<acc_t> first, Affine<acc_t> second) {
-  return Affine<acc_t>{second.A * first.A, second.A * first.X + second.X};
-}
+// The chunked CUDA scan's composition of these steps: scan_combine.h.
 
 }  // namespace mts
