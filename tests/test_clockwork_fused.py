@@ -71,7 +71,9 @@ def test_matches_reference_forward_and_every_gradient(fused, monkeypatch, sizes,
     kw = dict(alpha=alpha, nonlinearity=nl, t0=t0, batch_first=batch_first, lengths=lengths)
     calls = _calls_fused(monkeypatch)
     h = mts_kernels.clockwork_rnn(p, w, h0, periods=periods, module_sizes=sizes, **kw)
-    assert calls == [True], "the fused op was not called"
+    # with lengths the decomposition runs (a known bug of the fused backward when
+    # every sequence is shorter than T: see _use_fused)
+    assert calls == [lengths is None], "the path was not the documented one"
     h_ref = reference.clockwork_rnn(p, w, h0, periods, sizes, **kw)
     torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(h)
