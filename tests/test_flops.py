@@ -116,13 +116,21 @@ def test_scans(op, per_channel):
     assert counts == {f"mts_kernels.{op}_fwd": 2 * B * T * D, f"mts_kernels.{op}_bwd": 4 * B * T * D}
 
 
-def test_clockwork_fused_counts_its_active_blocks(monkeypatch):
-    monkeypatch.setenv("MTS_KERNELS_CLOCKWORK_PATH", "fused")
+CLOCKWORK_PERIODS, CLOCKWORK_SIZES = [1, 2, 4], [4, 6, 6]
+
+
+def _clockwork_counts(monkeypatch, path):
+    """FLOP counts per op of a ClockworkRNN training step on one clockwork_rnn path."""
+    monkeypatch.setenv("MTS_KERNELS_CLOCKWORK_PATH", path)
     torch.manual_seed(0)
-    periods, sizes = [1, 2, 4], [4, 6, 6]
-    m = mts_kernels.ClockworkRNN(I, H, periods=periods, module_sizes=sizes)
+    m = mts_kernels.ClockworkRNN(I, H, periods=CLOCKWORK_PERIODS, module_sizes=CLOCKWORK_SIZES)
     x = torch.randn(T, B, I)
-    _, counts = _count(lambda: _train_step(m, x))
+    return _count(lambda: _train_step(m, x))[1]
+
+
+def test_clockwork_fused_counts_its_active_blocks(monkeypatch):
+    periods, sizes = CLOCKWORK_PERIODS, CLOCKWORK_SIZES
+    counts = _clockwork_counts(monkeypatch, "fused")
     # module i: its active steps ceil(T / T_i) (t0 = 0) times the columns j >= i
     fwd = sum(2 * B * k * sum(sizes[i:]) * -(-T // P) for i, (k, P) in enumerate(zip(sizes, periods)))
     assert counts["mts_kernels.clockwork_rnn_fwd"] == fwd
@@ -130,12 +138,8 @@ def test_clockwork_fused_counts_its_active_blocks(monkeypatch):
 
 
 def test_clockwork_counts_its_recurrences(monkeypatch):
-    monkeypatch.setenv("MTS_KERNELS_CLOCKWORK_PATH", "decomposed")
-    torch.manual_seed(0)
-    periods, sizes = [1, 2, 4], [4, 6, 6]
-    m = mts_kernels.ClockworkRNN(I, H, periods=periods, module_sizes=sizes)
-    x = torch.randn(T, B, I)
-    _, counts = _count(lambda: _train_step(m, x))
+    periods, sizes = CLOCKWORK_PERIODS, CLOCKWORK_SIZES
+    counts = _clockwork_counts(monkeypatch, "decomposed")
     # one k_i x k_i recurrence per module over its ceil(T / T_i) active steps
     # (clockwork_rnn always passes each module's h0, zeros without hx, so the
     # weight-gradient GEMM covers every active step)

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
-from mts_kernels.ops.leaky_rnn import _NO_HIGHER_ORDER, NONLINEARITIES, check_projection, leaky_rnn
+from mts_kernels.ops.leaky_rnn import NONLINEARITIES, _BackwardFunction, check_projection, leaky_rnn
 
 PATH_ENV_VAR = "MTS_KERNELS_CLOCKWORK_PATH"
 PATHS = ("auto", "fused", "decomposed")
@@ -59,29 +59,6 @@ def _fake_bwd(grad_h, weight_hh, h, u, h0, alpha, module_sizes, periods, first_s
             h.new_empty((H,) if alpha is not None else (0,)))
 
 
-class _BackwardFunction(torch.autograd.Function):
-    """The fused backward as a differentiable node (create_graph=True): its own
-    derivative raises instead of silently being zero."""
-
-    @staticmethod
-    def forward(*args):
-        return torch.ops.mts_kernels.clockwork_rnn_bwd(*args)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(_NO_HIGHER_ORDER.format(
-            op="clockwork_rnn", what="a second-order gradient (create_graph=True, reverse over reverse)"))
-
-    @staticmethod
-    def jvp(ctx, *tangents):
-        raise RuntimeError(_NO_HIGHER_ORDER.format(
-            op="clockwork_rnn", what="forward-mode AD of its gradient (forward over reverse)"))
-
-
 def _setup_context(ctx, inputs, output):
     p, weight_hh, h0, alpha, module_sizes, periods, first_steps, nonlinearity, lengths = inputs
     h, u = output
@@ -97,7 +74,7 @@ def _backward(ctx, grad_h, _grad_u):
         grad_h = torch.zeros_like(h)
     args = (grad_h, weight_hh, h, u, h0, alpha, *ctx.config, lengths)
     if torch.is_grad_enabled():  # create_graph=True: a node that refuses a 2nd order
-        dp, dw, dh0, dalpha = _BackwardFunction.apply(*args)
+        dp, dw, dh0, dalpha = _BackwardFunction.apply("clockwork_rnn_bwd", *args)
     else:
         dp, dw, dh0, dalpha = torch.ops.mts_kernels.clockwork_rnn_bwd(*args)
     has_h0, has_alpha = ctx.has

@@ -45,30 +45,28 @@ _NO_HIGHER_ORDER = (
 
 
 class _BackwardFunction(torch.autograd.Function):
-    """The fused backward as a differentiable node (create_graph=True, torch.func):
-    its own derivative raises instead of silently being zero."""
+    """A fused backward op (bwd_name: "leaky_rnn_bwd", "clockwork_rnn_bwd", ...) as
+    a differentiable node (create_graph=True, torch.func): its own derivative
+    raises instead of silently being zero."""
 
     @staticmethod
-    def forward(bwd_name, grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip, dilation,
-                nonlinearity, reverse, lengths):
-        return getattr(torch.ops.mts_kernels, bwd_name)(grad_h, weight_hh, h, u, h0, alpha,
-                                                        weight_skip, skip, dilation, nonlinearity,
-                                                        reverse, lengths)
+    def forward(bwd_name, *args):
+        return getattr(torch.ops.mts_kernels, bwd_name)(*args)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        pass
+        ctx.op = inputs[0].split("_bwd")[0]
 
     @staticmethod
     def backward(ctx, *grads):
         raise RuntimeError(_NO_HIGHER_ORDER.format(
-            op="leaky_rnn", what="a second-order gradient (create_graph=True, reverse over reverse)"))
+            op=ctx.op, what="a second-order gradient (create_graph=True, reverse over reverse)"))
 
     @staticmethod
     def jvp(ctx, *tangents):
         raise RuntimeError(_NO_HIGHER_ORDER.format(
-            op="leaky_rnn", what="forward-mode AD of its gradient (forward over reverse, "
-                                 "e.g. torch.func.hessian)"))
+            op=ctx.op, what="forward-mode AD of its gradient (forward over reverse, "
+                            "e.g. torch.func.hessian)"))
 
     @staticmethod
     def vmap(info, in_dims, bwd_name, *args):
@@ -81,7 +79,7 @@ class _BackwardFunction(torch.autograd.Function):
             sample = [a.select(d, i) if (isinstance(a, Tensor) and d is not None) else a
                       for a, d in zip(args, dims)]
             outs.append(_BackwardFunction.apply(bwd_name, *sample))
-        return tuple(torch.stack(o) for o in zip(*outs)), (0,) * 5
+        return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
 
 
 def _fused_backward(bwd_name, grad_h, saved, config, lengths):
