@@ -55,6 +55,10 @@ CASES = [
     ([4, 4], [1, 2], 1, "tanh", True, [3, 11, 11, 1]),
     ([2, 3, 1, 4], [1, 2, 4, 8], 2 ** 62 - 3, "relu", False, [11, 11, 11, 11]),
     ([6], [1], 0, "tanh", True, None),
+    # every sequence shorter than T: the backward's clock still runs through the
+    # steps no row reaches (it once froze there and returned dp = 0)
+    ([2, 3, 1], [1, 3, 4], 5, "tanh", True, [2, 7, 5, 1]),
+    ([4, 2], [2, 3], 0, "relu", False, [1, 0, 3, 9]),
     ([3, 5], [5, 40], 3 ** 41, "tanh", True, [0, 0, 0, 0]),  # t0 beyond int64, a period beyond T
 ]
 
@@ -71,9 +75,7 @@ def test_matches_reference_forward_and_every_gradient(fused, monkeypatch, sizes,
     kw = dict(alpha=alpha, nonlinearity=nl, t0=t0, batch_first=batch_first, lengths=lengths)
     calls = _calls_fused(monkeypatch)
     h = mts_kernels.clockwork_rnn(p, w, h0, periods=periods, module_sizes=sizes, **kw)
-    # with lengths the decomposition runs (a known bug of the fused backward when
-    # every sequence is shorter than T: see _use_fused)
-    assert calls == [lengths is None], "the path was not the documented one"
+    assert calls == [True], "the path was not the documented one"
     h_ref = reference.clockwork_rnn(p, w, h0, periods, sizes, **kw)
     torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(h)

@@ -241,12 +241,16 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e,
   for (int64_t m = 0; m < c.g; ++m)
     last[m] = c.first[m] < r.Tn ? c.first[m] + (r.Tn - 1 - c.first[m]) / c.period[m] * c.period[m] : -1;
   for (int64_t t = r.Tn - 1; t >= 0; --t) {
+    // the clock advances at every step, also past every sequence's end (where no
+    // row runs), so that each module's last active step stays in step with t
+    for (int64_t m = 0; m < c.g; ++m) {
+      on[m] = last[m] == t;
+      if (on[m]) last[m] -= c.period[m];
+    }
     const int64_t n = r.rows_at(t);
     if (n == 0) continue;
     for (int64_t m = 0; m < c.g; ++m) {
       const int64_t lo = c.lo[m], k = c.k[m];
-      on[m] = last[m] == t;
-      if (on[m]) last[m] -= c.period[m];
       // delta(t) = grad_h(t) + the carry, formed in the carry itself
       for (int64_t i = 0; i < n; ++i) {
         const T* gb = g + r.off(t, i) + lo;

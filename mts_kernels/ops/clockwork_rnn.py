@@ -193,7 +193,7 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
                                        lengths=lens)
     x = p.transpose(0, 1) if batch_first else p
     T, B, H = x.shape
-    if _use_fused(be, x, periods, module_sizes, lens):
+    if _use_fused(be, x, periods, module_sizes):
         # the phase enters as each module's first active step, (-t0) mod T_i, and a
         # period or first step beyond T as T (the same active steps in [0, T)), so
         # any Python int t0 or period fits the op's int64 arguments
@@ -261,15 +261,9 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
     return h.transpose(0, 1) if batch_first else h
 
 
-def _use_fused(be: str, x: Tensor, periods, module_sizes, lens=None) -> bool:
+def _use_fused(be: str, x: Tensor, periods, module_sizes) -> bool:
     """The fused op for this call? (module docstring; PATH_ENV_VAR forces it)."""
     path = _path_setting()
-    if lens is not None:
-        # Known bug (found by tests/test_properties.py at the 2026-12-02 stop): the
-        # fused CPU backward returns dp = 0 when every sequence is shorter than T
-        # (e.g. B=1, T=3, lengths=[1]). Until it is fixed, calls with lengths take
-        # the decomposition, whatever PATH_ENV_VAR says.
-        return False
     if path == "decomposed" or be != "cpu" or x.device.type not in ("cpu", "meta") or not FUSED_COMPILED:
         return False
     if _transforms.transform_active():
