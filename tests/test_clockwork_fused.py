@@ -219,13 +219,18 @@ def test_autocast_bfloat16(fused):
     torch.testing.assert_close(h2, h.detach(), rtol=0, atol=0)
 
 
-def test_second_order_raises_clearly(fused):
-    p, w, h0, _ = _case(11, 6, 2, [2, 2])
+def test_second_order_through_the_fused_op(fused):
+    p, w, h0, alpha = _case(11, 6, 2, [2, 2], leak=True)
     w.requires_grad_()
-    h = mts_kernels.clockwork_rnn(p, w, h0, periods=[1, 2], module_sizes=[2, 2])
-    g, = torch.autograd.grad(h.tanh().sum(), w, create_graph=True)
-    with pytest.raises(RuntimeError, match="clockwork_rnn: a second-order gradient"):
-        torch.autograd.grad(g.sum(), w)
+    kw = dict(periods=[1, 2], module_sizes=[2, 2], alpha=alpha, lengths=[4, 6])
+    def hvp(fn):
+        g, = torch.autograd.grad(fn(p, w, h0, **kw).tanh().sum(), w, create_graph=True)
+        return torch.autograd.grad(g.pow(2).sum(), w, create_graph=True)[0]
+    hv = hvp(mts_kernels.clockwork_rnn)
+    torch.testing.assert_close(hv, hvp(lambda p, w, h0, periods, module_sizes, **k: reference.clockwork_rnn(
+        p, w, h0, periods, module_sizes, **k)))
+    with pytest.raises(RuntimeError, match="clockwork_rnn: a third-order gradient"):
+        torch.autograd.grad(hv.sum(), w)
 
 
 def test_compile_fullgraph(fused):

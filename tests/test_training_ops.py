@@ -1,6 +1,8 @@
 """Training integration of the ops: autocast, higher-order and forward-mode
 derivatives, torch.func transforms (mts_kernels/ops/_transforms.py)."""
 
+import importlib
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -208,20 +210,79 @@ def test_leaky_rnn_jvp_and_reverse_over_forward(kw, leak):
         torch.testing.assert_close(hess, torch.func.hessian(lambda x: loss(x, r))(prim[i]))
 
 
-def test_leaky_rnn_reverse_over_reverse_raises_clearly():
+def _second_order_grads(fn, args):
+    """d/dargs of |d fn(args).tanh().sum() / dargs|^2: reverse over reverse."""
+    args = [a.detach().requires_grad_() for a in args]
+    g = torch.autograd.grad(fn(*args).tanh().sum(), args, create_graph=True)
+    return torch.autograd.grad(sum((gi * gi).sum() for gi in g), args)
+
+
+SECOND_ORDER_KW = [dict(), dict(skip=2, reverse=True, lengths=[7, 3, 0]),
+                   dict(dilation=2, nonlinearity="relu", lengths=[2, 7, 5]), dict(skip=3, dilation=2)]
+
+
+@pytest.mark.parametrize("leak", [False, True])
+@pytest.mark.parametrize("kw", SECOND_ORDER_KW)
+def test_leaky_rnn_reverse_over_reverse(kw, leak):
+    p, w, h0, alpha, ws = _rnn_case(seed=3)
+    alpha = alpha * 0.9 if leak else None
+    ws = ws if kw.get("skip") else None
+    args = [t for t in (p, w, h0, alpha, ws) if t is not None]
+    def call(fn):
+        def g(p, w, h0, *rest):
+            rest = list(rest)
+            a = rest.pop(0) if leak else None
+            return fn(p, w, h0, a, rest.pop(0) if rest else None)
+        return g
+    f, r = call(_rnn("cpu", **kw)), call(_rnn("reference", **kw))
+    for o, e in zip(_second_order_grads(f, args), _second_order_grads(r, args)):
+        torch.testing.assert_close(o, e)
+    if leak:  # the numerical check (slow) on half the cases; the reference covers all
+        assert gradgradcheck(f, tuple(a.requires_grad_() for a in args))
+
+
+def test_leaky_rnn_beyond_second_order_raises_clearly():
     args = tuple(t.requires_grad_() for t in _rnn_case())
     f = _rnn("cpu", skip=2)
     g = torch.autograd.grad(f(*args).sum(), args[1], create_graph=True)[0]
-    with pytest.raises(RuntimeError, match="second-order gradient.*jacrev.*backend='reference'"):
-        torch.autograd.grad(g.sum(), args[1])
+    gg = torch.autograd.grad(g.pow(2).sum(), args[1], create_graph=True)[0]
+    with pytest.raises(RuntimeError, match="third-order.*jacrev.*backend='reference'"):
+        torch.autograd.grad(gg.sum(), args[1])
     with pytest.raises(RuntimeError, match="forward over reverse.*jacfwd"):
         torch.func.hessian(lambda w: f(args[0], w, *args[2:]).sum())(args[1].detach())
     # the workaround the message names works
     r = _rnn("reference", skip=2)
-    assert gradgradcheck(lambda w: r(args[0], w, *args[2:]), (args[1],))
+    w = args[1].detach()
+    hess = torch.func.jacrev(torch.func.jacfwd(lambda w: f(args[0], w, *args[2:]).tanh().sum()))(w)
+    torch.testing.assert_close(hess, torch.func.hessian(lambda w: r(args[0], w, *args[2:]).tanh().sum())(w))
 
 
-def test_clockwork_rnn_func_grad_and_second_order_error():
+@pytest.mark.parametrize("path", ["fused", "decomposed"])
+@pytest.mark.parametrize("kw", [dict(periods=[1, 3], t0=1, lengths=[9, 4, 0]),
+                                dict(periods=[2, 5], nonlinearity="relu"),
+                                dict(periods=[1, 4], t0=3, lengths=[3, 9, 6])])
+@pytest.mark.parametrize("leak", [False, True])
+def test_clockwork_rnn_reverse_over_reverse(monkeypatch, path, kw, leak):
+    monkeypatch.setenv(importlib.import_module("mts_kernels.ops.clockwork_rnn").PATH_ENV_VAR, path)
+    gen = torch.Generator().manual_seed(11)
+    T, B, H = 9, 3, 6
+    args = [torch.randn(T, B, H, generator=gen, dtype=F64),
+            torch.randn(H, H, generator=gen, dtype=F64) * 0.4, torch.randn(B, H, generator=gen, dtype=F64)]
+    if leak:
+        args.append(torch.rand(H, generator=gen, dtype=F64) * 0.9)
+    kw = dict(kw)
+    periods = kw.pop("periods")
+    f = lambda p, w, h0, *a: mk.clockwork_rnn(p, w, h0, periods=periods, module_sizes=[4, 2],
+                                              alpha=a[0] if a else None, **kw)
+    r = lambda p, w, h0, *a: reference.clockwork_rnn(p, w, h0, periods, [4, 2],
+                                                     alpha=a[0] if a else None, **kw)
+    for o, e in zip(_second_order_grads(f, args), _second_order_grads(r, args)):
+        torch.testing.assert_close(o, e)
+    if path == "fused" and leak:  # the numerical check (slow) on a quarter of the cases
+        assert gradgradcheck(f, tuple(a.requires_grad_() for a in args))
+
+
+def test_clockwork_rnn_func_grad_and_third_order_error():
     gen = torch.Generator().manual_seed(4)
     T, B, H = 9, 2, 6
     p = torch.randn(T, B, H, generator=gen, dtype=F64)
@@ -235,8 +296,9 @@ def test_clockwork_rnn_func_grad_and_second_order_error():
     torch.testing.assert_close(torch.func.jvp(f, (p, w), tangents)[1], torch.func.jvp(r, (p, w), tangents)[1])
     w = w.requires_grad_()
     g = torch.autograd.grad(f(p, w), w, create_graph=True)[0]
-    with pytest.raises(RuntimeError, match="second-order"):
-        torch.autograd.grad(g.sum(), w)
+    gg = torch.autograd.grad(g.pow(2).sum(), w, create_graph=True)[0]
+    with pytest.raises(RuntimeError, match="third-order"):
+        torch.autograd.grad(gg.sum(), w)
 
 
 # --------------------------------------------------------------------------- autocast

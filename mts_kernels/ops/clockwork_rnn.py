@@ -41,7 +41,8 @@ from torch import Tensor
 
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
-from mts_kernels.ops.leaky_rnn import NONLINEARITIES, _BackwardFunction, check_projection, leaky_rnn
+from mts_kernels.ops.leaky_rnn import (NONLINEARITIES, SECOND_ORDER, _BackwardFunction, check_projection,
+                                      leaky_rnn, second_order)
 
 PATH_ENV_VAR = "MTS_KERNELS_CLOCKWORK_PATH"
 PATHS = ("auto", "fused", "decomposed")
@@ -80,6 +81,80 @@ def _backward(ctx, grad_h, _grad_u):
     has_h0, has_alpha = ctx.has
     return (dp, dw, dh0 if has_h0 else None, dalpha if has_alpha else None,
             None, None, None, None, None)
+
+
+def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity, lengths):
+    """The tangent of the fused op's h for tangents of (p, weight_hh, h0, alpha):
+    the linearised clockwork recurrence (None tangents are zero),
+
+        active:   hdot_i(t) = alpha_i hdot_i(t-1) + alphadot_i (h_i(t-1) - u_i(t))
+                              + (1 - alpha_i) phi'(u_i(t)) (pdot_i(t) + sum_{j >= i} (W_ij hdot_j(t-1) + Wdot_ij h_j(t-1)))
+        inactive: hdot_i(t) = hdot_i(t-1)
+
+    with the saved h and u (u: the fused op's second output; h itself without a
+    leak). The terms of the primal states are one GEMM / pointwise pass over all
+    steps; what stays sequential is one masked (B, H) x (H, H) product per step."""
+    weight_hh, h, u, h0, alpha = primals
+    dp, dw, dh0, dalpha = tangents
+    T, B, H = h.shape
+    dev = h.device
+    module = torch.repeat_interleave(torch.arange(len(module_sizes), device=dev),
+                                     torch.tensor(list(module_sizes), device=dev))
+    upper = (module.unsqueeze(0) >= module.unsqueeze(1)).to(h.dtype)  # blocks j >= i
+    t = torch.arange(T, device=dev).unsqueeze(1)
+    first = torch.tensor(list(first_steps), device=dev)[module]
+    period = torch.tensor(list(periods), device=dev)[module]
+    act = ((t >= first) & ((t - first) % period == 0)).unsqueeze(1)  # (T, 1, H)
+    start = h.new_zeros(B, H) if h0 is None else h0
+    h_prev = torch.cat([start.unsqueeze(0), h[:-1]], 0)
+    if alpha is None:
+        u = h
+    else:
+        # u is a non-differentiable output; its dependence on h and alpha at active
+        # steps (u = (h - alpha h(t-1)) / (1 - alpha)) carries its derivative, as in
+        # leaky_rnn's _tangent
+        u_fn = (h - alpha * h_prev) / (1 - alpha)
+        u = u + (u_fn - u_fn.detach())
+    gain = (1 - u * u) if nonlinearity == "tanh" else (u > 0).to(u.dtype)
+    if alpha is not None:
+        gain = gain * (1 - alpha)
+    gain = torch.where(act, gain, gain.new_zeros(()))
+    drive = torch.zeros_like(h) if dp is None else dp
+    if dw is not None:
+        drive = drive + h_prev @ (dw * upper).transpose(0, 1)
+    drive = gain * drive
+    if dalpha is not None:
+        drive = drive + torch.where(act, dalpha * (h_prev - u), drive.new_zeros(()))
+    live = None
+    if lengths is not None:  # rows that ended keep a zero tangent (their output is 0)
+        live = (t < lengths.to(dev).unsqueeze(0)).unsqueeze(-1).to(h.dtype)
+    # the tangent state's own coefficient: alpha (0 without a leak) where active, 1 (hold) elsewhere
+    keep = torch.where(act, h.new_zeros(()) if alpha is None else alpha, h.new_ones(()))
+    w_t = (weight_hh * upper).transpose(0, 1)
+    prev = h.new_zeros(B, H) if dh0 is None else dh0
+    out = []
+    for k in range(T):
+        hk = keep[k] * prev
+        hk = hk + gain[k] * (prev @ w_t) + drive[k]
+        if live is not None:
+            hk = hk * live[k]
+        out.append(hk)
+        prev = hk
+    return torch.stack(out)
+
+
+def _second_order(args, cots):
+    """clockwork_rnn_bwd(grad_h, weight_hh, h, u, h0, alpha, module_sizes, periods,
+    first_steps, nonlinearity, lengths) -> (dp, dw, dh0, dalpha): its gradients."""
+    grad_h, weight_hh, h, u, h0, alpha, sizes, periods, firsts, nonlinearity, lengths = args
+    cp, cw, ch0, calpha = cots
+    tangents = (cp, cw, None if h0 is None else ch0, None if alpha is None else calpha)
+    fn = lambda prims, c: _tangent(prims, c, sizes, periods, firsts, nonlinearity, lengths)
+    dgrad_h, dw, dh, _du, dh0, dalpha = second_order(fn, grad_h, (weight_hh, h, u, h0, alpha), tangents)
+    return (dgrad_h, dw, dh, None, dh0, dalpha) + (None,) * 5
+
+
+SECOND_ORDER["clockwork_rnn_bwd"] = _second_order
 
 
 FUSED_COMPILED = _extension.COMPILED and hasattr(torch.ops.mts_kernels, "clockwork_rnn_fwd")

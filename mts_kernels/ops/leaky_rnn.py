@@ -36,18 +36,42 @@ def _fake_bwd(grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip, dilation, n
 
 
 _NO_HIGHER_ORDER = (
-    "{op}: {what} of the fused kernels' backward is not implemented (it needs the "
-    "derivative of the adjoint recurrence, which has no kernel yet). Reverse mode once, "
-    "forward mode (jvp, jacfwd) and reverse over forward work: for Hessians and "
-    "Hessian-vector products use torch.func.jacrev(torch.func.jacfwd(f)) or "
-    "torch.func.vjp of a torch.func.jvp. Or run this computation with backend='reference' "
+    "{op}: {what} of the fused kernels' backward is not implemented. Reverse mode in "
+    "any order up to two (create_graph=True, then backward), forward mode (jvp, jacfwd) "
+    "and reverse over forward work: for Hessians use torch.func.jacrev(torch.func.jacfwd(f)) "
+    "or torch.func.vjp of a torch.func.jvp. Or run this computation with backend='reference' "
     "(the plain PyTorch loop, differentiable in every order)")
+
+# bwd_name -> (tangent function, the bwd op's differentiable inputs after grad_h);
+# see _BackwardFunction.backward. clockwork_rnn registers its own.
+SECOND_ORDER: dict = {}
+
+
+def second_order(tangent_fn, grad_h: Tensor, prims, cots):
+    """Gradients of <c, J(prims)^T v> (the fused backward's outputs dotted with
+    their cotangents c) with respect to v = grad_h and every primal.
+
+    <c, J^T v> = <J c, v>: J c is the op's tangent in the direction c (the
+    linearised recurrence, tangent_fn), so one reverse pass through the tangent
+    gives all of them: d/dv = J c, d/dprims = d<J c, v>/dprims, with prims taken as
+    the backward op's own inputs (h and u as given, not recomputed)."""
+    with torch.enable_grad():
+        v = grad_h.detach().requires_grad_()
+        ps = [None if t is None else t.detach().requires_grad_(t.is_floating_point() and t.numel() > 0)
+              for t in prims]
+        y = tangent_fn(ps, cots)
+        wrt = [v] + [t for t in ps if t is not None and t.requires_grad]
+        got = iter(torch.autograd.grad((y * v).sum(), wrt, allow_unused=True))
+    dv = next(got)
+    out = [next(got) if (t is not None and t.requires_grad) else None for t in ps]
+    return (dv, *out)
 
 
 class _BackwardFunction(torch.autograd.Function):
     """A fused backward op (bwd_name: "leaky_rnn_bwd", "clockwork_rnn_bwd", ...) as
-    a differentiable node (create_graph=True, torch.func): its own derivative
-    raises instead of silently being zero."""
+    a differentiable node (create_graph=True, torch.func). Its derivative (a
+    second-order gradient) comes from SECOND_ORDER; forward mode through it and a
+    third order raise instead of silently being zero."""
 
     @staticmethod
     def forward(bwd_name, *args):
@@ -56,11 +80,34 @@ class _BackwardFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.op = inputs[0].split("_bwd")[0]
+        ctx.bwd_name = inputs[0]
+        args = inputs[1:]
+        ctx.is_tensor = [isinstance(a, Tensor) for a in args]
+        ctx.constants = [None if isinstance(a, Tensor) else a for a in args]
+        ctx.save_for_backward(*[a for a in args if isinstance(a, Tensor)])
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(_NO_HIGHER_ORDER.format(
-            op=ctx.op, what="a second-order gradient (create_graph=True, reverse over reverse)"))
+        if _transforms.transform_active():
+            raise RuntimeError(_NO_HIGHER_ORDER.format(
+                op=ctx.op, what="a torch.func transform of its second-order gradient"))
+        saved = iter(ctx.saved_tensors)
+        args = [next(saved) if is_t else c for is_t, c in zip(ctx.is_tensor, ctx.constants)]
+        # the op's registered name without a backend suffix ("_triton")
+        fn = SECOND_ORDER[ctx.bwd_name.replace("_triton", "")]
+        out = fn(args, grads)
+        if torch.is_grad_enabled():
+            # create_graph=True here: the second-order gradients are computed from
+            # detached inputs, so they get a node that refuses a third order
+            # rather than a graph that would silently miss terms
+            keys = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
+            idx = [i for i, g in enumerate(out) if g is not None]
+            if keys and idx:
+                refused = _Refuse.apply(ctx.op, len(idx), *[out[i] for i in idx], *keys)
+                out = list(out)
+                for i, g in zip(idx, refused):
+                    out[i] = g
+        return (None, *out)
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -80,6 +127,38 @@ class _BackwardFunction(torch.autograd.Function):
                       for a, d in zip(args, dims)]
             outs.append(_BackwardFunction.apply(bwd_name, *sample))
         return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
+
+
+class _Refuse(torch.autograd.Function):
+    """Identity on the first n tensors; its derivative (a third order) raises."""
+
+    @staticmethod
+    def forward(ctx, op, n, *tensors):
+        ctx.op = op
+        return tuple(t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_NO_HIGHER_ORDER.format(
+            op=ctx.op, what="a third-order gradient (create_graph=True through a second-order one)"))
+
+
+def _leaky_second_order(args, cots):
+    """leaky_rnn_bwd(grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip, dilation,
+    nonlinearity, reverse, lengths) -> (dp, dw, dh0, dalpha, dws): its gradients."""
+    grad_h, weight_hh, h, u, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse, lengths = args
+    cp, cw, ch0, calpha, cws = cots
+    tangents = (cp, cw, None if h0 is None else ch0, None if alpha is None else calpha,
+                None if weight_skip is None else cws)
+    fn = lambda prims, c: _tangent(prims, c, skip, dilation, nonlinearity, reverse, lengths)
+    g = second_order(fn, grad_h, (weight_hh, h, u, h0, alpha, weight_skip), tangents)
+    # u is a non-differentiable output of the forward; its dependence on h and alpha
+    # is carried by _tangent (see there)
+    dgrad_h, dw, dh, _du, dh0, dalpha, dws = g
+    return (dgrad_h, dw, dh, None, dh0, dalpha, dws) + (None,) * 5
+
+
+SECOND_ORDER["leaky_rnn_bwd"] = _leaky_second_order
 
 
 def _fused_backward(bwd_name, grad_h, saved, config, lengths):
