@@ -35,8 +35,7 @@
 #include <tuple>
 #include <vector>
 
-#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
-
+#include "../blas_blocked.h"
 #include "../cpu_alloc.h"
 #include "../cpu_vec.h"
 #include "../lengths.h"
@@ -112,19 +111,13 @@ RowOrder row_order(const std::optional<Tensor>& lengths, int64_t B, int64_t T, c
 }
 
 // c (n x N, row stride ldc) += a (n x K, lda) @ m (K x N, ldm) through torch's
-// BLAS on views of the loop's buffers (the C shim's addmm.out); out of line, so
-// the cloned loops call it as it is.
+// BLAS on views of the loop's buffers, in blocks fixed by the shape (the same
+// result on any thread count: csrc/blas_blocked.h); out of line, so the cloned
+// loops call it as it is.
 template <typename T>
 __attribute__((noinline)) void blas_acc(int64_t n, int64_t K, int64_t N, const T* a, int64_t lda,
                                         const T* m, int64_t ldm, T* c, int64_t ldc) {
-  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
-  const Device cpu(torch::headeronly::DeviceType::CPU);
-  auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t ld) {
-    return torch::stable::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, cpu, dtype);
-  };
-  const Tensor ct = view(c, n, N, ldc);
-  TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(ct.get(), ct.get(), view(a, n, K, lda).get(),
-                                                  view(m, K, N, ldm).get(), 1.0, 1.0));
+  blocked_gemm_acc<T>(n, K, N, {a, lda, 1}, {m, ldm, 1}, {c, ldc, 1});
 }
 
 // The loop's operands in the compute dtype T (float / double).
@@ -173,7 +166,7 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
   const int64_t B = r.B, H = r.H;
   int64_t zw = 0;
   for (int64_t m = 0; m < c.g; ++m) zw = std::max(zw, r.ld[m]);
-  std::vector<T> state(B * H), zbuf(B * zw, T(0));
+  AlignedVec<T> state(B * H), zbuf(B * zw, T(0));
   T* s = state.data();
   T* z = zbuf.data();
   for (int64_t i = 0; i < B; ++i) std::copy(r.h0 + r.row(i) * H, r.h0 + (r.row(i) + 1) * H, s + i * H);
@@ -233,7 +226,7 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e,
   // The carry's rows are padded so that each module's tiled product may write the
   // padded width of its columns [lo, H) (lo + round_up(H - lo) < H + lanes).
   const int64_t Hc = round_up(H, kLanes<T>) + kLanes<T>;
-  std::vector<T> carry(B * Hc, T(0)), ebuf(B * H, T(0)), da_step(r.alpha ? H : 0, T(0));
+  AlignedVec<T> carry(B * Hc, T(0)), ebuf(B * H, T(0)), da_step(r.alpha ? H : 0, T(0));
   T* cr = carry.data();
   T* eb = ebuf.data();
   std::vector<char> on(c.g);
@@ -387,7 +380,7 @@ bool parse_tanh(const std::string& s, const char* op) {
 
 // Packed weight blocks (see Raw::w) for the forward (transposed) or backward.
 template <typename T>
-std::vector<T> pack_weights(const T* w, const Clock& c, int64_t H, bool fwd,
+AlignedVec<T> pack_weights(const T* w, const Clock& c, int64_t H, bool fwd,
                             std::vector<const T*>& blocks, std::vector<int64_t>& lds) {
   std::vector<int64_t> offs;
   int64_t total = 0;
@@ -398,7 +391,7 @@ std::vector<T> pack_weights(const T* w, const Clock& c, int64_t H, bool fwd,
     offs.push_back(total);
     total += (fwd ? K : c.k[m]) * ld;
   }
-  std::vector<T> pool(total, T(0));
+  AlignedVec<T> pool(total, T(0));
   for (int64_t m = 0; m < c.g; ++m) {
     const int64_t lo = c.lo[m], k = c.k[m], K = H - lo, ld = lds[m];
     T* dst = pool.data() + offs[m];
@@ -452,7 +445,7 @@ std::tuple<Tensor, Tensor> clockwork_rnn_fwd(Tensor p_in, Tensor w_in, std::opti
   dispatch_compute(p.scalar_type(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     Raw<T> r = raw_of<T>(s, tanh, alpha, h0, clock, order, lengths.has_value());
-    const std::vector<T> pool = pack_weights<T>(ptr<T>(w), clock, s.H, true, r.w, r.ld);
+    const AlignedVec<T> pool = pack_weights<T>(ptr<T>(w), clock, s.H, true, r.w, r.ld);
     run_fwd(r, ptr<T>(p), mut<T>(h), u ? mut<T>(*u) : nullptr);
   });
   const ScalarType dtype = p_in.scalar_type();
@@ -474,11 +467,8 @@ void weight_grad(const Clock& c, const Shape& s, const Tensor& e, const Tensor& 
   auto view = [&](const T* p, std::vector<int64_t> sizes, std::vector<int64_t> strides) {
     return torch::stable::from_blob(const_cast<T*>(p), sizes, strides, cpu, dtype);
   };
-  auto acc = [&](const Tensor& out, const Tensor& a, const Tensor& b) {
-    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(out.get(), out.get(),
-                                                    torch::stable::transpose(a, 0, 1).get(), b.get(),
-                                                    1.0, 1.0));
-  };
+  // out += a^T b in reduction chunks fixed by the shape (csrc/blas_blocked.h)
+  auto acc = [&](const Tensor& out, const Tensor& a, const Tensor& b) { blocked_gram<T>(a, b, out); };
   const T* ep = ptr<T>(e);
   const T* hp = ptr<T>(h);
   for (int64_t m = 0; m < c.g; ++m) {
@@ -536,7 +526,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> clockwork_rnn_bwd(
   dispatch_compute(h.scalar_type(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     Raw<T> r = raw_of<T>(s, tanh, alpha, h0, clock, order, lengths.has_value());
-    const std::vector<T> pool = pack_weights<T>(ptr<T>(w), clock, s.H, false, r.w, r.ld);
+    const AlignedVec<T> pool = pack_weights<T>(ptr<T>(w), clock, s.H, false, r.w, r.ld);
     std::vector<double> da(alpha ? s.H : 0, 0.0);
     run_bwd(r, ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e), mut<T>(dh0), da.data());
     weight_grad<T>(clock, s, e, h, h0, h0_in.has_value(), dw);

@@ -5,15 +5,15 @@
 // the backward, the carries and dalpha, so no per-step ATen pointwise ops and no
 // (T, B, H) delta copy. The product is a register-tiled loop for small steps
 // (B*H*H <= kSmallWork, where a BLAS call's fixed cost would dominate) and a
-// BLAS GEMM above.
+// BLAS GEMM above, in blocks fixed by the shape (bitwise the same on any
+// thread count, csrc/blas_blocked.h).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 #include <vector>
 
-#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
-
+#include "../blas_blocked.h"
 #include "../cpu_alloc.h"
 #include "leaky_rnn_impl.h"
 
@@ -91,26 +91,19 @@ void zero_padded(const Raw<T>& r, T* x) {
     for (int64_t t = r.len[b]; t < r.Tn; ++t) std::fill(x + (t * r.B + b) * r.H, x + (t * r.B + b + 1) * r.H, T(0));
 }
 
-// The per-step product through torch's BLAS (MKL / OpenBLAS, threaded) on views of
-// the loop's buffers, by the C shim's addmm.out (c = c + a m; the stable ops have
-// no GEMM with accumulation); out of line, so the cloned loops call it as it is.
+// The per-step product through torch's BLAS (MKL / OpenBLAS) on views of the
+// loop's buffers, in blocks fixed by the shape (csrc/blas_blocked.h: the same
+// result on any thread count); out of line, so the cloned loops call it as it is.
 template <typename T>
 __attribute__((noinline)) void blas_product(int64_t B, int64_t K, int64_t Np, const T* a,
                                             const T* m, T* c) {
-  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
-  const Device cpu(torch::headeronly::DeviceType::CPU);
-  auto view = [&](const T* p, int64_t rows, int64_t cols) {
-    return torch::stable::from_blob(const_cast<T*>(p), {rows, cols}, {cols, 1}, cpu, dtype);
-  };
-  const Tensor ct = view(c, B, Np);
-  TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(ct.get(), ct.get(), view(a, B, K).get(),
-                                                  view(m, K, Np).get(), 1.0, 1.0));
+  blocked_gemm_acc<T>(B, K, Np, {a, K, 1}, {m, Np, 1}, {c, Np, 1});
 }
 
 // (H, H) -> (H, Np), zero padding columns.
 template <typename T>
-std::vector<T> padded(const T* m, int64_t H, int64_t Np) {
-  std::vector<T> out(H * Np, T(0));
+AlignedVec<T> padded(const T* m, int64_t H, int64_t Np) {
+  AlignedVec<T> out(H * Np, T(0));
   for (int64_t k = 0; k < H; ++k) std::copy(m + k * H, m + (k + 1) * H, out.data() + k * Np);
   return out;
 }
@@ -118,7 +111,7 @@ std::vector<T> padded(const T* m, int64_t H, int64_t Np) {
 template <typename T>
 inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
   const int64_t B = r.B, H = r.H, Np = r.Np;
-  std::vector<T> zbuf(B * Np), gathered(r.ragged() ? 2 * B * H : 0);
+  AlignedVec<T> zbuf(B * Np), gathered(r.ragged() ? 2 * B * H : 0);
   T* z = zbuf.data();
   for (int64_t k = 0; k < r.Tn; ++k) {
     const int64_t n = r.rows_at(k);
@@ -167,8 +160,8 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
                       double* dalpha) {
   const int64_t B = r.B, H = r.H, Np = r.Np, BN = B * Np;
   const int64_t L = std::max(r.dilation, r.skip) + 1;  // ring slots
-  std::vector<T> ring(L * BN, T(0)), dh0_acc(BN, T(0)), da_step(r.alpha ? Np : 0);
-  std::vector<T> gathered(r.ragged() ? 2 * B * H : 0);
+  AlignedVec<T> ring(L * BN, T(0)), dh0_acc(BN, T(0)), da_step(r.alpha ? Np : 0);
+  AlignedVec<T> gathered(r.ragged() ? 2 * B * H : 0);
   auto slot = [&](int64_t k) { return k >= 0 ? ring.data() + (k % L) * BN : dh0_acc.data(); };
   for (int64_t k = r.Tn - 1; k >= 0; --k) {
     const int64_t n = r.rows_at(k);
@@ -278,7 +271,7 @@ inline RowOrder row_order(const Problem& pr) {
 }
 
 template <typename T>
-Raw<T> raw_of(const Problem& pr, const std::vector<T>& w, const std::vector<T>& ws, int64_t Np,
+Raw<T> raw_of(const Problem& pr, const AlignedVec<T>& w, const AlignedVec<T>& ws, int64_t Np,
               const RowOrder& o) {
   const bool small = pr.s.B * pr.s.H * pr.s.H <= kSmallWork;
   const bool ragged = pr.lengths.has_value();
@@ -299,9 +292,9 @@ Tensor transposed(const Tensor& w) {
 template <typename T>
 void raw_fwd(const Problem& pr, const Tensor& p, Tensor& h, std::optional<Tensor>& u) {
   const int64_t H = pr.s.H, Np = padded_width(H, kLanes<T>);
-  const std::vector<T> w = padded(ptr<T>(transposed(pr.w)), H, Np);
-  const std::vector<T> ws =
-      pr.w_skip ? padded(ptr<T>(transposed(*pr.w_skip)), H, Np) : std::vector<T>();
+  const AlignedVec<T> w = padded(ptr<T>(transposed(pr.w)), H, Np);
+  const AlignedVec<T> ws =
+      pr.w_skip ? padded(ptr<T>(transposed(*pr.w_skip)), H, Np) : AlignedVec<T>();
   T* hp = mut<T>(h);
   run_fwd(raw_of<T>(pr, w, ws, Np, row_order(pr)), ptr<T>(p), hp, u ? mut<T>(*u) : hp);
 }
@@ -310,8 +303,8 @@ template <typename T>
 std::optional<Tensor> raw_bwd(const Problem& pr, const Tensor& g, const Tensor& h,
                               const Tensor& u, Tensor& e_all, Tensor& dh0) {
   const int64_t H = pr.s.H, Np = padded_width(H, kLanes<T>);
-  const std::vector<T> w = padded(ptr<T>(pr.w), H, Np);
-  const std::vector<T> ws = pr.w_skip ? padded(ptr<T>(*pr.w_skip), H, Np) : std::vector<T>();
+  const AlignedVec<T> w = padded(ptr<T>(pr.w), H, Np);
+  const AlignedVec<T> ws = pr.w_skip ? padded(ptr<T>(*pr.w_skip), H, Np) : AlignedVec<T>();
   std::vector<double> da(pr.leak() ? H : 0, 0.0);
   run_bwd(raw_of<T>(pr, w, ws, Np, row_order(pr)), ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e_all), mut<T>(dh0),
           da.data());
@@ -342,6 +335,11 @@ Tensor window_sum_typed(const Problem& pr, const Tensor& x_in, int64_t delay) {
 struct CpuLoop : LoopDefaults {
   static constexpr bool kDirectBwd = true;
   static Tensor empty_like(const Tensor& t) { return empty_like_cpu(t); }
+  static Tensor gram(const Tensor& a, const Tensor& b) {
+    return dispatch_compute(a.scalar_type(), "leaky_rnn_bwd_cpu", [&](auto tag) {
+      return blocked_gram<typename decltype(tag)::type>(a, b);
+    });
+  }
   static Tensor window_sum(const Problem& pr, const Tensor& x, int64_t delay) {
     return dispatch_compute(x.scalar_type(), "leaky_rnn_window_sum", [&](auto tag) {
       return window_sum_typed<typename decltype(tag)::type>(pr, x, delay);

@@ -100,7 +100,8 @@ inline Tensor add(const Tensor& a, const Tensor& b) { return torch::stable::subt
 // remaining e_t)^T h0. e_start, when given, is that sum per row (B, H) (with
 // reverse and lengths the steps that read h0 differ per row: the Loop's
 // window_sum); the GEMM's pairs with a padded h are 0 because padded h is.
-inline Tensor delayed_gram(const Tensor& e, const Tensor& h, const Tensor& h0, bool has_h0,
+template <class Loop>
+Tensor delayed_gram(const Tensor& e, const Tensor& h, const Tensor& h0, bool has_h0,
                            int64_t delay, bool reverse,
                            const std::optional<Tensor>& e_start = std::nullopt) {
   const int64_t T = h.size(0), B = h.size(1), H = h.size(2);
@@ -108,17 +109,17 @@ inline Tensor delayed_gram(const Tensor& e, const Tensor& h, const Tensor& h0, b
   auto main_steps = [&] {
     const Tensor e2 = torch::stable::reshape(reverse ? rows(e, 0, n) : rows(e, n0, n), {n * B, H});
     const Tensor h2 = torch::stable::reshape(reverse ? rows(h, delay, n) : rows(h, 0, n), {n * B, H});
-    return torch::stable::matmul(torch::stable::transpose(e2, 0, 1), h2);
+    return Loop::gram(e2, h2);
   };
   Tensor out = n > 0 ? main_steps() : torch::stable::new_zeros(e, {H, H});
   if (has_h0) {  // else h0 = 0 and the start steps add nothing
     if (e_start) {  // sum_b e_start[b]^T h0[b]
-      out = add(out, torch::stable::matmul(torch::stable::transpose(*e_start, 0, 1), h0));
+      out = add(out, Loop::gram(*e_start, h0));
       return out;
     }
     const Tensor first = reverse ? rows(e, n, n0) : rows(e, 0, n0);
     const Tensor s = torch::stable::sum(first, std::vector<int64_t>{0});
-    out = add(out, torch::stable::matmul(torch::stable::transpose(s, 0, 1), h0));
+    out = add(out, Loop::gram(s, h0));
   }
   return out;
 }
@@ -160,6 +161,7 @@ inline Problem make_problem(const Shape& s, const std::string& nonlinearity, con
 
 // What a Loop policy may leave out (it inherits these defaults):
 //   empty_like(t)  allocates the (T, B, H) outputs;
+//   gram(a, b)     a^T b of (K, M) and (K, N) matrices (the weight gradients);
 //   window_sum(pr, x, d)  (B, H): sum over row b's first d processing steps of
 //                  x[t, b] (needed with lengths and reverse only);
 //   kDirectBwd     false: the caller copies grad_h into delta, which
@@ -169,6 +171,9 @@ inline Problem make_problem(const Shape& s, const std::string& nonlinearity, con
 struct LoopDefaults {
   static constexpr bool kDirectBwd = false;
   static Tensor empty_like(const Tensor& t) { return torch::stable::empty_like(t); }
+  static Tensor gram(const Tensor& a, const Tensor& b) {
+    return torch::stable::matmul(torch::stable::transpose(a, 0, 1), b);
+  }
   static Tensor window_sum(const Problem&, const Tensor&, int64_t) {
     throw std::runtime_error("leaky_rnn: this backend does not take lengths");
   }
@@ -272,12 +277,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
     if (!has_h0 || !pr.ragged_start()) return std::nullopt;
     return Loop::window_sum(pr, e_all, delay);
   };
-  const Tensor dw = delayed_gram(e_all, h, pr.h0, has_h0, pr.dilation, reverse, start(pr.dilation));
+  const Tensor dw = delayed_gram<Loop>(e_all, h, pr.h0, has_h0, pr.dilation, reverse, start(pr.dilation));
   const ScalarType dtype = h_in.scalar_type();
   auto out = [&](const Tensor& t) { return as_dtype(t, dtype); };
   return {out(e_all), out(dw), out(dh0),
           dalpha ? out(*dalpha) : torch::stable::new_empty(w_in, {0}),
-          skip > 0 ? out(delayed_gram(e_all, h, pr.h0, has_h0, pr.skip, reverse, start(pr.skip)))
+          skip > 0 ? out(delayed_gram<Loop>(e_all, h, pr.h0, has_h0, pr.skip, reverse, start(pr.skip)))
                    : torch::stable::new_empty(w_in, {0})};
 }
 

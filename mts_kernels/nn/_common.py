@@ -102,25 +102,42 @@ def input_projection(x: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor],
     return F.linear(x, weight_ih, bias_ih) + bias_hh
 
 
-def run_layers(module, x: Tensor, h_in: Optional[Tensor], run_direction):
+def run_layers(module, x: Tensor, h_in: Optional[Tensor], run_direction, batch_first: bool = False):
     """torch.nn.RNN's stacking: run_direction(layer, direction, x, h0) -> (h
     (T, B, H) time-major, final state (B, H)) for each layer and direction; the
     directions' outputs concatenated feed the next layer, with dropout between
     layers in training mode (not after the last). Returns (the last layer's
-    output, h_n (num_layers * num_dirs, B, H))."""
+    output, (B, T, H * num_dirs) when batch_first, h_n (num_layers * num_dirs, B, H)).
+
+    Neither is a view of another tensor: FSDP2 (fully_shard) warns about a module
+    returning one (an in-place op on a view would drop its pre-backward hook), so
+    the batch-first layout is written by the concatenation itself (no extra copy
+    with two directions; one direction is copied, as the first batch-major
+    consumer, e.g. a Linear on the flattened output, would copy the transposed view)."""
     num_dirs = 2 if module.bidirectional else 1
     finals = []
     for layer in range(module.num_layers):
+        last = layer == module.num_layers - 1
         outs = []
         for direction in range(num_dirs):
             h0 = None if h_in is None else h_in[layer * num_dirs + direction]
             h, final = run_direction(layer, direction, x, h0)
             outs.append(h)
             finals.append(final)
-        x = torch.cat(outs, -1) if num_dirs == 2 else outs[0]
-        if module.dropout > 0 and module.training and layer < module.num_layers - 1:
+        if last and batch_first:
+            outs = [o.transpose(0, 1) for o in outs]
+            x = torch.cat(outs, -1) if num_dirs == 2 else outs[0].contiguous()
+        else:
+            x = torch.cat(outs, -1) if num_dirs == 2 else outs[0]
+        if module.dropout > 0 and module.training and not last:
             x = F.dropout(x, module.dropout, training=True)
     return x, torch.stack(finals, 0)
+
+
+def unbatched(output: Tensor, h_n: Tensor, batch_dim: int):
+    """(output, h_n) of a one-sequence batch without the batch dimension, as
+    copies rather than views (see run_layers: FSDP2)."""
+    return output.squeeze(batch_dim).clone(), h_n.squeeze(1).clone()
 
 
 def reversal_index(lengths: Optional[Tensor], T: int, device) -> Optional[Tensor]:

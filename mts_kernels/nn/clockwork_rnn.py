@@ -234,11 +234,8 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
             final = final_state(h, lengths, h0, batch_first=False)
             return (h if direction == 0 else _common.reverse_time(h, rev)), final
 
-        x, h_n = _common.run_layers(self, input, h_in, run_direction)
-        output = x.transpose(0, 1) if batch_first else x
-        if not batched:
-            output, h_n = output.squeeze(1), h_n.squeeze(1)
-        return output, h_n
+        output, h_n = _common.run_layers(self, input, h_in, run_direction, batch_first)
+        return (output, h_n) if batched else _common.unbatched(output, h_n, 1)
 
     def _check_hx(self, hx, batched: bool, B: int, num_dirs: int, input: Tensor) -> Optional[Tensor]:
         """hx as (num_layers * num_dirs, B, H), or None."""

@@ -181,12 +181,10 @@ class LeakyRNN(_common.RNNCompat, nn.Module):
                 reverse=direction == 1, lengths=lengths, backend=self.backend)
             return h, final_state(h, lengths, h0, reverse=direction == 1, batch_first=False)
 
-        x, h_n = _common.run_layers(self, x, h_in, run_direction)
-        output = x.transpose(0, 1) if batch_first else x
-        if not batched:
-            output = output.squeeze(0 if batch_first else 1)
-            h_n = h_n.squeeze(1)
-        return output, h_n
+        if not batched:  # time-major throughout, the batch dimension then dropped
+            output, h_n = _common.run_layers(self, x, h_in, run_direction)
+            return _common.unbatched(output, h_n, 1)
+        return _common.run_layers(self, x, h_in, run_direction, batch_first)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -1,0 +1,146 @@
+#pragma once
+// GEMMs through torch's BLAS whose result does not depend on the thread count.
+//
+// A threaded MKL / OpenBLAS GEMM splits its work by the number of threads: the
+// reduction dimension from K ~ 1024 (K ~ 256 for one row), and the output too,
+// which moves the boundaries between full and edge micro-kernels, whose
+// accumulation orders differ (measured with torch 2.14's MKL 2024.2: leaky_rnn's
+// per-step product at B = 64, H = 200 differs between 1 and 2 threads). Here the
+// output is cut into blocks fixed by the shape alone, and each block is one BLAS
+// call made from inside torch::stable::parallel_for, where the BLAS runs on the
+// calling thread only (MKL and OpenMP OpenBLAS do not open a nested team): every
+// block's summation order is the sequential BLAS's for that block's shape, on any
+// thread count. There are always at least two tasks, so that with more than one
+// thread the calls really are inside the parallel region (at::parallel_for runs a
+// single task inline, where the BLAS would thread it); with one thread the BLAS
+// is sequential anyway. Block edges are multiples of 16 elements and every base
+// pointer handed in is 64-byte aligned (AlignedVec, torch's allocations), so the
+// alignment of each block's operands is fixed by the shape too.
+#include <cstdlib>
+#include <new>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
+
+#include "stable_util.h"
+
+HIDDEN_NAMESPACE_BEGIN(mts, cpu)
+
+// 64-byte aligned storage for buffers handed to the BLAS.
+template <typename T>
+struct AlignedAlloc {
+  using value_type = T;
+  AlignedAlloc() = default;
+  template <typename U>
+  AlignedAlloc(const AlignedAlloc<U>&) {}
+  T* allocate(size_t n) {
+    void* p = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <typename U>
+  bool operator==(const AlignedAlloc<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const AlignedAlloc<U>&) const { return false; }
+};
+template <typename T>
+using AlignedVec = std::vector<T, AlignedAlloc<T>>;
+
+// A strided matrix operand: element (i, j) at p[i * rs + j * cs].
+template <typename T>
+struct Mat {
+  T* p;
+  int64_t rs, cs;
+};
+
+// Output block edge: 256 x 256 keeps each call large enough for the BLAS's own
+// packing to pay off (K is the full reduction; measured: 128 x 128 cost ~20% more
+// single-threaded time in leaky_rnn at B = 64, H = 1024) while a (64, 1024) step
+// product still makes 4 tasks, a (1024, 1024) weight gradient 16.
+constexpr int64_t kBlasBlock = 256;
+
+// c (M x N) += a (M x K) @ b (K x N), in fixed blocks of c (see the file comment).
+template <typename T>
+__attribute__((noinline)) void blocked_gemm_acc(int64_t M, int64_t K, int64_t N, Mat<const T> a,
+                                                Mat<const T> b, Mat<T> c) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
+  if (M <= 0 || N <= 0 || K <= 0) return;
+  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+  const Device cpu(torch::headeronly::DeviceType::CPU);
+  const int64_t mb = (M + kBlasBlock - 1) / kBlasBlock, nb = (N + kBlasBlock - 1) / kBlasBlock;
+  auto block = [&](int64_t task) {
+    const int64_t i0 = task / nb * kBlasBlock, j0 = task % nb * kBlasBlock;
+    const int64_t m = std::min(kBlasBlock, M - i0), n = std::min(kBlasBlock, N - j0);
+    auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
+      return torch::stable::from_blob(const_cast<T*>(p), {rows, cols}, {rs, cs}, cpu, dtype);
+    };
+    const Tensor cv = view(c.p + i0 * c.rs + j0 * c.cs, m, n, c.rs, c.cs);
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(
+        cv.get(), cv.get(), view(a.p + i0 * a.rs, m, K, a.rs, a.cs).get(),
+        view(b.p + j0 * b.cs, K, n, b.rs, b.cs).get(), 1.0, 1.0));
+  };
+  const int64_t tasks = mb * nb;
+  torch::stable::parallel_for(0, std::max<int64_t>(tasks, 2), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < std::min(end, tasks); ++task) block(task);
+  });
+}
+
+// Reduction chunks of a weight gradient (a^T b over all steps and rows, K up to
+// T * B): at least kGramChunk long each, at most kMaxGramChunks of them. Cutting
+// K rather than the (H, H) output keeps every call as large as the whole output,
+// so each operand is packed once (measured at H = 1024, K = 3200, one thread:
+// 16 output blocks of 256 x 256 cost ~27% more than one call, 2-4 K chunks
+// 4-8%),
+// at the price of one (M, N) partial sum per chunk after the first.
+constexpr int64_t kGramChunk = 512;
+constexpr int64_t kMaxGramChunks = 8;
+
+// c (M x N) += a (M x K) @ b (K x N) with a long reduction: chunks of K fixed by
+// the shape, one sequential BLAS call each (as in blocked_gemm_acc), the first
+// into c, the others into partial sums added to c in chunk order.
+template <typename T>
+__attribute__((noinline)) void chunked_gemm_acc(int64_t M, int64_t K, int64_t N, Mat<const T> a,
+                                                Mat<const T> b, Mat<T> c) {
+  if (M <= 0 || N <= 0 || K <= 0) return;
+  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+  const Device cpu(torch::headeronly::DeviceType::CPU);
+  const int64_t chunks = std::min(kMaxGramChunks, std::max<int64_t>(1, K / kGramChunk));
+  const int64_t len = (K + chunks - 1) / chunks;
+  AlignedVec<T> partial((chunks - 1) * M * N, T(0));
+  auto chunk = [&](int64_t q) {
+    const int64_t k0 = q * len, k = std::min(len, K - k0);
+    if (k <= 0) return;
+    auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
+      return torch::stable::from_blob(const_cast<T*>(p), {rows, cols}, {rs, cs}, cpu, dtype);
+    };
+    const Tensor out = q == 0 ? view(c.p, M, N, c.rs, c.cs) : view(partial.data() + (q - 1) * M * N, M, N, N, 1);
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(
+        out.get(), out.get(), view(a.p + k0 * a.cs, M, k, a.rs, a.cs).get(),
+        view(b.p + k0 * b.rs, k, N, b.rs, b.cs).get(), 1.0, 1.0));
+  };
+  torch::stable::parallel_for(0, std::max<int64_t>(chunks, 2), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < std::min(end, chunks); ++q) chunk(q);
+  });
+  for (int64_t q = 1; q < chunks; ++q) {
+    const T* part = partial.data() + (q - 1) * M * N;
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) c.p[i * c.rs + j * c.cs] += part[i * N + j];
+  }
+}
+
+// a^T @ b of 2-D tensors a (K x M) and b (K x N) of dtype T, any strides, into
+// out (M x N): out += a^T b, or a new tensor when out is not given.
+template <typename T>
+Tensor blocked_gram(const Tensor& a, const Tensor& b, std::optional<Tensor> out = std::nullopt) {
+  const int64_t K = a.size(0), M = a.size(1), N = b.size(1);
+  if (!out) out = torch::stable::new_zeros(a, {M, N});
+  chunked_gemm_acc<T>(M, K, N, {static_cast<const T*>(a.const_data_ptr()), a.stride(1), a.stride(0)},
+                      {static_cast<const T*>(b.const_data_ptr()), b.stride(0), b.stride(1)},
+                      {static_cast<T*>(out->mutable_data_ptr()), out->stride(0), out->stride(1)});
+  return *out;
+}
+
+HIDDEN_NAMESPACE_END(mts, cpu)
