@@ -206,6 +206,27 @@ def test_streamed_weights(monkeypatch):
     torch.testing.assert_close(streamed[0], ref[0], **F64)
 
 
+def test_strided_inputs():
+    """Non-contiguous operands (a batch_first transpose, transposed weight
+    storage) give what their contiguous copies give."""
+    gen, t = _inputs(5, 3, 6, 2, True, True, True, True, torch.float64, 12)
+    lengths = _lengths(3, 5, gen)
+    gh = torch.randn(5, 3, 6, generator=gen, dtype=torch.float64).to(DEV)
+
+    def strided(v, time_major=False):
+        if time_major:  # (T, B, H) as a view of a (B, T, H) tensor
+            return v.transpose(0, 1).contiguous().transpose(0, 1)
+        if v.dim() >= 2:  # matrices stored transposed
+            return v.transpose(-1, -2).contiguous().transpose(-1, -2)
+        return torch.stack([v, v], -1)[..., 0]  # stride 2
+    ts = {k: strided(v, k == "p") for k, v in t.items()}
+    assert not any(v.is_contiguous() for v in ts.values())
+    want = _run_kernels(t, "tanh", True, lengths, gh)
+    got = _run_kernels(ts, "tanh", True, lengths, strided(gh, True))
+    for a, b in zip(got[:2] + tuple(got[2]), want[:2] + tuple(want[2])):
+        torch.testing.assert_close(a, b, **F64)
+
+
 def test_resident_budget():
     """H = 128 at depth 3 with the shortcut would need 256 KiB of registers:
     streamed; leaky_rnn's largest resident set (two 128 x 128 tiles) stays resident."""
@@ -323,3 +344,47 @@ def test_large_hidden_cuda(H):
     the shortcut streams its weights), float32 against the float64 loop."""
     _check_against_reference(9, 21, H, 3, True, True, True, True, "tanh", True, True,
                              torch.float32, dict(rtol=1e-3, atol=1e-4), seed=8)
+
+
+_COMPILE_SCRIPT = r"""
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mts_kernels.triton import deep_transition_rnn as dt
+
+def compile_(kernel, consts):
+    sig = {n: "constexpr" if n in consts else ("*i64" if n == "len_ptr" else "*fp32")
+           if n.endswith("_ptr") else "i32" for n in kernel.arg_names}
+    triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                   target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, num_stages=1))
+
+# every constexpr branch: resident and streamed weights, shortcut, leak, lengths, h0, bias
+for resident, flag in ((True, True), (False, False)):
+    common = dict(DEPTH=3 if resident else 2, HAS_LEN=flag, REVERSE=flag, LEAK=flag, SHORTCUT=True,
+                  RESIDENT=resident, TANH=flag, CDT=tl.float32, PREC="ieee", BLOCK_B=16,
+                  BLOCK_H=16)
+    compile_(dt._dt_rnn_fwd_kernel, dict(common, HAS_H0=flag, HAS_BIAS=flag))
+    compile_(dt._dt_rnn_bwd_kernel, dict(common, H0_TERMS=flag))
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter runs kernels the compiler rejects (it executes the
+    Python): compile both kernels for an H100/H200 (sm_90, down to the cubin,
+    no GPU needed) with every constexpr branch taken once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    try:
+        import triton.backends.nvidia  # noqa: F401
+    except ImportError:
+        pytest.skip("triton has no NVIDIA backend")
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent)] + [p for p in [env.get("PYTHONPATH")] if p])
+    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-4000:]
