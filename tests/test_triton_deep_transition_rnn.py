@@ -233,6 +233,11 @@ def test_resident_budget():
     dt = _dt()
     assert dt._resident(2, 128, torch.float32) and not dt._resident(4, 128, torch.float32)
     assert dt._resident(4, 64, torch.float32) and not dt._resident(2, 128, torch.float64)
+    # more warps for more resident tiles (ptxas spills otherwise), one tile as leaky_rnn
+    from mts_kernels.triton.leaky_rnn import _config
+    assert [dt._launch_config(h, 1) for h in (5, 17, 64, 128)] == \
+        [_config(h)[:1] + (max(_config(h)[1], w),) for h, w in ((5, 1), (17, 1), (64, 4), (128, 16))]
+    assert dt._launch_config(32, 4) == (32, 4) and dt._launch_config(64, 4) == (64, 8)
 
 
 def test_depth1_is_leaky_rnn():

@@ -35,12 +35,15 @@ leaky_rnn's (imported from there).  float16/bfloat16 inputs compute with
 float32 state and accumulation (dots included), results stored in the input
 dtype; float32 and float64 compute in their dtype.
 
-On-chip weights: the L (+ 1) matrices are kept in registers when their
-compute-dtype footprint is at most ``RESIDENT_BYTES`` (128 KiB, what leaky_rnn
-holds at its limit: W_hh and W_skip at H = 128 in float32); beyond that (e.g.
-H = 128 with L = 3) holding them all would spill, so each sub-step reloads its
-matrix from global memory instead, where it stays L1/L2-resident (the loads
-are coalesced; the forward transposes the tile on chip).
+On-chip weights: the L (+ 1) matrices are loaded once and kept on chip when
+their compute-dtype footprint is at most ``RESIDENT_BYTES`` (128 KiB, what
+leaky_rnn holds at its limit: W_hh and W_skip at H = 128 in float32).  Each
+resident tile also gets a shared-memory copy for its ``tl.dot``, so beyond
+that (e.g. H = 128 with L = 3 and U: 272 KiB of shared memory, more than an
+H100/H200 block may have) each sub-step reloads its matrix from global memory
+instead, where it stays L1/L2-resident (the loads are coalesced; the forward
+transposes the tile on chip).  More resident tiles get more warps
+(``_launch_config``).
 
 Limit: H <= ``MAX_HIDDEN`` (128), larger H raises ``ValueError``; callers
 fall back to the C++/ATen implementation.
@@ -69,7 +72,7 @@ __all__ = ["deep_transition_rnn_fwd", "deep_transition_rnn_bwd", "MAX_HIDDEN", "
 
 # The weights must stay on chip (registers, or L1 when streamed): as leaky_rnn.
 MAX_HIDDEN = 128
-# Register budget for the resident weight tiles of one program (see module docstring).
+# On-chip budget for the resident weight tiles of one program (see module docstring).
 RESIDENT_BYTES = 2 * 128 * 128 * 4
 
 
@@ -97,13 +100,13 @@ def _dphi(g, s, TANH: tl.constexpr):
 
 @triton.jit
 def _load_w(w_ptr, l, s_w0, s_w1, s_w2, j64, mw, TRANS: tl.constexpr, CDT: tl.constexpr):
-    # matrix l of a (L, H, H) stack, zero padded; TRANS: out[k, j] = W_l[j, k]
-    base = w_ptr + l * s_w0
+    # matrix l of a (L, H, H) stack, zero padded; TRANS: out[k, j] = W_l[j, k].
+    # The load is always row-major (coalesced) and tl.trans transposes on chip.
+    w = tl.load(w_ptr + l * s_w0 + j64[:, None] * s_w1 + j64[None, :] * s_w2, mask=mw,
+                other=0.0).to(CDT)
     if TRANS:
-        ptrs = base + j64[None, :] * s_w1 + j64[:, None] * s_w2
-    else:
-        ptrs = base + j64[:, None] * s_w1 + j64[None, :] * s_w2
-    return tl.load(ptrs, mask=mw, other=0.0).to(CDT)
+        w = tl.trans(w)
+    return w
 
 
 @triton.jit
@@ -120,14 +123,11 @@ def _load_stack(w_ptr, s_w0, s_w1, s_w2, j64, mw, N: tl.constexpr, RESIDENT: tl.
 @triton.jit
 def _weight(ws, l: tl.constexpr, w_ptr, s_w0, s_w1, s_w2, j64, mw, RESIDENT: tl.constexpr,
             TRANS: tl.constexpr, CDT: tl.constexpr):
-    # matrix l, resident or reloaded (coalesced; the transpose is done on chip)
+    # matrix l, resident or reloaded
     if RESIDENT:
         return ws[l]
     else:
-        w = _load_w(w_ptr, l, s_w0, s_w1, s_w2, j64, mw, False, CDT)
-        if TRANS:
-            w = tl.trans(w)
-        return w
+        return _load_w(w_ptr, l, s_w0, s_w1, s_w2, j64, mw, TRANS, CDT)
 
 
 @triton.jit
@@ -379,6 +379,20 @@ def _check(p: torch.Tensor, weight_hh: torch.Tensor, h0: Optional[torch.Tensor],
     return T, B, H, depth
 
 
+def _launch_config(H: int, n_mats: int) -> Tuple[int, int]:
+    """(BLOCK_H, num_warps): leaky_rnn's, with more warps when n_mats weight
+    tiles are on chip, so that each thread holds at most ~48 of their elements
+    (16 warps at BLOCK_H = 128, else at most 8).  Chosen from ptxas -v for
+    sm_90 (no GPU timing yet): H = 64 with 3 tiles spills ~8 KB at 4 warps,
+    ~0 at 8; H = 64 with 4 tiles ~180 bytes at 8 warps, ~300 at 16 (128
+    registers a thread); H = 32 with 4 tiles ~700 bytes at 2 warps, none at
+    4; at H = 128 the forward spills at 8 warps (~6 KB at depth 1, as
+    leaky_rnn's forward does) and about half that at 16."""
+    block_h, num_warps = _config(H)
+    need = triton.next_power_of_2(triton.cdiv(n_mats * block_h * block_h, 32 * 48))
+    return block_h, max(num_warps, min(16 if block_h >= 128 else 8, need))
+
+
 def _resident(n_mats: int, block_h: int, ctorch: torch.dtype) -> bool:
     elem = torch.empty((), dtype=ctorch).element_size()
     return n_mats * block_h * block_h * elem <= RESIDENT_BYTES
@@ -411,7 +425,7 @@ def deep_transition_rnn_fwd(
     s = torch.empty((depth, T, B, H), dtype=dtype, device=p.device)
     if B == 0 or H == 0:
         return h, s
-    block_h, num_warps = _config(H)
+    block_h, num_warps = _launch_config(H, depth + shortcut)
     _dt_rnn_fwd_kernel[(triton.cdiv(B, _BLOCK_B),)](
         p, weight_hh, bias_hh if bias_hh is not None else p,
         weight_shortcut if shortcut else p, h0 if h0 is not None else p,
@@ -486,7 +500,7 @@ def deep_transition_rnn_bwd(
     da = torch.zeros((n_prog, H), dtype=ctorch, device=dev) if leak else None
 
     if B > 0 and H > 0:
-        block_h, num_warps = _config(H)
+        block_h, num_warps = _launch_config(H, depth + shortcut)
         _dt_rnn_bwd_kernel[(n_prog,)](
             grad_h, weight_hh, weight_shortcut if shortcut else e, alpha if leak else e,
             h, h0 if h0 is not None else e, s, e, dh0, len_arg,
