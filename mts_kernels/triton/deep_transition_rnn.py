@@ -31,7 +31,9 @@ step, so the previous state (forward) and the pending delta (backward) travel
 in registers and no program re-reads what it wrote: no barriers, no
 workspace for the carry.  The one time loop, the tanh, the lengths handling,
 the step-to-time mapping, compute types, dot precision and launch shape are
-leaky_rnn's (imported from there).  float16/bfloat16 inputs compute with
+leaky_rnn's (imported from there; more warps with more resident tiles, see
+``_launch_config``; ``num_stages=1`` as there: software-pipelining the
+per-step p / grad_h / s loads is untried).  float16/bfloat16 inputs compute with
 float32 state and accumulation (dots included), results stored in the input
 dtype; float32 and float64 compute in their dtype.
 
@@ -42,8 +44,7 @@ resident tile also gets a shared-memory copy for its ``tl.dot``, so beyond
 that (e.g. H = 128 with L = 3 and U: 272 KiB of shared memory, more than an
 H100/H200 block may have) each sub-step reloads its matrix from global memory
 instead, where it stays L1/L2-resident (the loads are coalesced; the forward
-transposes the tile on chip).  More resident tiles get more warps
-(``_launch_config``).
+transposes the tile on chip).
 
 Limit: H <= ``MAX_HIDDEN`` (128), larger H raises ``ValueError``; callers
 fall back to the C++/ATen implementation.
