@@ -495,6 +495,21 @@ def _delay_split(T: int, delay: int, reverse: bool):
     return slice(n, T), slice(0, T - n), slice(0, n)
 
 
+def _delayed_weight_grad(e: torch.Tensor, hc: torch.Tensor, h0c: Optional[torch.Tensor],
+                         e_first: Optional[torch.Tensor], delay: int, reverse: bool) -> torch.Tensor:
+    """sum_t e_t^T h_{t-delay} over (T, B, H) e and h (processing order), as one
+    GEMM; h0c pairs with e_first, the per-row sums of e over the first `delay`
+    processing steps (see _delay_split)."""
+    T, _, H = e.shape
+    main_e, main_h, _ = _delay_split(T, delay, reverse)
+    e_main = e[main_e].reshape(-1, H)
+    dw = e_main.t().mm(hc[main_h].reshape(-1, H)) if e_main.shape[0] > 0 else \
+        torch.zeros((H, H), dtype=e.dtype, device=e.device)
+    if h0c is not None:
+        dw.addmm_(e_first.t(), h0c)
+    return dw
+
+
 def leaky_rnn_bwd(
     grad_h: torch.Tensor,
     weight_hh: torch.Tensor,
@@ -585,17 +600,8 @@ def leaky_rnn_bwd(
     hc = h.to(ctorch)
     h0c = h0.to(ctorch) if h0 is not None else None
 
-    def weight_grad(delay, e_first):
-        main_e, main_h, _ = _delay_split(T, delay, reverse)
-        e_main = e[main_e].reshape(-1, H)
-        dw = e_main.t().mm(hc[main_h].reshape(-1, H)) if e_main.shape[0] > 0 else \
-            torch.zeros((H, H), dtype=ctorch, device=dev)
-        if h0c is not None:
-            dw.addmm_(e_first.t(), h0c)
-        return dw
-
-    dw = weight_grad(dilation, e0)
-    dw_skip = weight_grad(skip, es0).to(dtype) if has_skip else \
+    dw = _delayed_weight_grad(e, hc, h0c, e0, dilation, reverse)
+    dw_skip = _delayed_weight_grad(e, hc, h0c, es0, skip, reverse).to(dtype) if has_skip else \
         torch.empty(0, dtype=dtype, device=dev)
     if leak:
         uc = u.to(ctorch)
