@@ -141,3 +141,36 @@ def reverse_time(x: Tensor, index: Optional[Tensor]) -> Tensor:
         return x.flip(0)
     return x.gather(0, index.unsqueeze(-1).expand(x.shape))
 
+
+
+def check_input(where: str, input, input_size: int, dtype: torch.dtype, batch_first: bool) -> None:
+    """A module's padded input: a 3-D (or 2-D unbatched) tensor of input_size
+    features in the parameters' dtype; clear errors otherwise."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{where}: input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() not in (2, 3):
+        layout = "(B, T, input_size)" if batch_first else "(T, B, input_size)"
+        raise ValueError(f"{where}: input must be 3-D {layout} or 2-D (T, input_size) (unbatched), "
+                         f"got shape {tuple(input.shape)}")
+    if input.size(-1) != input_size:
+        raise ValueError(f"{where}: input.size(-1) must be equal to input_size. "
+                         f"Expected {input_size}, got {input.size(-1)}")
+    if input.dtype != dtype:
+        raise TypeError(f"{where}: input has dtype {input.dtype} but the parameters are {dtype}")
+
+
+def check_hx(where: str, hx, batched: bool, expected, like: Tensor) -> Optional[Tensor]:
+    """hx as (num_layers * num_dirs, B, H) (expected), or None; unbatched hx is
+    (num_layers * num_dirs, H). Same dtype and device as `like` (the input)."""
+    if hx is None:
+        return None
+    if not isinstance(hx, Tensor):
+        raise TypeError(f"{where}: hx must be a torch.Tensor or None, got {type(hx).__name__}")
+    shape = tuple(expected) if batched else (expected[0], expected[2])
+    if tuple(hx.shape) != shape:
+        raise ValueError(f"{where}: hx must have shape {shape}"
+                         f"{'' if batched else ' for unbatched input'}, got {tuple(hx.shape)}")
+    if hx.dtype != like.dtype or hx.device != like.device:
+        raise TypeError(f"{where}: hx must be {like.dtype} on {like.device}, got "
+                        f"{hx.dtype} on {hx.device}")
+    return hx if batched else hx.unsqueeze(1)
