@@ -3,7 +3,9 @@
 // deep_transition_rnn): the register-tiled loop of cpu_vec.h for small ones, torch's
 // BLAS above kSmallWork multiply-adds, where a BLAS call's fixed cost (a few
 // microseconds) is paid back. Also the raw-pointer accessors those loops use.
+#include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
 
@@ -21,6 +23,14 @@ const T* ptr(const Tensor& t) {
 template <typename T>
 T* mut(const Tensor& t) {
   return static_cast<T*>(t.mutable_data_ptr());
+}
+
+// A (n,) tensor like `like` (dtype T) from per-unit sums kept in double.
+template <typename T>
+Tensor from_double(const std::vector<double>& v, const Tensor& like) {
+  Tensor out = torch::stable::new_empty(like, {static_cast<int64_t>(v.size())});
+  std::copy(v.begin(), v.end(), mut<T>(out));
+  return out;
 }
 
 // c (n x N, row stride ldc) += a (n x K, lda) @ m (K x N, ldm) through torch's

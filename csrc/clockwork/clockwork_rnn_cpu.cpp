@@ -290,20 +290,9 @@ struct Shape {
 
 Shape check_args(const char* op, const char* lead, const Tensor& x, const Tensor& w,
                  const std::optional<Tensor>& h0, const std::optional<Tensor>& alpha) {
-  MTS_CHECK(x.dim() == 3, op, ": ", lead, " must be 3-D (T, B, H), got shape ", shape_str(x.sizes()));
-  MTS_CHECK(is_kernel_float(x.scalar_type()), op, ": ", lead, " must be floating point, got ",
-            torch::headeronly::toString(x.scalar_type()));
-  MTS_CHECK(x.device().type() == torch::headeronly::DeviceType::CPU, op, ": ", lead,
-            " must be a CPU tensor, got ", device_str(x.device()));
-  const int64_t T = x.size(0), B = x.size(1), H = x.size(2);
-  MTS_CHECK(T > 0, op, ": ", lead, " needs at least one time step");
+  const auto [T, B, H] = check_cpu_sequence(op, lead, x);
   auto same = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
-    MTS_CHECK(same_sizes(t.sizes(), IntRef(shape)), op, ": ", name, " must have shape ",
-              shape_str(IntRef(shape)), ", got ", shape_str(t.sizes()));
-    MTS_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device(), op, ": ", name,
-              " must be ", torch::headeronly::toString(x.scalar_type()), " on ",
-              device_str(x.device()), ", got ", torch::headeronly::toString(t.scalar_type()),
-              " on ", device_str(t.device()));
+    check_operand(op, name, t, IntRef(shape), x);
   };
   same(w, "weight_hh", {H, H});
   if (h0) same(*h0, "h0", {B, H});
@@ -445,16 +434,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> clockwork_rnn_bwd(
   const bool tanh = parse_tanh(nonlinearity, op);
   const Clock clock = make_clock(s.T, s.H, module_sizes, periods, first_steps, op);
   check_lengths(op, lengths, s.B, h_in.device());
-  auto like_h = [&](const Tensor& t, const char* name, const char* when) {
-    MTS_CHECK(same_sizes(t.sizes(), h_in.sizes()) && t.scalar_type() == h_in.scalar_type() &&
-                  t.device() == h_in.device(),
-              op, ": ", name, " must be ", torch::headeronly::toString(h_in.scalar_type()),
-              " of shape ", shape_str(h_in.sizes()), " on ", device_str(h_in.device()), when,
-              ", got ", torch::headeronly::toString(t.scalar_type()), " of shape ",
-              shape_str(t.sizes()), " on ", device_str(t.device()));
-  };
-  like_h(grad_h, "grad_h", "");
-  if (alpha_in) like_h(u_in, "u", " when alpha is given");
+  check_like(op, "grad_h", grad_h, h_in.sizes(), h_in);
+  if (alpha_in) check_like(op, "u", u_in, h_in.sizes(), h_in, " when alpha is given");
   const RowOrder order = row_order(lengths, s.B, s.T, op);
   const Tensor h = compute(h_in), w = compute(w_in), g = compute(grad_h);
   const Tensor u = alpha_in ? compute(u_in) : h;
@@ -471,11 +452,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> clockwork_rnn_bwd(
     std::vector<double> da(alpha ? s.H : 0, 0.0);
     run_bwd(r, ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e), mut<T>(dh0), da.data());
     weight_grad<T>(clock, s, e, h, h0, h0_in.has_value(), dw);
-    if (alpha) {
-      dalpha = torch::stable::new_empty(h, {s.H});
-      T* out = mut<T>(*dalpha);
-      for (int64_t j = 0; j < s.H; ++j) out[j] = static_cast<T>(da[j]);
-    }
+    if (alpha) dalpha = from_double<T>(da, h);
   });
   const ScalarType dtype = h_in.scalar_type();
   auto out = [&](const Tensor& t) { return as_dtype(t, dtype); };

@@ -273,23 +273,12 @@ struct Shape {
 Shape check_args(const char* op, const char* lead, const Tensor& x, const Tensor& w,
                  const std::optional<Tensor>& h0, const std::optional<Tensor>& bias,
                  const std::optional<Tensor>& ws, const std::optional<Tensor>& alpha) {
-  MTS_CHECK(x.dim() == 3, op, ": ", lead, " must be 3-D (T, B, H), got shape ", shape_str(x.sizes()));
-  MTS_CHECK(is_kernel_float(x.scalar_type()), op, ": ", lead, " must be floating point, got ",
-            torch::headeronly::toString(x.scalar_type()));
-  MTS_CHECK(x.device().type() == torch::headeronly::DeviceType::CPU, op, ": ", lead,
-            " must be a CPU tensor, got ", device_str(x.device()));
-  const int64_t T = x.size(0), B = x.size(1), H = x.size(2);
-  MTS_CHECK(T > 0, op, ": ", lead, " needs at least one time step");
+  const auto [T, B, H] = check_cpu_sequence(op, lead, x);
   MTS_CHECK(w.dim() == 3 && w.size(0) >= 1, op, ": weight_hh must be 3-D (L, H, H) with L >= 1, got shape ",
             shape_str(w.sizes()));
   const int64_t L = w.size(0);
   auto same = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
-    MTS_CHECK(same_sizes(t.sizes(), IntRef(shape)), op, ": ", name, " must have shape ",
-              shape_str(IntRef(shape)), ", got ", shape_str(t.sizes()));
-    MTS_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device(), op, ": ", name,
-              " must be ", torch::headeronly::toString(x.scalar_type()), " on ",
-              device_str(x.device()), ", got ", torch::headeronly::toString(t.scalar_type()),
-              " on ", device_str(t.device()));
+    check_operand(op, name, t, IntRef(shape), x);
   };
   same(w, "weight_hh", {L, H, H});
   if (h0) same(*h0, "h0", {B, H});
@@ -391,16 +380,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> deep_transition_rnn_b
   const Shape s = check_args(op, "h", h_in, w_in, h0_in, std::nullopt, ws_in, alpha_in);
   const bool tanh = parse_tanh(nonlinearity, op);
   check_lengths(op, lengths, s.B, h_in.device());
-  auto like_h = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
-    MTS_CHECK(same_sizes(t.sizes(), IntRef(shape)) && t.scalar_type() == h_in.scalar_type() &&
-                  t.device() == h_in.device(),
-              op, ": ", name, " must be ", torch::headeronly::toString(h_in.scalar_type()),
-              " of shape ", shape_str(IntRef(shape)), " on ", device_str(h_in.device()), ", got ",
-              torch::headeronly::toString(t.scalar_type()), " of shape ", shape_str(t.sizes()),
-              " on ", device_str(t.device()));
-  };
-  like_h(grad_h, "grad_h", {s.T, s.B, s.H});
-  like_h(s_in, "s", {s.L, s.T, s.B, s.H});
+  check_like(op, "grad_h", grad_h, h_in.sizes(), h_in);
+  check_like(op, "s", s_in, {s.L, s.T, s.B, s.H}, h_in);
   const RowOrder order = row_order(lengths, s.B, s.T, op);
   const Tensor h = compute(h_in), w = compute(w_in), g = compute(grad_h), sv = compute(s_in);
   const Tensor h0 = h0_in ? compute(*h0_in) : torch::stable::new_zeros(h, {s.B, s.H});
@@ -447,11 +428,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> deep_transition_rnn_b
       const Tensor sum = as_contiguous(torch::stable::sum(view(e[l], {TB, s.H}), std::vector<int64_t>{0}));
       std::copy(ptr<T>(sum), ptr<T>(sum) + s.H, mut<T>(db) + l * s.H);
     }
-    if (alpha) {
-      dalpha = torch::stable::new_empty(h, {s.H});
-      T* out = mut<T>(*dalpha);
-      for (int64_t j = 0; j < s.H; ++j) out[j] = static_cast<T>(da[j]);
-    }
+    if (alpha) dalpha = from_double<T>(da, h);
   });
   const ScalarType dtype = h_in.scalar_type();
   auto out = [&](const Tensor& t) { return as_dtype(t, dtype); };

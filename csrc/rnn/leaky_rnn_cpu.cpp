@@ -277,10 +277,7 @@ std::optional<Tensor> raw_bwd(const Problem& pr, const Tensor& g, const Tensor& 
   run_bwd(raw_of<T>(pr, w, ws, Np, row_order(pr)), ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e_all), mut<T>(dh0),
           da.data());
   if (!pr.leak()) return std::nullopt;
-  Tensor dalpha = torch::stable::new_empty(h, {H});
-  T* out = mut<T>(dalpha);
-  for (int64_t j = 0; j < H; ++j) out[j] = static_cast<T>(da[j]);
-  return dalpha;
+  return from_double<T>(da, h);
 }
 
 template <typename T>

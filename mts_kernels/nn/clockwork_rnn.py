@@ -15,7 +15,6 @@ sequence's step L_b - 1 - k, has the clock t0 + k.
 from __future__ import annotations
 
 import collections.abc
-import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -154,13 +153,8 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
     def reset_parameters(self) -> None:
         """As torch.nn.RNN (uniform in ±1/sqrt(hidden_size)), with the never-read
         blocks of every weight_hh set to zero; log tau uniform over log(tau_range)."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
+        _common.reset_uniform(self)
         with torch.no_grad():
-            for name, param in self.named_parameters():
-                if name.startswith("log_tau"):
-                    param.uniform_(*(math.log(v) for v in self.tau_range))
-                else:
-                    param.uniform_(-bound, bound)
             unread = ~self.block_mask()
             for names in self._all_weights:
                 getattr(self, names[1]).masked_fill_(unread, 0.0)
@@ -230,19 +224,7 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
         return output, h_n
 
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
-        if not self.bias:
-            s += ", bias=False"
-        if self.batch_first:
-            s += ", batch_first=True"
-        if self.dropout:
-            s += f", dropout={self.dropout}"
-        if self.bidirectional:
-            s += ", bidirectional=True"
+        s = _common.rnn_repr(self)
         s += f", periods={self.periods}, module_sizes={self.module_sizes}"
         if self.leak is not None:
             s += f", leak={self.leak!r}"

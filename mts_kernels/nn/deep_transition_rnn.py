@@ -13,7 +13,6 @@ For each layer and direction, L = transition_depth, s^0_t = h_{t-1}:
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -76,25 +75,21 @@ class DeepTransitionRNN(_common.RNNCompat, nn.Module):
         self.leak = leak
         self.tau_range = tau_range
         self.backend: Optional[str] = None
-        kw = dict(device=device, dtype=dtype)
-        num_dirs = 2 if bidirectional else 1
         H, L = hidden_size, transition_depth
         # names per layer and direction in torch.nn.RNN's order, the extra ones last
         self._all_weights: List[List[str]] = []
-        for layer in range(num_layers):
-            layer_in = input_size if layer == 0 else H * num_dirs
-            for suffix in self._suffixes():
-                name = f"l{layer}{suffix}"
-                shapes = [("weight_ih", (H, layer_in)), ("weight_hh", (L, H, H))]
-                if bias:
-                    shapes += [("bias_ih", (H,)), ("bias_hh", (L, H))]
-                if shortcut:
-                    shapes.append(("weight_shortcut", (H, H)))
-                if leak == "learned":
-                    shapes.append(("log_tau", (H,)))
-                for base, shape in shapes:
-                    setattr(self, f"{base}_{name}", nn.Parameter(torch.empty(shape, **kw)))
-                self._all_weights.append([f"{base}_{name}" for base, _ in shapes])
+
+        def shapes_of(layer_in):
+            shapes = [("weight_ih", (H, layer_in)), ("weight_hh", (L, H, H))]
+            if bias:
+                shapes += [("bias_ih", (H,)), ("bias_hh", (L, H))]
+            if shortcut:
+                shapes.append(("weight_shortcut", (H, H)))
+            if leak == "learned":
+                shapes.append(("log_tau", (H,)))
+            return shapes
+
+        _common.add_parameters(self, shapes_of, device, dtype)
         self.reset_parameters()
 
     def _suffixes(self):
@@ -103,14 +98,7 @@ class DeepTransitionRNN(_common.RNNCompat, nn.Module):
     def reset_parameters(self) -> None:
         """As torch.nn.RNN: every weight and bias uniform in ±1/sqrt(hidden_size);
         log tau uniform over log(tau_range)."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        lo, hi = (math.log(v) for v in self.tau_range)
-        with torch.no_grad():
-            for name, param in self.named_parameters():
-                if name.startswith("log_tau_"):
-                    param.uniform_(lo, hi)
-                else:
-                    param.uniform_(-bound, bound)
+        _common.reset_uniform(self)
 
     def forward(self, input, hx: Optional[Tensor] = None, lengths=None):
         """input: (T, B, input_size) ((B, T, ...) batch_first), unbatched
@@ -154,21 +142,9 @@ class DeepTransitionRNN(_common.RNNCompat, nn.Module):
         return output, h_n
 
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}, transition_depth={self.transition_depth}"
+        s = _common.rnn_repr(self) + f", transition_depth={self.transition_depth}"
         if self.shortcut:
             s += ", shortcut=True"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
-        if not self.bias:
-            s += ", bias=False"
-        if self.batch_first:
-            s += ", batch_first=True"
-        if self.dropout:
-            s += f", dropout={self.dropout}"
-        if self.bidirectional:
-            s += ", bidirectional=True"
         if self.leak is not None:
             s += f", leak={self.leak!r}"
             if self.leak == "learned":

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
-from mts_kernels.ops.leaky_rnn import NONLINEARITIES, _BackwardFunction, check_projection
+from mts_kernels.ops.leaky_rnn import NONLINEARITIES, _BackwardFunction, check_operand, check_projection
 
 _OP = "deep_transition_rnn"
 
@@ -121,21 +121,11 @@ class _Function(torch.autograd.Function):
                      s.reshape(L, T, N, B, H).permute(2, 0, 1, 3, 4)), (0, 0))
         # a weight per sample (an ensemble): one fused call per sample
         args = (p, weight_hh, h0, bias_hh, weight_shortcut, alpha, nonlinearity, reverse, lengths)
-        outs = []
-        for i in range(n):
-            sample = [a.select(d, i) if (isinstance(a, Tensor) and d is not None) else a
-                      for a, d in zip(args, in_dims[1:])]
-            outs.append(_Function.apply(suffix, *sample))
-        return tuple(torch.stack(o) for o in zip(*outs)), (0, 0)
+        return _transforms.per_sample(lambda *sample: _Function.apply(suffix, *sample), args, in_dims[1:], n)
 
 
 def _register(suffix: str) -> None:
-    fwd, bwd = f"deep_transition_rnn_fwd{suffix}", f"deep_transition_rnn_bwd{suffix}"
-    torch.library.register_fake(f"mts_kernels::{fwd}")(_fake_fwd)
-    torch.library.register_fake(f"mts_kernels::{bwd}")(_fake_bwd)
-    torch.library.register_autograd(f"mts_kernels::{fwd}", _make_backward(bwd),
-                                    setup_context=_setup_context)
-    _transforms.register_autocast(f"mts_kernels::{fwd}")
+    _transforms.register_fused(_OP, suffix, _fake_fwd, _fake_bwd, _make_backward, _setup_context)
 
 
 # The Triton path as custom ops with the C++ schemas' signatures
@@ -178,15 +168,7 @@ def _check_args(p, weight_hh, h0, bias_hh, weight_shortcut, alpha, nonlinearity,
     _, B, H = check_projection(op, p, batch_first)
 
     def check(name, t, shape):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
-        if _transforms.effective_dtype(t, cast) != _transforms.effective_dtype(p, cast):
-            raise TypeError(f"{op}: {name} has dtype {t.dtype} but p has {p.dtype}"
-                            f"{' (under autocast)' if cast is not None else ''}")
-        if t.device != p.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but p is on {p.device}")
+        check_operand(op, name, t, shape, p, cast)
 
     if not isinstance(weight_hh, Tensor):
         raise TypeError(f"{op}: weight_hh must be a torch.Tensor, got {type(weight_hh).__name__}")
