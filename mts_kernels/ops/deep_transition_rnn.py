@@ -24,7 +24,8 @@ from torch import Tensor
 
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
-from mts_kernels.ops.leaky_rnn import NONLINEARITIES, _BackwardFunction, check_operand, check_projection
+from mts_kernels.ops.leaky_rnn import (HIGHER_ORDER_MESSAGES, NONLINEARITIES, _BackwardFunction, check_operand,
+                                      check_projection)
 
 _OP = "deep_transition_rnn"
 
@@ -76,6 +77,14 @@ _NO_FORWARD_MODE = (
     "torch.autograd.forward_ad) of the fused kernels is not implemented (no tangent kernel "
     "yet); reverse mode (grad, vjp, jacrev) and vmap work. Run this computation with "
     "backend='reference' (the plain PyTorch loop, differentiable in every mode and order)")
+
+
+# there is no tangent kernel either, so (unlike leaky_rnn) no forward-mode route to offer
+HIGHER_ORDER_MESSAGES[_OP] = (
+    "{op}: {what} of the fused kernels' backward is not implemented (it needs the derivative "
+    "of the adjoint recurrence, which has no kernel yet). Reverse mode once (grad, vjp, jacrev) "
+    "and vmap of it work; for higher orders run this computation with backend='reference' "
+    "(the plain PyTorch loop, differentiable in every order)")
 
 
 class _Function(torch.autograd.Function):
