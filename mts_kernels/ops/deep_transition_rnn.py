@@ -24,8 +24,7 @@ from torch import Tensor
 
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
-from mts_kernels.ops.leaky_rnn import (HIGHER_ORDER_MESSAGES, NONLINEARITIES, _BackwardFunction, check_operand,
-                                      check_projection)
+from mts_kernels.ops.leaky_rnn import NONLINEARITIES, check_operand, check_projection
 
 _OP = "deep_transition_rnn"
 
@@ -51,13 +50,50 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(weight_hh, h, s, h0, weight_shortcut, alpha, lengths)
 
 
+_NO_HIGHER_ORDER = (
+    "deep_transition_rnn: {what} of the fused kernels' backward is not implemented (it needs "
+    "the derivative of the adjoint recurrence, which has no kernel yet). Reverse mode once "
+    "(grad, vjp, jacrev) and vmap of it work; for higher orders run this computation with "
+    "backend='reference' (the plain PyTorch loop, differentiable in every order)")
+
+
+class _BackwardOp(torch.autograd.Function):
+    """The fused backward op (bwd_name, with its backend suffix) as a differentiable
+    node, for create_graph=True and torch.func: its own derivative raises instead
+    of silently being zero (leaky_rnn's _BackwardFunction does the same for ops
+    that have a second order)."""
+
+    @staticmethod
+    def forward(bwd_name, *args):
+        return getattr(torch.ops.mts_kernels, bwd_name)(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_NO_HIGHER_ORDER.format(
+            what="a second-order gradient (create_graph=True, reverse over reverse)"))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(_NO_HIGHER_ORDER.format(what="forward-mode AD of its gradient"))
+
+    @staticmethod
+    def vmap(info, in_dims, bwd_name, *args):
+        # per-sample weight gradients: one fused call per vmapped sample
+        return _transforms.per_sample(lambda *sample: _BackwardOp.apply(bwd_name, *sample), args,
+                                      in_dims[1:], info.batch_size)
+
+
 def _grads(ctx, bwd_name, grad_h):
     weight_hh, h, s, h0, weight_shortcut, alpha, lengths = ctx.saved_tensors
     if grad_h is None:
         grad_h = torch.zeros_like(h)
     args = (grad_h, weight_hh, h, s, h0, weight_shortcut, alpha, *ctx.config, lengths)
     if torch.is_grad_enabled():  # create_graph=True or torch.func: a node that refuses a 2nd order
-        dp, dw, db, dh0, dws, dalpha = _BackwardFunction.apply(bwd_name, *args)
+        dp, dw, db, dh0, dws, dalpha = _BackwardOp.apply(bwd_name, *args)
     else:
         dp, dw, db, dh0, dws, dalpha = getattr(torch.ops.mts_kernels, bwd_name)(*args)
     has_h0, has_bias, has_shortcut, has_alpha = ctx.has
@@ -77,14 +113,6 @@ _NO_FORWARD_MODE = (
     "torch.autograd.forward_ad) of the fused kernels is not implemented (no tangent kernel "
     "yet); reverse mode (grad, vjp, jacrev) and vmap work. Run this computation with "
     "backend='reference' (the plain PyTorch loop, differentiable in every mode and order)")
-
-
-# there is no tangent kernel either, so (unlike leaky_rnn) no forward-mode route to offer
-HIGHER_ORDER_MESSAGES[_OP] = (
-    "{op}: {what} of the fused kernels' backward is not implemented (it needs the derivative "
-    "of the adjoint recurrence, which has no kernel yet). Reverse mode once (grad, vjp, jacrev) "
-    "and vmap of it work; for higher orders run this computation with backend='reference' "
-    "(the plain PyTorch loop, differentiable in every order)")
 
 
 class _Function(torch.autograd.Function):

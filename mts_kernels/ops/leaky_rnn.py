@@ -44,10 +44,6 @@ _NO_HIGHER_ORDER = (
     "(the plain PyTorch loop, differentiable in every order)")
 
 
-# ops whose refusal says something else than _NO_HIGHER_ORDER (same fields), by op name
-HIGHER_ORDER_MESSAGES: dict = {}
-
-
 class _BackwardFunction(torch.autograd.Function):
     """A fused backward op (bwd_name: "leaky_rnn_bwd", "clockwork_rnn_bwd", ...) as
     a differentiable node (create_graph=True, torch.func): its own derivative
@@ -63,12 +59,12 @@ class _BackwardFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(HIGHER_ORDER_MESSAGES.get(ctx.op, _NO_HIGHER_ORDER).format(
+        raise RuntimeError(_NO_HIGHER_ORDER.format(
             op=ctx.op, what="a second-order gradient (create_graph=True, reverse over reverse)"))
 
     @staticmethod
     def jvp(ctx, *tangents):
-        raise RuntimeError(HIGHER_ORDER_MESSAGES.get(ctx.op, _NO_HIGHER_ORDER).format(
+        raise RuntimeError(_NO_HIGHER_ORDER.format(
             op=ctx.op, what="forward-mode AD of its gradient (forward over reverse, "
                             "e.g. torch.func.hessian)"))
 
