@@ -35,8 +35,9 @@
 #include <tuple>
 #include <vector>
 
+#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
+
 #include "../cpu_alloc.h"
-#include "../cpu_blas.h"
 #include "../cpu_vec.h"
 #include "../lengths.h"
 #include "../rnn/leaky_rnn_math.h"
@@ -49,6 +50,8 @@ using namespace ::mts::cpu;
 using ::mts::rnn::dphi_times;
 using ::mts::rnn::leak_mix;
 using ::mts::rnn::relu_of;
+
+constexpr int64_t kSmallWork = int64_t(1) << 17;
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -86,6 +89,44 @@ Clock make_clock(int64_t T, int64_t H, const std::vector<int64_t>& sizes,
   return c;
 }
 
+struct RowOrder {
+  std::vector<int64_t> len, order, active;
+};
+
+// Rows by decreasing length (stable) and how many still run at each step.
+RowOrder row_order(const std::optional<Tensor>& lengths, int64_t B, int64_t T, const char* op) {
+  RowOrder o;
+  if (!lengths) return o;
+  o.len = lengths_on_host(op, *lengths, T);
+  o.order.resize(B);
+  std::iota(o.order.begin(), o.order.end(), int64_t(0));
+  std::stable_sort(o.order.begin(), o.order.end(),
+                   [&](int64_t a, int64_t b) { return o.len[a] > o.len[b]; });
+  o.active.resize(T);
+  int64_t n = B;
+  for (int64_t t = 0; t < T; ++t) {
+    while (n > 0 && o.len[o.order[n - 1]] <= t) --n;
+    o.active[t] = n;
+  }
+  return o;
+}
+
+// c (n x N, row stride ldc) += a (n x K, lda) @ m (K x N, ldm) through torch's
+// BLAS on views of the loop's buffers (the C shim's addmm.out); out of line, so
+// the cloned loops call it as it is.
+template <typename T>
+__attribute__((noinline)) void blas_acc(int64_t n, int64_t K, int64_t N, const T* a, int64_t lda,
+                                        const T* m, int64_t ldm, T* c, int64_t ldc) {
+  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+  const Device cpu(torch::headeronly::DeviceType::CPU);
+  auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t ld) {
+    return torch::stable::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, cpu, dtype);
+  };
+  const Tensor ct = view(c, n, N, ldc);
+  TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(ct.get(), ct.get(), view(a, n, K, lda).get(),
+                                                  view(m, K, N, ldm).get(), 1.0, 1.0));
+}
+
 // The loop's operands in the compute dtype T (float / double).
 template <typename T>
 struct Raw {
@@ -106,6 +147,25 @@ struct Raw {
   int64_t row(int64_t i) const { return len ? order[i] : i; }
   int64_t off(int64_t t, int64_t i) const { return (t * B + row(i)) * H; }
 };
+
+// c += a @ m, tiled below kSmallWork multiply-adds, else BLAS with the exact width
+// n_exact (the tiled loop writes the padded width N, which c must have).
+template <typename T>
+inline void product(int64_t n, int64_t K, int64_t N, int64_t n_exact, const T* a, int64_t lda,
+                    const T* m, int64_t ldm, T* c, int64_t ldc) {
+  if (n * K * N > kSmallWork)
+    blas_acc<T>(n, K, n_exact, a, lda, m, ldm, c, ldc);
+  else
+    matmul_acc<T>(n, K, N, a, lda, m, ldm, c, ldc);
+}
+
+template <typename T>
+inline void zero_padded(const Raw<T>& r, T* x) {
+  if (!r.len) return;
+  for (int64_t b = 0; b < r.B; ++b)
+    for (int64_t t = r.len[b]; t < r.Tn; ++t)
+      std::fill(x + (t * r.B + b) * r.H, x + (t * r.B + b + 1) * r.H, T(0));
+}
 
 template <typename T>
 inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
@@ -134,7 +194,7 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
         const T* pt = p + r.off(t, i) + lo;
         std::copy(pt, pt + k, z + i * N);
       }
-      gemm_acc<T>(n, H - lo, N, k, s + lo, H, r.w[m], N, z, N);
+      product<T>(n, H - lo, N, k, s + lo, H, r.w[m], N, z, N);
       const T* a = r.alpha ? r.alpha + lo : nullptr;
       for (int64_t i = 0; i < n; ++i) {
         const T* zb = z + i * N;
@@ -247,7 +307,7 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e,
     for (int64_t m = 0; m < c.g; ++m) {
       if (!on[m]) continue;
       const int64_t lo = c.lo[m];
-      gemm_acc<T>(n, c.k[m], r.ld[m], H - lo, eb + lo, H, r.w[m], r.ld[m], cr + lo, Hc);
+      product<T>(n, c.k[m], r.ld[m], H - lo, eb + lo, H, r.w[m], r.ld[m], cr + lo, Hc);
     }
   }
   for (int64_t i = 0; i < B; ++i) std::copy(cr + i * Hc, cr + i * Hc + H, dh0 + r.row(i) * H);
@@ -276,6 +336,15 @@ inline void run_bwd(const Raw<double>& r, const double* g, const double* h, cons
   bwd_steps<double>(r, g, h, u, e, dh0, dalpha);
 }
 
+template <typename T>
+const T* ptr(const Tensor& t) {
+  return static_cast<const T*>(t.const_data_ptr());
+}
+template <typename T>
+T* mut(const Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
 inline Tensor as_dtype(const Tensor& t, ScalarType dtype) {
   return t.scalar_type() == dtype ? t : torch::stable::to(t, dtype);
 }
@@ -290,9 +359,20 @@ struct Shape {
 
 Shape check_args(const char* op, const char* lead, const Tensor& x, const Tensor& w,
                  const std::optional<Tensor>& h0, const std::optional<Tensor>& alpha) {
-  const auto [T, B, H] = check_cpu_sequence(op, lead, x);
+  MTS_CHECK(x.dim() == 3, op, ": ", lead, " must be 3-D (T, B, H), got shape ", shape_str(x.sizes()));
+  MTS_CHECK(is_kernel_float(x.scalar_type()), op, ": ", lead, " must be floating point, got ",
+            torch::headeronly::toString(x.scalar_type()));
+  MTS_CHECK(x.device().type() == torch::headeronly::DeviceType::CPU, op, ": ", lead,
+            " must be a CPU tensor, got ", device_str(x.device()));
+  const int64_t T = x.size(0), B = x.size(1), H = x.size(2);
+  MTS_CHECK(T > 0, op, ": ", lead, " needs at least one time step");
   auto same = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
-    check_operand(op, name, t, IntRef(shape), x);
+    MTS_CHECK(same_sizes(t.sizes(), IntRef(shape)), op, ": ", name, " must have shape ",
+              shape_str(IntRef(shape)), ", got ", shape_str(t.sizes()));
+    MTS_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device(), op, ": ", name,
+              " must be ", torch::headeronly::toString(x.scalar_type()), " on ",
+              device_str(x.device()), ", got ", torch::headeronly::toString(t.scalar_type()),
+              " on ", device_str(t.device()));
   };
   same(w, "weight_hh", {H, H});
   if (h0) same(*h0, "h0", {B, H});
@@ -434,8 +514,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> clockwork_rnn_bwd(
   const bool tanh = parse_tanh(nonlinearity, op);
   const Clock clock = make_clock(s.T, s.H, module_sizes, periods, first_steps, op);
   check_lengths(op, lengths, s.B, h_in.device());
-  check_like(op, "grad_h", grad_h, h_in.sizes(), h_in);
-  if (alpha_in) check_like(op, "u", u_in, h_in.sizes(), h_in, " when alpha is given");
+  auto like_h = [&](const Tensor& t, const char* name, const char* when) {
+    MTS_CHECK(same_sizes(t.sizes(), h_in.sizes()) && t.scalar_type() == h_in.scalar_type() &&
+                  t.device() == h_in.device(),
+              op, ": ", name, " must be ", torch::headeronly::toString(h_in.scalar_type()),
+              " of shape ", shape_str(h_in.sizes()), " on ", device_str(h_in.device()), when,
+              ", got ", torch::headeronly::toString(t.scalar_type()), " of shape ",
+              shape_str(t.sizes()), " on ", device_str(t.device()));
+  };
+  like_h(grad_h, "grad_h", "");
+  if (alpha_in) like_h(u_in, "u", " when alpha is given");
   const RowOrder order = row_order(lengths, s.B, s.T, op);
   const Tensor h = compute(h_in), w = compute(w_in), g = compute(grad_h);
   const Tensor u = alpha_in ? compute(u_in) : h;
@@ -452,7 +540,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> clockwork_rnn_bwd(
     std::vector<double> da(alpha ? s.H : 0, 0.0);
     run_bwd(r, ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e), mut<T>(dh0), da.data());
     weight_grad<T>(clock, s, e, h, h0, h0_in.has_value(), dw);
-    if (alpha) dalpha = from_double<T>(da, h);
+    if (alpha) {
+      dalpha = torch::stable::new_empty(h, {s.H});
+      T* out = mut<T>(*dalpha);
+      for (int64_t j = 0; j < s.H; ++j) out[j] = static_cast<T>(da[j]);
+    }
   });
   const ScalarType dtype = h_in.scalar_type();
   auto out = [&](const Tensor& t) { return as_dtype(t, dtype); };
