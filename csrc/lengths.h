@@ -7,6 +7,8 @@
 // reverse direction on packed input). Outputs (and input gradients) at t >= L_b
 // are 0, and the incoming gradient there is ignored. Processing step k of row b
 // is time t = k (forward) or L_b - 1 - k (reverse), for k < L_b.
+#include <algorithm>
+#include <numeric>
 #include <optional>
 #include <vector>
 
@@ -38,6 +40,41 @@ inline std::vector<int64_t> lengths_on_host(const char* op, const Tensor& l, int
     MTS_CHECK(out[b] >= 0 && out[b] <= T, op, ": lengths must be in [0, T] = [0, ", T,
               "], got lengths[", b, "] = ", out[b]);
   return out;
+}
+
+// The processing order of a ragged batch in the CPU loops: rows by decreasing
+// length (stable, so equal lengths keep the batch order; a permutation of
+// indices, not of data), so the rows still running at step k are the first
+// active[k] and the others leave the per-step products. Empty without lengths.
+struct RowOrder {
+  std::vector<int64_t> len, order, active;
+};
+
+inline RowOrder row_order(const std::optional<Tensor>& lengths, int64_t B, int64_t T, const char* op) {
+  RowOrder o;
+  if (!lengths) return o;
+  o.len = lengths_on_host(op, *lengths, T);
+  o.order.resize(B);
+  std::iota(o.order.begin(), o.order.end(), int64_t(0));
+  std::stable_sort(o.order.begin(), o.order.end(),
+                   [&](int64_t a, int64_t b) { return o.len[a] > o.len[b]; });
+  o.active.resize(T);
+  int64_t n = B;
+  for (int64_t t = 0; t < T; ++t) {
+    while (n > 0 && o.len[o.order[n - 1]] <= t) --n;
+    o.active[t] = n;
+  }
+  return o;
+}
+
+// Zeros at every padded step (t >= L_b) of a (T, B, H) tensor x, for a CPU loop's
+// operands r (fields len: nullptr without lengths, Tn, B, H).
+template <typename R, typename T>
+inline void zero_padded(const R& r, T* x) {
+  if (!r.len) return;
+  for (int64_t b = 0; b < r.B; ++b)
+    for (int64_t t = r.len[b]; t < r.Tn; ++t)
+      std::fill(x + (t * r.B + b) * r.H, x + (t * r.B + b + 1) * r.H, T(0));
 }
 
 HIDDEN_NAMESPACE_END(mts)

@@ -69,4 +69,22 @@ STABLE_TORCH_LIBRARY(mts_kernels, m) {
       "clockwork_rnn_bwd(Tensor grad_h, Tensor weight_hh, Tensor h, Tensor u, Tensor? h0,"
       " Tensor? alpha, int[] module_sizes, int[] periods, int[] first_steps, str nonlinearity,"
       " Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // One layer and direction of the deep-transition recurrence (csrc/deep/), L =
+  // weight_hh.size(0) >= 1 sub-layers per step, s^0_t = h_{t-1}:
+  //   s^1_t = phi(W_1 h_{t-1} + p_t + b_1),  s^l_t = phi(W_l s^{l-1}_t + b_l)  (l = 2..L;
+  //   weight_shortcut U, L >= 2: s^L_t also + U h_{t-1}),
+  //   h_t = alpha * h_{t-1} + (1 - alpha) * s^L_t   (alpha None: h_t = s^L_t)
+  // p: (T, B, H), W_ih x_t + b_ih; weight_hh (L, H, H); bias_hh (L, H). The forward
+  // returns (h, s) with s (L, T, B, H) holding every s^l_t (0 at padded steps).
+  m.def(
+      "deep_transition_rnn_fwd(Tensor p, Tensor weight_hh, Tensor? h0, Tensor? bias_hh,"
+      " Tensor? weight_shortcut, Tensor? alpha, str nonlinearity, bool reverse,"
+      " Tensor? lengths=None) -> (Tensor, Tensor)");
+  // -> (dp, dweight_hh, dbias_hh, dh0, dweight_shortcut, dalpha); dweight_shortcut /
+  // dalpha are empty tensors when weight_shortcut / alpha are None.
+  m.def(
+      "deep_transition_rnn_bwd(Tensor grad_h, Tensor weight_hh, Tensor h, Tensor s, Tensor? h0,"
+      " Tensor? weight_shortcut, Tensor? alpha, str nonlinearity, bool reverse,"
+      " Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

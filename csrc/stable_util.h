@@ -191,6 +191,40 @@ inline Tensor as_contiguous(const Tensor& t) {
   return t.is_contiguous() ? t : torch::stable::contiguous(t);
 }
 
+// ---------------------------------------------------------------- argument checks
+
+// The leading (T, B, H) operand of a CPU recurrence kernel: 3-D, floating point,
+// on the CPU, with at least one step. Returns {T, B, H}.
+inline std::array<int64_t, 3> check_cpu_sequence(const char* op, const char* lead, const Tensor& x) {
+  MTS_CHECK(x.dim() == 3, op, ": ", lead, " must be 3-D (T, B, H), got shape ", shape_str(x.sizes()));
+  MTS_CHECK(is_kernel_float(x.scalar_type()), op, ": ", lead, " must be floating point, got ",
+            torch::headeronly::toString(x.scalar_type()));
+  MTS_CHECK(x.device().type() == torch::headeronly::DeviceType::CPU, op, ": ", lead,
+            " must be a CPU tensor, got ", device_str(x.device()));
+  MTS_CHECK(x.size(0) > 0, op, ": ", lead, " needs at least one time step");
+  return {x.size(0), x.size(1), x.size(2)};
+}
+
+// Another operand of the same call: `shape`, and x's dtype and device.
+inline void check_operand(const char* op, const char* name, const Tensor& t, IntRef shape, const Tensor& x) {
+  MTS_CHECK(same_sizes(t.sizes(), shape), op, ": ", name, " must have shape ", shape_str(shape), ", got ",
+            shape_str(t.sizes()));
+  MTS_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device(), op, ": ", name, " must be ",
+            torch::headeronly::toString(x.scalar_type()), " on ", device_str(x.device()), ", got ",
+            torch::headeronly::toString(t.scalar_type()), " on ", device_str(t.device()));
+}
+
+// A backward operand read with x's element type and layout (grad_h, saved
+// outputs): `shape`, x's dtype and device, in one message; `when` qualifies it.
+inline void check_like(const char* op, const char* name, const Tensor& t, IntRef shape, const Tensor& x,
+                       const char* when = "") {
+  MTS_CHECK(same_sizes(t.sizes(), shape) && t.scalar_type() == x.scalar_type() && t.device() == x.device(),
+            op, ": ", name, " must be ", torch::headeronly::toString(x.scalar_type()), " of shape ",
+            shape_str(shape), " on ", device_str(x.device()), when, ", got ",
+            torch::headeronly::toString(t.scalar_type()), " of shape ", shape_str(t.sizes()), " on ",
+            device_str(t.device()));
+}
+
 // ---------------------------------------------------------------- other ops
 
 // An aten op the stable ops do not wrap, through the boxed dispatcher, e.g.

@@ -11,6 +11,10 @@
     mts_kernels.clockwork_rnn(p, weight_hh, h0=None, *, periods, module_sizes, alpha=None, ...)
     mts_kernels.ClockworkRNN(input_size, hidden_size, num_layers=1, ..., *, periods=None,
                              module_sizes=None, ...)  # nn.RNN's positional arguments
+    mts_kernels.deep_transition_rnn(p, weight_hh, h0=None, *, bias_hh=None, weight_shortcut=None,
+                                    alpha=None, nonlinearity="tanh", reverse=False, batch_first=False,
+                                    lengths=None, backend=None)
+    mts_kernels.DeepTransitionRNN(input_size, hidden_size, transition_depth=2, shortcut=False, ...)
 
 `mts_kernels.reference` holds the plain PyTorch loops every kernel is tested
 against. `python -m mts_kernels info` says what was built and which backends run.
@@ -19,11 +23,12 @@ against. `python -m mts_kernels info` says what was built and which backends run
 import torch  # noqa: F401  (the compiled ops need torch loaded first)
 
 from mts_kernels import _extension, reference
-from mts_kernels.nn import ClockworkRNN, LeakyRNN
+from mts_kernels.nn import ClockworkRNN, DeepTransitionRNN, LeakyRNN
 from mts_kernels.ops import (
     BACKENDS,
     BackendUnavailableError,
     clockwork_rnn,
+    deep_transition_rnn,
     leaky_integrate,
     leaky_rnn,
     linear_scan,
@@ -37,8 +42,10 @@ __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
     "ClockworkRNN",
+    "DeepTransitionRNN",
     "LeakyRNN",
     "clockwork_rnn",
+    "deep_transition_rnn",
     "final_state",
     "leaky_integrate",
     "leaky_rnn",

@@ -15,7 +15,8 @@ import torch
 
 # The forward ops a backend is chosen for (clockwork_rnn runs leaky_rnn_fwd per module).
 OPS = {"linear_scan": "linear_scan_fwd", "leaky_integrate": "leaky_integrate_fwd",
-       "leaky_rnn": "leaky_rnn_fwd", "clockwork_rnn": "leaky_rnn_fwd"}
+       "leaky_rnn": "leaky_rnn_fwd", "clockwork_rnn": "leaky_rnn_fwd",
+       "deep_transition_rnn": "deep_transition_rnn_fwd"}
 
 
 class BadBackendError(ValueError):
@@ -215,7 +216,7 @@ def _print_text(info: dict) -> None:
     for device, d in info["backends"].items():
         print(f"  {device} tensors (float32): automatic choice -> {d['auto']}")
         for op, be in d["serves"].items():
-            print(f"    {op:<16} served by {be}")
+            print(f"    {op:<19} served by {be}")
         print("    backends:")
         for name, status in d["backends"].items():
             print(f"      {name:<10} {status}")

@@ -151,3 +151,45 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor], periods, m
         h = torch.cat(parts, 1)
         out.append(h)
     return torch.stack(out, 1 if batch_first else 0)
+
+
+def deep_transition_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
+                        bias_hh: Optional[Tensor] = None, weight_shortcut: Optional[Tensor] = None,
+                        alpha: Optional[Tensor] = None, nonlinearity: str = "tanh",
+                        reverse: bool = False, batch_first: bool = False, lengths=None) -> Tensor:
+    """One layer and direction of the deep-transition recurrence (Pascanu et al.
+    2013), L = weight_hh.size(0) sub-layers per step, s^0_t = h_{t-1}:
+
+        s^1_t = phi(W_1 s^0_t + p_t + b_1)
+        s^l_t = phi(W_l s^{l-1}_t + b_l)                 l = 2..L
+                (weight_shortcut U: s^L_t = phi(W_L s^{L-1}_t + b_L + U h_{t-1}))
+        h_t   = alpha * h_{t-1} + (1 - alpha) * s^L_t    (alpha None: h_t = s^L_t)
+
+    p: (T, B, H) (or (B, T, H) batch_first), W_ih x_t + b_ih; weight_hh (L, H, H);
+    bias_hh (L, H) or None; h_{-1} = h0 (zeros when None).
+    """
+    if lengths is not None:
+        return _per_sequence(
+            lambda p_b, h0_b: deep_transition_rnn(p_b, weight_hh, h0_b, bias_hh=bias_hh,
+                                                  weight_shortcut=weight_shortcut, alpha=alpha,
+                                                  nonlinearity=nonlinearity, reverse=reverse),
+            p, h0, lengths, batch_first)
+    steps = p.unbind(1 if batch_first else 0)
+    T, L = len(steps), weight_hh.size(0)
+    phi = torch.tanh if nonlinearity == "tanh" else torch.relu
+    h = torch.zeros_like(steps[0]) if h0 is None else h0
+    order = range(T - 1, -1, -1) if reverse else range(T)
+    out = [None] * T
+    for t in order:
+        s = h
+        for l in range(L):
+            z = s @ weight_hh[l].t()
+            if l == 0:
+                z = z + steps[t]
+            if bias_hh is not None:
+                z = z + bias_hh[l]
+            if l == L - 1 and weight_shortcut is not None:
+                z = z + h @ weight_shortcut.t()
+            s = phi(z)
+        h = out[t] = s if alpha is None else alpha * h + (1 - alpha) * s
+    return torch.stack(out, 1 if batch_first else 0)

@@ -102,7 +102,7 @@ def test_text_output():
     assert "MTS_KERNELS_BACKEND: auto" in out
     assert "torch threads:" in out and "CPU:" in out and "vector ext.:" in out
     for op in OPS:
-        assert f"{op:<16} served by" in out
+        assert f"{op:<19} served by" in out
     if not torch.cuda.is_available():
         cuda_part = out.split("cuda tensors")[1]
         assert "cannot run" in cuda_part

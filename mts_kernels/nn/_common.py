@@ -3,6 +3,7 @@ projection, time reversal for the reverse direction, nn.RNN's parameter lists.""
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import List, Optional
 
@@ -158,3 +159,85 @@ def reverse_time(x: Tensor, index: Optional[Tensor]) -> Tensor:
         return x.flip(0)
     return x.gather(0, index.unsqueeze(-1).expand(x.shape))
 
+
+
+def check_input(where: str, input, input_size: int, dtype: torch.dtype, batch_first: bool) -> None:
+    """A module's padded input: a 3-D (or 2-D unbatched) tensor of input_size
+    features in the parameters' dtype; clear errors otherwise."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{where}: input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() not in (2, 3):
+        layout = "(B, T, input_size)" if batch_first else "(T, B, input_size)"
+        raise ValueError(f"{where}: input must be 3-D {layout} or 2-D (T, input_size) (unbatched), "
+                         f"got shape {tuple(input.shape)}")
+    if input.size(-1) != input_size:
+        raise ValueError(f"{where}: input.size(-1) must be equal to input_size. "
+                         f"Expected {input_size}, got {input.size(-1)}")
+    if input.dtype != dtype:
+        raise TypeError(f"{where}: input has dtype {input.dtype} but the parameters are {dtype}")
+
+
+def check_hx(where: str, hx, batched: bool, expected, like: Tensor) -> Optional[Tensor]:
+    """hx as (num_layers * num_dirs, B, H) (expected), or None; unbatched hx is
+    (num_layers * num_dirs, H). Same dtype and device as `like` (the input)."""
+    if hx is None:
+        return None
+    if not isinstance(hx, Tensor):
+        raise TypeError(f"{where}: hx must be a torch.Tensor or None, got {type(hx).__name__}")
+    shape = tuple(expected) if batched else (expected[0], expected[2])
+    if tuple(hx.shape) != shape:
+        raise ValueError(f"{where}: hx must have shape {shape}"
+                         f"{'' if batched else ' for unbatched input'}, got {tuple(hx.shape)}")
+    if hx.dtype != like.dtype or hx.device != like.device:
+        raise TypeError(f"{where}: hx must be {like.dtype} on {like.device}, got "
+                        f"{hx.dtype} on {hx.device}")
+    return hx if batched else hx.unsqueeze(1)
+
+
+def reset_uniform(module) -> None:
+    """torch.nn.RNN's initialisation: every weight and bias uniform in
+    ±1/sqrt(hidden_size); log tau (leak="learned") uniform over log(tau_range)."""
+    bound = 1.0 / math.sqrt(module.hidden_size)
+    lo, hi = (math.log(v) for v in module.tau_range)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name.startswith("log_tau"):
+                param.uniform_(lo, hi)
+            else:
+                param.uniform_(-bound, bound)
+
+
+def rnn_repr(module) -> str:
+    """extra_repr's part for torch.nn.RNN's arguments (those not at their default)."""
+    s = f"{module.input_size}, {module.hidden_size}"
+    if module.num_layers != 1:
+        s += f", num_layers={module.num_layers}"
+    if module.nonlinearity != "tanh":
+        s += f", nonlinearity={module.nonlinearity!r}"
+    if not module.bias:
+        s += ", bias=False"
+    if module.batch_first:
+        s += ", batch_first=True"
+    if module.dropout:
+        s += f", dropout={module.dropout}"
+    if module.bidirectional:
+        s += ", bidirectional=True"
+    return s
+
+
+def add_parameters(module, shapes_of, device=None, dtype=None) -> None:
+    """Creates the parameters of every layer k and direction ("" / "_reverse"),
+    named {base}_l{k}{suffix} for each (base, shape) of shapes_of(layer_in) (in
+    torch.nn.RNN's order, the extra ones last), and keeps the names per layer and
+    direction in module._all_weights, as nn.RNN does (uninitialised: the caller's
+    reset_parameters follows)."""
+    num_dirs = 2 if module.bidirectional else 1
+    module._all_weights = []
+    for layer in range(module.num_layers):
+        layer_in = module.input_size if layer == 0 else module.hidden_size * num_dirs
+        for suffix in ("", "_reverse")[:num_dirs]:
+            shapes = shapes_of(layer_in)
+            for base, shape in shapes:
+                setattr(module, f"{base}_l{layer}{suffix}",
+                        torch.nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+            module._all_weights.append([f"{base}_l{layer}{suffix}" for base, _ in shapes])

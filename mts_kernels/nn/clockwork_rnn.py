@@ -15,7 +15,6 @@ sequence's step L_b - 1 - k, has the clock t0 + k.
 from __future__ import annotations
 
 import collections.abc
-import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -154,13 +153,8 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
     def reset_parameters(self) -> None:
         """As torch.nn.RNN (uniform in ±1/sqrt(hidden_size)), with the never-read
         blocks of every weight_hh set to zero; log tau uniform over log(tau_range)."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
+        _common.reset_uniform(self)
         with torch.no_grad():
-            for name, param in self.named_parameters():
-                if name.startswith("log_tau"):
-                    param.uniform_(*(math.log(v) for v in self.tau_range))
-                else:
-                    param.uniform_(-bound, bound)
             unread = ~self.block_mask()
             for names in self._all_weights:
                 getattr(self, names[1]).masked_fill_(unread, 0.0)
@@ -192,18 +186,7 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
 
     def _run(self, input: Tensor, hx: Optional[Tensor], t0: int, lengths,
              batch_first: bool) -> Tuple[Tensor, Tensor]:
-        if not isinstance(input, Tensor):
-            raise TypeError(f"{_WHERE}: input must be a torch.Tensor, got {type(input).__name__}")
-        if input.dim() not in (2, 3):
-            layout = "(B, T, input_size)" if batch_first else "(T, B, input_size)"
-            raise ValueError(f"{_WHERE}: input must be 3-D {layout} or 2-D (T, input_size) (unbatched), "
-                             f"got shape {tuple(input.shape)}")
-        if input.size(-1) != self.input_size:
-            raise ValueError(f"{_WHERE}: input.size(-1) must be equal to input_size. "
-                             f"Expected {self.input_size}, got {input.size(-1)}")
-        if input.dtype != self.weight_hh.dtype:
-            raise TypeError(f"{_WHERE}: input has dtype {input.dtype} but the parameters are "
-                            f"{self.weight_hh.dtype}")
+        _common.check_input(_WHERE, input, self.input_size, self.weight_hh.dtype, batch_first)
         batched = input.dim() == 3
         if not batched:  # one sequence, time-major whatever batch_first says (as nn.RNN)
             input, batch_first = input.unsqueeze(1), False
@@ -211,7 +194,7 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
         # errors that name the module; the op gets lengths as given (see LeakyRNN)
         lens = check_lengths(_WHERE, lengths, B, T, input.device)
         num_dirs = 2 if self.bidirectional else 1
-        h_in = self._check_hx(hx, batched, B, num_dirs, input)
+        h_in = _common.check_hx(_WHERE, hx, batched, (self.num_layers * num_dirs, B, self.hidden_size), input)
         # one reversal index for every layer (None: a plain flip)
         rev = _common.reversal_index(lens, T, input.device) if num_dirs == 2 else None
 
@@ -237,36 +220,8 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
         output, h_n = _common.run_layers(self, input, h_in, run_direction, batch_first)
         return (output, h_n) if batched else _common.unbatched(output, h_n, 1)
 
-    def _check_hx(self, hx, batched: bool, B: int, num_dirs: int, input: Tensor) -> Optional[Tensor]:
-        """hx as (num_layers * num_dirs, B, H), or None."""
-        if hx is None:
-            return None
-        if not isinstance(hx, Tensor):
-            raise TypeError(f"{_WHERE}: hx must be a torch.Tensor or None, got {type(hx).__name__}")
-        expected = (self.num_layers * num_dirs, B, self.hidden_size) if batched else \
-            (self.num_layers * num_dirs, self.hidden_size)
-        if tuple(hx.shape) != expected:
-            raise ValueError(f"{_WHERE}: hx must have shape {expected}"
-                             f"{'' if batched else ' for unbatched input'}, got {tuple(hx.shape)}")
-        if hx.dtype != input.dtype or hx.device != input.device:
-            raise TypeError(f"{_WHERE}: hx must be {input.dtype} on {input.device}, got "
-                            f"{hx.dtype} on {hx.device}")
-        return hx if batched else hx.unsqueeze(1)
-
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
-        if not self.bias:
-            s += ", bias=False"
-        if self.batch_first:
-            s += ", batch_first=True"
-        if self.dropout:
-            s += f", dropout={self.dropout}"
-        if self.bidirectional:
-            s += ", bidirectional=True"
+        s = _common.rnn_repr(self)
         s += f", periods={self.periods}, module_sizes={self.module_sizes}"
         if self.leak is not None:
             s += f", leak={self.leak!r}"

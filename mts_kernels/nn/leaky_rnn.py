@@ -9,7 +9,6 @@ For each layer and direction:
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -73,25 +72,21 @@ class LeakyRNN(_common.RNNCompat, nn.Module):
         self.skip = skip
         self.dilation = dilation
         self.backend: Optional[str] = None
-        kw = dict(device=device, dtype=dtype)
-        num_dirs = 2 if bidirectional else 1
         # parameter names per layer and direction in torch.nn.RNN's order (the extra
         # weight_skip and log_tau last); nn.RNN keeps this list under the same attribute
         self._all_weights: List[List[str]] = []
-        for layer in range(num_layers):
-            layer_in = input_size if layer == 0 else hidden_size * num_dirs
-            for suffix in self._suffixes():
-                name = f"l{layer}{suffix}"
-                shapes = [("weight_ih", (hidden_size, layer_in)), ("weight_hh", (hidden_size, hidden_size))]
-                if bias:
-                    shapes += [("bias_ih", (hidden_size,)), ("bias_hh", (hidden_size,))]
-                if skip is not None:
-                    shapes.append(("weight_skip", (hidden_size, hidden_size)))
-                if leak == "learned":
-                    shapes.append(("log_tau", (hidden_size,)))
-                for base, shape in shapes:
-                    setattr(self, f"{base}_{name}", nn.Parameter(torch.empty(shape, **kw)))
-                self._all_weights.append([f"{base}_{name}" for base, _ in shapes])
+
+        def shapes_of(layer_in):
+            shapes = [("weight_ih", (hidden_size, layer_in)), ("weight_hh", (hidden_size, hidden_size))]
+            if bias:
+                shapes += [("bias_ih", (hidden_size,)), ("bias_hh", (hidden_size,))]
+            if skip is not None:
+                shapes.append(("weight_skip", (hidden_size, hidden_size)))
+            if leak == "learned":
+                shapes.append(("log_tau", (hidden_size,)))
+            return shapes
+
+        _common.add_parameters(self, shapes_of, device, dtype)
         self.reset_parameters()
 
     def _suffixes(self):
@@ -100,14 +95,7 @@ class LeakyRNN(_common.RNNCompat, nn.Module):
     def reset_parameters(self) -> None:
         """As torch.nn.RNN: every weight and bias uniform in ±1/sqrt(hidden_size);
         log tau uniform over log(tau_range)."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        lo, hi = (math.log(v) for v in self.tau_range)
-        for name, param in self.named_parameters():
-            with torch.no_grad():
-                if name.startswith("log_tau_"):
-                    param.uniform_(lo, hi)
-                else:
-                    param.uniform_(-bound, bound)
+        _common.reset_uniform(self)
 
     @classmethod
     def from_torch(cls, rnn: nn.RNN, **extra) -> "LeakyRNN":
@@ -187,19 +175,7 @@ class LeakyRNN(_common.RNNCompat, nn.Module):
         return _common.run_layers(self, x, h_in, run_direction, batch_first)
 
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
-        if not self.bias:
-            s += ", bias=False"
-        if self.batch_first:
-            s += ", batch_first=True"
-        if self.dropout:
-            s += f", dropout={self.dropout}"
-        if self.bidirectional:
-            s += ", bidirectional=True"
+        s = _common.rnn_repr(self)
         if self.leak is not None:
             s += f", leak={self.leak!r}"
             if self.leak == "learned":

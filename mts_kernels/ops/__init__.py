@@ -2,6 +2,7 @@
 
 from mts_kernels.ops._backend import BACKENDS, BackendUnavailableError
 from mts_kernels.ops.clockwork_rnn import clockwork_rnn
+from mts_kernels.ops.deep_transition_rnn import deep_transition_rnn
 from mts_kernels.ops.leaky_rnn import leaky_rnn
 from mts_kernels.ops.scan import leaky_integrate, linear_scan
 
@@ -9,6 +10,7 @@ __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
     "clockwork_rnn",
+    "deep_transition_rnn",
     "leaky_integrate",
     "leaky_rnn",
     "linear_scan",

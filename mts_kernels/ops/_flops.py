@@ -31,7 +31,7 @@ _SCAN_BWD_FLOPS_PER_ELEMENT = 4
 def _ops(name: str) -> list:
     """The C++ op (when compiled) and the Triton custom op of a name."""
     ops = [getattr(torch.ops.mts_kernels, f"{name}_triton")]
-    if _extension.COMPILED:
+    if _extension.COMPILED and hasattr(torch.ops.mts_kernels, name):
         ops.append(getattr(torch.ops.mts_kernels, name))
     return ops
 
@@ -109,3 +109,30 @@ def clockwork_rnn_bwd_flop(grad_h_shape, weight_hh_shape, h_shape, u_shape, h0_s
 if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "clockwork_rnn_fwd"):
     register_flop_formula(torch.ops.mts_kernels.clockwork_rnn_fwd)(clockwork_rnn_fwd_flop)
     register_flop_formula(torch.ops.mts_kernels.clockwork_rnn_bwd)(clockwork_rnn_bwd_flop)
+
+
+def deep_transition_rnn_fwd_flop(p_shape, weight_hh_shape, h0_shape, bias_hh_shape, weight_shortcut_shape,
+                                 *args, out_shape=None, **kwargs) -> int:
+    """Forward of one layer and direction: per step L products (B, H) x (H, H),
+    plus one for the shortcut, 2*B*H*H FLOPs each, over all T steps (with
+    lengths too). The input projection p is the caller's GEMM, counted by torch."""
+    T, B, H = p_shape
+    L = weight_hh_shape[0]
+    return 2 * T * B * H * H * (L + (weight_shortcut_shape is not None))
+
+
+def deep_transition_rnn_bwd_flop(grad_h_shape, weight_hh_shape, h_shape, s_shape, h0_shape,
+                                 weight_shortcut_shape, *args, out_shape=None, **kwargs) -> int:
+    """Backward: the adjoint products (the forward's L, plus the shortcut's, at
+    every step) and the weight gradients as GEMMs over the steps: dW_2..dW_L over
+    all T, dW_1 (and dU) over the steps that read h_{t-1}: all T with h0, else
+    the T - 1 after the first (h0 = 0 adds nothing)."""
+    T, B, H = h_shape
+    L = weight_hh_shape[0]
+    u = weight_shortcut_shape is not None
+    prev_steps = T if h0_shape is not None else T - 1
+    return 2 * B * H * H * (T * (L + u) + (L - 1) * T + (1 + u) * prev_steps)
+
+
+register_flop_formula(_ops("deep_transition_rnn_fwd"))(deep_transition_rnn_fwd_flop)
+register_flop_formula(_ops("deep_transition_rnn_bwd"))(deep_transition_rnn_bwd_flop)

@@ -81,6 +81,29 @@ def register_autocast(qualname: str) -> None:
         torch.library.impl(qualname, key, lib=_lib(ns))(kernel)
 
 
+def register_fused(name: str, suffix: str, fake_fwd, fake_bwd, backward_of, setup_context) -> None:
+    """The Python side of a fused recurrence's ops mts_kernels::{name}_fwd{suffix} /
+    _bwd{suffix}: fake kernels, autograd (backward_of(bwd_name) -> backward) and
+    autocast of the forward."""
+    fwd, bwd = f"{name}_fwd{suffix}", f"{name}_bwd{suffix}"
+    torch.library.register_fake(f"mts_kernels::{fwd}")(fake_fwd)
+    torch.library.register_fake(f"mts_kernels::{bwd}")(fake_bwd)
+    torch.library.register_autograd(f"mts_kernels::{fwd}", backward_of(bwd), setup_context=setup_context)
+    register_autocast(f"mts_kernels::{fwd}")
+
+
+def per_sample(apply, args, in_dims, n: int):
+    """A vmap rule by a loop: apply(*sample) for each of the n vmapped samples
+    (args sliced along their in_dims), outputs stacked along dim 0; returns
+    (outputs, out_dims) as an autograd.Function's vmap does."""
+    outs = []
+    for i in range(n):
+        sample = [a.select(d, i) if (isinstance(a, Tensor) and d is not None) else a
+                  for a, d in zip(args, in_dims)]
+        outs.append(apply(*sample))
+    return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
+
+
 _LIBS: dict = {}
 
 

@@ -119,14 +119,8 @@ class _BackwardFunction(torch.autograd.Function):
     def vmap(info, in_dims, bwd_name, *args):
         # The weight gradients are per vmapped sample (per-sample gradients), so
         # the samples cannot share one call: one fused call each.
-        n = info.batch_size
-        dims = in_dims[1:]
-        outs = []
-        for i in range(n):
-            sample = [a.select(d, i) if (isinstance(a, Tensor) and d is not None) else a
-                      for a, d in zip(args, dims)]
-            outs.append(_BackwardFunction.apply(bwd_name, *sample))
-        return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
+        return _transforms.per_sample(lambda *sample: _BackwardFunction.apply(bwd_name, *sample), args,
+                                      in_dims[1:], info.batch_size)
 
 
 class _Refuse(torch.autograd.Function):
@@ -330,21 +324,11 @@ class _Function(torch.autograd.Function):
             return (unfold(h), unfold(u)), (0, 0)
         # a weight per sample (an ensemble): one fused call per sample
         args = (p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse, lengths)
-        outs = []
-        for i in range(n):
-            sample = [a.select(d, i) if (isinstance(a, Tensor) and d is not None) else a
-                      for a, d in zip(args, in_dims[1:])]
-            outs.append(_Function.apply(suffix, *sample))
-        return tuple(torch.stack(o) for o in zip(*outs)), (0, 0)
+        return _transforms.per_sample(lambda *sample: _Function.apply(suffix, *sample), args, in_dims[1:], n)
 
 
 def _register(suffix: str) -> None:
-    fwd, bwd = f"leaky_rnn_fwd{suffix}", f"leaky_rnn_bwd{suffix}"
-    torch.library.register_fake(f"mts_kernels::{fwd}")(_fake_fwd)
-    torch.library.register_fake(f"mts_kernels::{bwd}")(_fake_bwd)
-    torch.library.register_autograd(f"mts_kernels::{fwd}", _make_backward(bwd),
-                                    setup_context=_setup_context)
-    _transforms.register_autocast(f"mts_kernels::{fwd}")
+    _transforms.register_fused("leaky_rnn", suffix, _fake_fwd, _fake_bwd, _make_backward, _setup_context)
 
 
 # The Triton path as custom ops with the C++ schemas' signatures
@@ -390,21 +374,27 @@ def check_projection(op: str, p, batch_first: bool):
     return T, p.size(0 if batch_first else 1), p.size(2)
 
 
+def check_operand(op: str, name: str, t, shape, p: Tensor, cast=None) -> None:
+    """An operand of a recurrence next to its projection p: a tensor of `shape`,
+    p's dtype (as autocast hands it on: cast) and device; clear errors otherwise."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
+    if _transforms.effective_dtype(t, cast) != _transforms.effective_dtype(p, cast):
+        raise TypeError(f"{op}: {name} has dtype {t.dtype} but p has {p.dtype}"
+                        f"{' (under autocast)' if cast is not None else ''}")
+    if t.device != p.device:
+        raise ValueError(f"{op}: {name} is on {t.device} but p is on {p.device}")
+
+
 def _check_args(p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, batch_first,
                 cast=None):
     op = "leaky_rnn"
     _, B, H = check_projection(op, p, batch_first)
 
     def check(name, t, shape):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
-        if _transforms.effective_dtype(t, cast) != _transforms.effective_dtype(p, cast):
-            raise TypeError(f"{op}: {name} has dtype {t.dtype} but p has {p.dtype}"
-                            f"{' (under autocast)' if cast is not None else ''}")
-        if t.device != p.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but p is on {p.device}")
+        check_operand(op, name, t, shape, p, cast)
 
     check("weight_hh", weight_hh, (H, H))
     if h0 is not None:
