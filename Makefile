@@ -1,4 +1,5 @@
-# make demo   : set up .venv, build, train the sequence-generation demo (demo/, ~5 min on 2 cores)
+# make demo   : set up .venv, build, train the sequence-generation and copy-memory demos (demo/;
+#               within 5 min on 2 cores)
 # make test   : set up .venv, build (CPU + CUDA kernels when a toolkit is found), run the tests
 # make test-asan : the CPU kernels built with ASan + UBSan in build-asan/ (the regular build
 #               untouched), and the CPU test subset ASAN_TESTS run against them
@@ -71,6 +72,7 @@ bench: build
 
 demo: build
 	$(VPY) demo/sequence_generation.py
+	$(VPY) demo/copy_memory.py
 
 # build_sdist returns the archive's name; $(DIST)/.sdist keeps it for the wheel step.
 sdist: venv
