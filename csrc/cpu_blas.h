@@ -9,6 +9,7 @@
 
 #include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
 
+#include "blas_blocked.h"
 #include "cpu_vec.h"
 #include "stable_util.h"
 
@@ -34,19 +35,12 @@ Tensor from_double(const std::vector<double>& v, const Tensor& like) {
 }
 
 // c (n x N, row stride ldc) += a (n x K, lda) @ m (K x N, ldm) through torch's
-// BLAS on views of the loop's buffers (the C shim's addmm.out; the stable ops have
-// no GEMM with accumulation); out of line, so the cloned loops call it as it is.
+// BLAS on the loop's buffers, in blocks fixed by the shape (the same result on any
+// thread count: blas_blocked.h); out of line, so the cloned loops call it as it is.
 template <typename T>
 __attribute__((noinline)) void blas_acc(int64_t n, int64_t K, int64_t N, const T* a, int64_t lda,
                                         const T* m, int64_t ldm, T* c, int64_t ldc) {
-  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
-  const Device cpu(torch::headeronly::DeviceType::CPU);
-  auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t ld) {
-    return torch::stable::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, cpu, dtype);
-  };
-  const Tensor ct = view(c, n, N, ldc);
-  TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(ct.get(), ct.get(), view(a, n, K, lda).get(),
-                                                  view(m, K, N, ldm).get(), 1.0, 1.0));
+  cpu::blocked_gemm_acc<T>(n, K, N, {a, lda, 1}, {m, ldm, 1}, {c, ldc, 1});
 }
 
 // c += a @ m, tiled below kSmallWork multiply-adds, else BLAS with the exact width

@@ -166,13 +166,19 @@ def _blas_cases():
                                                                     module_sizes=[k] * 4, alpha=a),
             [_r(T, B, H), (torch.randn(H, H) / H ** 0.5).requires_grad_(), _r(B, H),
              _r(H, positive=True)])
+    for T, B, H, depth, lengths in ((20, 64, 128, 2, None), (12, 40, 256, 3, L(40, 12, 2))):
+        yield f"deep_transition_rnn B{B} H{H} L{depth}", (
+            lambda p, w, h0, b, u, a, lengths=lengths: mts_kernels.deep_transition_rnn(
+                p, w, h0, bias_hh=b, weight_shortcut=u, alpha=a, lengths=lengths),
+            [_r(T, B, H), (torch.randn(depth, H, H) / H ** 0.5).requires_grad_(), _r(B, H),
+             _r(depth, H), (torch.randn(H, H) / H ** 0.5).requires_grad_(), _r(H, positive=True)])
 
 
 @pytest.mark.parametrize("name,case", [pytest.param(n, c, id=n) for n, c in _blas_cases()])
 def test_blas_sizes(name, case):
     fn, inputs = case
     T, B, H = inputs[0].shape
-    if name.startswith("leaky_rnn"):
+    if name.startswith(("leaky_rnn", "deep_transition_rnn")):
         assert B * H * H > 2 ** 17  # the BLAS per-step product
     else:
         assert B * H * (H // 4) > 2 ** 17 or T * B >= 1024

@@ -28,7 +28,9 @@ def _dt():
     return dt
 
 
-# TODO(after the merge of the CPU op's branch): replace by mts_kernels.reference.deep_transition_rnn.
+# The test's own loop, because it also returns s (the sub-layers' activations,
+# which the kernels save); its h is checked against mts_kernels.reference in
+# _run_reference, so the two oracles cannot drift apart.
 def _loop_reference(p, weight_hh, h0, bias_hh, weight_shortcut, alpha, nonlinearity, reverse,
                     lengths=None):
     """(h, s) of the contract's recurrence, one step per Python iteration, so
@@ -116,6 +118,11 @@ def _run_reference(t, nonlinearity, reverse, lengths, gh):
     h, s = _loop_reference(leaves["p"], leaves["weight_hh"], leaves["h0"], leaves["bias_hh"],
                            leaves["weight_shortcut"], leaves["alpha"], nonlinearity, reverse,
                            lengths)
+    from mts_kernels import reference
+    torch.testing.assert_close(h, reference.deep_transition_rnn(
+        leaves["p"], leaves["weight_hh"], leaves["h0"], bias_hh=leaves["bias_hh"],
+        weight_shortcut=leaves["weight_shortcut"], alpha=leaves["alpha"], nonlinearity=nonlinearity,
+        reverse=reverse, lengths=lengths), rtol=1e-12, atol=1e-12)
     names = ["p", "weight_hh", "bias_hh", "h0", "weight_shortcut", "alpha"]
     used = [leaves[k] for k in names if leaves[k] is not None]
     got = iter(torch.autograd.grad((h * gh.double()).sum(), used, allow_unused=True))

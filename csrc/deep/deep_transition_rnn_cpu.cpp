@@ -353,11 +353,8 @@ void prev_gram(const Tensor& out, const T* e, const T* h, const T* h0, bool has_
   auto view = [&](const T* p, int64_t rows) {
     return torch::stable::from_blob(const_cast<T*>(p), {rows, H}, {H, 1}, cpu, dtype);
   };
-  auto acc = [&](const Tensor& a, const Tensor& b) {
-    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(out.get(), out.get(),
-                                                    torch::stable::transpose(a, 0, 1).get(), b.get(),
-                                                    1.0, 1.0));
-  };
+  // out += a^T b in reduction chunks fixed by the shape (any thread count: blas_blocked.h)
+  auto acc = [&](const Tensor& a, const Tensor& b) { cpu::blocked_gram<T>(a, b, out); };
   const int64_t n = (s.T - 1) * B;
   if (n > 0) acc(view(e + (reverse ? 0 : BH), n), view(h + (reverse ? BH : 0), n));
   if (!has_h0) return;
@@ -418,9 +415,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> deep_transition_rnn_b
                  reverse, order);
     for (int64_t l = 1; l < s.L; ++l) {
       const Tensor out = view(mut<T>(dw) + l * HH, {s.H, s.H});
-      TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(
-          out.get(), out.get(), torch::stable::transpose(view(e[l], {TB, s.H}), 0, 1).get(),
-          view(ptr<T>(sv) + (l - 1) * THB, {TB, s.H}).get(), 1.0, 1.0));
+      cpu::blocked_gram<T>(view(e[l], {TB, s.H}), view(ptr<T>(sv) + (l - 1) * THB, {TB, s.H}), out);
     }
     if (ws)
       prev_gram<T>(*dws, e[s.L - 1], ptr<T>(h), ptr<T>(h0), h0_in.has_value(), s, reverse, order);
