@@ -37,6 +37,7 @@
 
 #include "../blas_blocked.h"
 #include "../cpu_alloc.h"
+#include "../cpu_blas.h"
 #include "../cpu_vec.h"
 #include "../lengths.h"
 #include "../rnn/leaky_rnn_math.h"
@@ -49,8 +50,6 @@ using namespace ::mts::cpu;
 using ::mts::rnn::dphi_times;
 using ::mts::rnn::leak_mix;
 using ::mts::rnn::relu_of;
-
-constexpr int64_t kSmallWork = int64_t(1) << 17;
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -88,38 +87,6 @@ Clock make_clock(int64_t T, int64_t H, const std::vector<int64_t>& sizes,
   return c;
 }
 
-struct RowOrder {
-  std::vector<int64_t> len, order, active;
-};
-
-// Rows by decreasing length (stable) and how many still run at each step.
-RowOrder row_order(const std::optional<Tensor>& lengths, int64_t B, int64_t T, const char* op) {
-  RowOrder o;
-  if (!lengths) return o;
-  o.len = lengths_on_host(op, *lengths, T);
-  o.order.resize(B);
-  std::iota(o.order.begin(), o.order.end(), int64_t(0));
-  std::stable_sort(o.order.begin(), o.order.end(),
-                   [&](int64_t a, int64_t b) { return o.len[a] > o.len[b]; });
-  o.active.resize(T);
-  int64_t n = B;
-  for (int64_t t = 0; t < T; ++t) {
-    while (n > 0 && o.len[o.order[n - 1]] <= t) --n;
-    o.active[t] = n;
-  }
-  return o;
-}
-
-// c (n x N, row stride ldc) += a (n x K, lda) @ m (K x N, ldm) through torch's
-// BLAS on views of the loop's buffers, in blocks fixed by the shape (the same
-// result on any thread count: csrc/blas_blocked.h); out of line, so the cloned
-// loops call it as it is.
-template <typename T>
-__attribute__((noinline)) void blas_acc(int64_t n, int64_t K, int64_t N, const T* a, int64_t lda,
-                                        const T* m, int64_t ldm, T* c, int64_t ldc) {
-  blocked_gemm_acc<T>(n, K, N, {a, lda, 1}, {m, ldm, 1}, {c, ldc, 1});
-}
-
 // The loop's operands in the compute dtype T (float / double).
 template <typename T>
 struct Raw {
@@ -140,25 +107,6 @@ struct Raw {
   int64_t row(int64_t i) const { return len ? order[i] : i; }
   int64_t off(int64_t t, int64_t i) const { return (t * B + row(i)) * H; }
 };
-
-// c += a @ m, tiled below kSmallWork multiply-adds, else BLAS with the exact width
-// n_exact (the tiled loop writes the padded width N, which c must have).
-template <typename T>
-inline void product(int64_t n, int64_t K, int64_t N, int64_t n_exact, const T* a, int64_t lda,
-                    const T* m, int64_t ldm, T* c, int64_t ldc) {
-  if (n * K * N > kSmallWork)
-    blas_acc<T>(n, K, n_exact, a, lda, m, ldm, c, ldc);
-  else
-    matmul_acc<T>(n, K, N, a, lda, m, ldm, c, ldc);
-}
-
-template <typename T>
-inline void zero_padded(const Raw<T>& r, T* x) {
-  if (!r.len) return;
-  for (int64_t b = 0; b < r.B; ++b)
-    for (int64_t t = r.len[b]; t < r.Tn; ++t)
-      std::fill(x + (t * r.B + b) * r.H, x + (t * r.B + b + 1) * r.H, T(0));
-}
 
 template <typename T>
 inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
@@ -187,7 +135,7 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
         const T* pt = p + r.off(t, i) + lo;
         std::copy(pt, pt + k, z + i * N);
       }
-      product<T>(n, H - lo, N, k, s + lo, H, r.w[m], N, z, N);
+      gemm_acc<T>(n, H - lo, N, k, s + lo, H, r.w[m], N, z, N);
       const T* a = r.alpha ? r.alpha + lo : nullptr;
       for (int64_t i = 0; i < n; ++i) {
         const T* zb = z + i * N;
@@ -300,7 +248,7 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e,
     for (int64_t m = 0; m < c.g; ++m) {
       if (!on[m]) continue;
       const int64_t lo = c.lo[m];
-      product<T>(n, c.k[m], r.ld[m], H - lo, eb + lo, H, r.w[m], r.ld[m], cr + lo, Hc);
+      gemm_acc<T>(n, c.k[m], r.ld[m], H - lo, eb + lo, H, r.w[m], r.ld[m], cr + lo, Hc);
     }
   }
   for (int64_t i = 0; i < B; ++i) std::copy(cr + i * Hc, cr + i * Hc + H, dh0 + r.row(i) * H);
@@ -327,15 +275,6 @@ inline void run_fwd(const Raw<double>& r, const double* p, double* h, double* u)
 inline void run_bwd(const Raw<double>& r, const double* g, const double* h, const double* u,
                     double* e, double* dh0, double* dalpha) {
   bwd_steps<double>(r, g, h, u, e, dh0, dalpha);
-}
-
-template <typename T>
-const T* ptr(const Tensor& t) {
-  return static_cast<const T*>(t.const_data_ptr());
-}
-template <typename T>
-T* mut(const Tensor& t) {
-  return static_cast<T*>(t.mutable_data_ptr());
 }
 
 inline Tensor as_dtype(const Tensor& t, ScalarType dtype) {

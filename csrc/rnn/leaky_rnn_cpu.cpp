@@ -15,6 +15,7 @@
 
 #include "../blas_blocked.h"
 #include "../cpu_alloc.h"
+#include "../cpu_blas.h"
 #include "leaky_rnn_impl.h"
 
 #include "../cpu_vec.h"
@@ -81,14 +82,6 @@ inline const T* delayed_rows(const Raw<T>& r, int64_t k, int64_t delay, int64_t 
     std::copy(src, src + r.H, buf + i * r.H);
   }
   return buf;
-}
-
-// Zeros at every padded step (t >= L_b) of a (T, B, H) tensor.
-template <typename T>
-void zero_padded(const Raw<T>& r, T* x) {
-  if (!r.ragged()) return;
-  for (int64_t b = 0; b < r.B; ++b)
-    for (int64_t t = r.len[b]; t < r.Tn; ++t) std::fill(x + (t * r.B + b) * r.H, x + (t * r.B + b + 1) * r.H, T(0));
 }
 
 // The per-step product through torch's BLAS (MKL / OpenBLAS) on views of the
@@ -233,41 +226,10 @@ inline void run_bwd(const Raw<double>& r, const double* g, const double* h, cons
   bwd_steps<double>(r, g, h, u, e, dh0, dalpha);
 }
 
-// Below this many multiply-adds per step the register-tiled product beats a BLAS
-// call (whose fixed cost is a few microseconds); above it BLAS is faster.
-constexpr int64_t kSmallWork = int64_t(1) << 17;
 
-template <typename T>
-const T* ptr(const Tensor& t) {
-  return static_cast<const T*>(t.const_data_ptr());
-}
-template <typename T>
-T* mut(const Tensor& t) {
-  return static_cast<T*>(t.mutable_data_ptr());
-}
-
-// The processing order of a ragged batch: rows by decreasing length (stable, so
-// equal lengths keep the batch order) and the number still running at each step.
-struct RowOrder {
-  std::vector<int64_t> len, order, active;
-};
-
+// The processing order of a ragged batch (csrc/lengths.h).
 inline RowOrder row_order(const Problem& pr) {
-  RowOrder o;
-  if (!pr.lengths) return o;
-  const int64_t B = pr.s.B, T = pr.s.T;
-  o.len = lengths_on_host("leaky_rnn", *pr.lengths, T);
-  o.order.resize(B);
-  std::iota(o.order.begin(), o.order.end(), int64_t(0));
-  std::stable_sort(o.order.begin(), o.order.end(),
-                   [&](int64_t a, int64_t b) { return o.len[a] > o.len[b]; });
-  o.active.resize(T);
-  int64_t n = B;
-  for (int64_t k = 0; k < T; ++k) {
-    while (n > 0 && o.len[o.order[n - 1]] <= k) --n;
-    o.active[k] = n;
-  }
-  return o;
+  return ::mts::row_order(pr.lengths, pr.s.B, pr.s.T, "leaky_rnn");
 }
 
 template <typename T>
