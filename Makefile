@@ -41,8 +41,9 @@ build: venv
 	$(VPY) -m pip install -q --no-build-isolation -e .
 	$(VPY) -m mts_kernels info
 
+# --durations: the slowest tests in the log, to keep the suite within its 30 minutes
 test: build
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q --durations=25 tests
 
 # The sanitizer build: a copy of the package in $(ASAN_DIR)/pkg with a _C compiled
 # with -fsanitize=address,undefined (setup.py, MTS_KERNELS_SANITIZE=1; CPU kernels
@@ -53,7 +54,7 @@ test: build
 ASAN_DIR ?= build-asan
 ASAN_TESTS ?= tests/test_lengths.py tests/test_hardening.py tests/test_properties.py \
 	tests/test_scan_bad_input.py tests/test_scan_registration.py tests/test_clockwork_rnn.py \
-	tests/test_scan.py tests/test_leaky_rnn.py
+	tests/test_scan.py tests/test_leaky_rnn.py tests/test_deep_transition_rnn.py
 ASAN_SELECT ?= not triton and not cuda
 test-asan: venv
 	rm -rf $(ASAN_DIR)/pkg && mkdir -p $(ASAN_DIR)/pkg
