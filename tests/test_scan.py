@@ -149,6 +149,10 @@ def test_non_contiguous(backend, device, op_name, layout, batch_first):
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 17), (3, 1000, 5), (1, 3, 1)], ids=str)
 def test_backend_shapes(backend, device, op_name, shape):
     dtype = torch.float64 if device == "cpu" else torch.float32
+    if backend == "triton" and device == "cpu" and shape[1] == 1000:
+        # The interpreter runs T = 1000 in minutes; T = 333 still spans several
+        # 64-step chunks and ends in a partial one, which is what this shape tests.
+        shape = (3, 333, 5)
     for per_channel, reverse, batch_first in itertools.product([False, True], [False, True], [True, False]):
         _check(op_name, backend, device, dtype, shape, per_channel=per_channel,
                batch_first=batch_first, with_h0=per_channel, reverse=reverse)
