@@ -48,6 +48,14 @@ class RNNCompat:
         so there is nothing to flatten. Returns None."""
         return None
 
+    def _suffixes(self):
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    def reset_parameters(self) -> None:
+        """As torch.nn.RNN: every weight and bias uniform in ±1/sqrt(hidden_size);
+        log tau uniform over log(tau_range)."""
+        reset_uniform(self)
+
 
 def check_int(where: str, name: str, value, hint: str = "") -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:

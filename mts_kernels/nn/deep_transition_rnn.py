@@ -92,14 +92,6 @@ class DeepTransitionRNN(_common.RNNCompat, nn.Module):
         _common.add_parameters(self, shapes_of, device, dtype)
         self.reset_parameters()
 
-    def _suffixes(self):
-        return ("", "_reverse") if self.bidirectional else ("",)
-
-    def reset_parameters(self) -> None:
-        """As torch.nn.RNN: every weight and bias uniform in ±1/sqrt(hidden_size);
-        log tau uniform over log(tau_range)."""
-        _common.reset_uniform(self)
-
     def forward(self, input, hx: Optional[Tensor] = None, lengths=None):
         """input: (T, B, input_size) ((B, T, ...) batch_first), unbatched
         (T, input_size), or a PackedSequence; hx: (num_layers * num_dirs, B,

@@ -89,14 +89,6 @@ class LeakyRNN(_common.RNNCompat, nn.Module):
         _common.add_parameters(self, shapes_of, device, dtype)
         self.reset_parameters()
 
-    def _suffixes(self):
-        return ("", "_reverse") if self.bidirectional else ("",)
-
-    def reset_parameters(self) -> None:
-        """As torch.nn.RNN: every weight and bias uniform in ±1/sqrt(hidden_size);
-        log tau uniform over log(tau_range)."""
-        _common.reset_uniform(self)
-
     @classmethod
     def from_torch(cls, rnn: nn.RNN, **extra) -> "LeakyRNN":
         """A LeakyRNN with the configuration and weights of `rnn` (extra features
