@@ -11,6 +11,8 @@ from mts_kernels/triton/deep_transition_rnn.py, as custom ops with the same
 signatures; the fake kernels and autograd are registered here. The forward keeps
 every s^l_t; the backward is one fused reverse loop (L products per step, plus the
 shortcut's) with the weight gradients as single GEMMs after it.
+Forward mode and the backward's own derivative (a second order) use the
+linearised recurrence (_tangent) with leaky_rnn's machinery (SECOND_ORDER).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from torch import Tensor
 
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
-from mts_kernels.ops.leaky_rnn import NONLINEARITIES, check_operand, check_projection
+from mts_kernels.ops.leaky_rnn import (NONLINEARITIES, SECOND_ORDER, _BackwardFunction, _delayed,
+                                      _processing_order, check_operand, check_projection,
+                                      second_order)
 
 _OP = "deep_transition_rnn"
 
@@ -47,54 +51,63 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(s)
     ctx.config = (nonlinearity, reverse)
     ctx.has = (h0 is not None, bias_hh is not None, weight_shortcut is not None, alpha is not None)
-    ctx.save_for_backward(weight_hh, h, s, h0, weight_shortcut, alpha, lengths)
+    # p and bias_hh only for a second order, which recomputes s from them (_moving_s)
+    ctx.save_for_backward(weight_hh, h, s, h0, weight_shortcut, alpha, lengths, p, bias_hh)
 
 
-_NO_HIGHER_ORDER = (
-    "deep_transition_rnn: {what} of the fused kernels' backward is not implemented (it needs "
-    "the derivative of the adjoint recurrence, which has no kernel yet). Reverse mode once "
-    "(grad, vjp, jacrev) and vmap of it work; for higher orders run this computation with "
-    "backend='reference' (the plain PyTorch loop, differentiable in every order)")
+def _live(h: Tensor, lengths: Optional[Tensor]) -> Optional[Tensor]:
+    """(T, B, 1) mask of the steps each row runs (None: all)."""
+    if lengths is None:
+        return None
+    steps = torch.arange(h.size(0), device=h.device).unsqueeze(1)
+    return (steps < lengths.to(h.device).unsqueeze(0)).unsqueeze(-1)
 
 
-class _BackwardOp(torch.autograd.Function):
-    """The fused backward op (bwd_name, with its backend suffix) as a differentiable
-    node, for create_graph=True and torch.func: its own derivative raises instead
-    of silently being zero (leaky_rnn's _BackwardFunction does the same for ops
-    that have a second order)."""
+def _previous(h: Tensor, h0: Optional[Tensor], reverse: bool, lengths: Optional[Tensor]) -> Tensor:
+    """h_{t-1} for every step t (the state the step reads, in each row's processing
+    order; h0 or zeros at its first step); padded steps hold whatever comes out."""
+    start = h.new_zeros(h.shape[1:]) if h0 is None else h0
+    return _processing_order(_delayed(_processing_order(h, reverse, lengths), start, 1), reverse, lengths)
 
-    @staticmethod
-    def forward(bwd_name, *args):
-        return getattr(torch.ops.mts_kernels, bwd_name)(*args)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(_NO_HIGHER_ORDER.format(
-            what="a second-order gradient (create_graph=True, reverse over reverse)"))
-
-    @staticmethod
-    def jvp(ctx, *tangents):
-        raise RuntimeError(_NO_HIGHER_ORDER.format(what="forward-mode AD of its gradient"))
-
-    @staticmethod
-    def vmap(info, in_dims, bwd_name, *args):
-        # per-sample weight gradients: one fused call per vmapped sample
-        return _transforms.per_sample(lambda *sample: _BackwardOp.apply(bwd_name, *sample), args,
-                                      in_dims[1:], info.batch_size)
+def _moving_s(s, p, weight_hh, h, h0, bias_hh, weight_shortcut, nonlinearity, reverse, lengths):
+    """The saved sub-layer states s (L, T, B, H) with the derivative of their
+    function of (p, h_{t-1}, W, b, U): s is a non-differentiable output of the
+    op, yet a second order (or reverse over forward) must see how it moves. With
+    h known every step's transition is one pass of L batched GEMMs over all T
+    steps; the value stays the kernel's (zero at padded steps)."""
+    phi = torch.tanh if nonlinearity == "tanh" else torch.relu
+    h_prev = _previous(h, h0, reverse, lengths)
+    L = weight_hh.size(0)
+    x, layers = h_prev, []
+    for l in range(L):
+        z = x @ weight_hh[l].transpose(0, 1)
+        if l == 0:
+            z = z + p
+        if bias_hh is not None:
+            z = z + bias_hh[l]
+        if l == L - 1 and weight_shortcut is not None:
+            z = z + h_prev @ weight_shortcut.transpose(0, 1)
+        x = phi(z)
+        layers.append(x)
+    s_fn = torch.stack(layers)
+    live = _live(h, lengths)
+    if live is not None:
+        s_fn = torch.where(live, s_fn, s_fn.new_zeros(()))
+    return s + (s_fn - s_fn.detach())
 
 
 def _grads(ctx, bwd_name, grad_h):
-    weight_hh, h, s, h0, weight_shortcut, alpha, lengths = ctx.saved_tensors
+    weight_hh, h, s, h0, weight_shortcut, alpha, lengths, p, bias_hh = ctx.saved_tensors
     if grad_h is None:
         grad_h = torch.zeros_like(h)
-    args = (grad_h, weight_hh, h, s, h0, weight_shortcut, alpha, *ctx.config, lengths)
-    if torch.is_grad_enabled():  # create_graph=True or torch.func: a node that refuses a 2nd order
-        dp, dw, db, dh0, dws, dalpha = _BackwardOp.apply(bwd_name, *args)
+    nonlinearity, reverse = ctx.config
+    if torch.is_grad_enabled():  # create_graph=True or torch.func: a node with a second order
+        s = _moving_s(s, p, weight_hh, h, h0, bias_hh, weight_shortcut, nonlinearity, reverse, lengths)
+        args = (grad_h, weight_hh, h, s, h0, weight_shortcut, alpha, *ctx.config, lengths)
+        dp, dw, db, dh0, dws, dalpha = _BackwardFunction.apply(bwd_name, *args)
     else:
+        args = (grad_h, weight_hh, h, s, h0, weight_shortcut, alpha, *ctx.config, lengths)
         dp, dw, db, dh0, dws, dalpha = getattr(torch.ops.mts_kernels, bwd_name)(*args)
     has_h0, has_bias, has_shortcut, has_alpha = ctx.has
     return (dp, dw, dh0 if has_h0 else None, db if has_bias else None,
@@ -108,16 +121,94 @@ def _make_backward(bwd_name: str):
     return backward
 
 
-_NO_FORWARD_MODE = (
-    "deep_transition_rnn: forward-mode AD (torch.func.jvp, jacfwd, hessian, "
-    "torch.autograd.forward_ad) of the fused kernels is not implemented (no tangent kernel "
-    "yet); reverse mode (grad, vjp, jacrev) and vmap work. Run this computation with "
-    "backend='reference' (the plain PyTorch loop, differentiable in every mode and order)")
+def _tangent(primals, tangents, nonlinearity, reverse, lengths):
+    """The tangent of h for tangents of (p, weight_hh, bias_hh, h0, weight_shortcut,
+    alpha), the linearised recurrence (None tangents are zero), s^0 = h_{t-1},
+    phi' from s^l (tanh: 1 - s^2, relu: s > 0):
+
+        sdot^1_t = phi'(s^1_t) (W_1 hdot_{t-1} + Wdot_1 h_{t-1} + pdot_t + bdot_1)
+        sdot^l_t = phi'(s^l_t) (W_l sdot^{l-1}_t + Wdot_l s^{l-1}_t + bdot_l
+                               [l = L: + U hdot_{t-1} + Udot h_{t-1}])
+        hdot_t   = alpha hdot_{t-1} + alphadot (h_{t-1} - s^L_t) + (1 - alpha) sdot^L_t
+
+    sdot^l splits into a part driven by the primal states (Wdot, pdot, bdot,
+    Udot), L GEMMs over all steps at once, and a part linear in hdot_{t-1}; only
+    the latter (L products per step, plus the shortcut's) is sequential, in
+    PyTorch ops (there is no fused tangent kernel yet)."""
+    weight_hh, h, s, h0, weight_shortcut, alpha = primals
+    dp, dw, db, dh0, dws, dalpha = tangents
+    T, B, H = h.shape
+    L = weight_hh.size(0)
+    h_prev = _previous(h, h0, reverse, lengths)
+    gains = (1 - s * s) if nonlinearity == "tanh" else (s > 0).to(s.dtype)
+    # the hdot-free part of every sdot^l, for all steps at once
+    drive = torch.zeros_like(h) if dp is None else dp
+    for l in range(L):
+        if l > 0:
+            drive = drive @ weight_hh[l].transpose(0, 1)
+        if dw is not None:
+            drive = drive + (h_prev if l == 0 else s[l - 1]) @ dw[l].transpose(0, 1)
+        if db is not None:
+            drive = drive + db[l]
+        if l == L - 1 and dws is not None:
+            drive = drive + h_prev @ dws.transpose(0, 1)
+        drive = gains[l] * drive
+    gain_top = gains[L - 1]
+    if alpha is not None:
+        drive = (1 - alpha) * drive
+        gain_top = (1 - alpha) * gain_top
+    if dalpha is not None:
+        drive = drive + dalpha * (h_prev - s[L - 1])
+    live = _live(h, lengths)
+    if live is not None:
+        live = live.to(h.dtype)
+    # the sequential part in processing order
+    drive = _processing_order(drive, reverse, lengths)
+    gains = torch.stack([_processing_order(g, reverse, lengths) for g in gains[:L - 1]] +
+                        [_processing_order(gain_top, reverse, lengths)])
+    if live is not None:
+        live = _processing_order(live.expand(T, B, 1), reverse, lengths)
+    w_t = weight_hh.transpose(1, 2)
+    u_t = None if weight_shortcut is None else weight_shortcut.transpose(0, 1)
+    prev = h.new_zeros(B, H) if dh0 is None else dh0
+    out = []
+    for k in range(T):
+        x = prev
+        for l in range(L):
+            x = x @ w_t[l]
+            if l == L - 1 and u_t is not None:
+                x = x + prev @ u_t
+            x = gains[l, k] * x
+        hk = x + drive[k]
+        if alpha is not None:
+            hk = hk + alpha * prev
+        if live is not None:
+            hk = hk * live[k]
+        out.append(hk)
+        prev = hk
+    return _processing_order(torch.stack(out), reverse, lengths)
+
+
+def _second_order(args, cots):
+    """deep_transition_rnn_bwd(grad_h, weight_hh, h, s, h0, weight_shortcut, alpha,
+    nonlinearity, reverse, lengths) -> (dp, dw, db, dh0, dws, dalpha): its gradients.
+    p and bias_hh are no inputs of the bwd op: their part reaches them through s
+    (see _moving_s)."""
+    grad_h, weight_hh, h, s, h0, weight_shortcut, alpha, nonlinearity, reverse, lengths = args
+    cp, cw, cb, ch0, cws, calpha = cots
+    tangents = (cp, cw, cb, None if h0 is None else ch0,
+                None if weight_shortcut is None else cws, None if alpha is None else calpha)
+    fn = lambda prims, c: _tangent(prims, c, nonlinearity, reverse, lengths)
+    g = second_order(fn, grad_h, (weight_hh, h, s, h0, weight_shortcut, alpha), tangents)
+    return (*g, None, None, None)
+
+
+SECOND_ORDER["deep_transition_rnn_bwd"] = _second_order
 
 
 class _Function(torch.autograd.Function):
-    """deep_transition_rnn for torch.func transforms (see _transforms): grad, vjp,
-    jacrev and vmap run the fused kernels; forward mode raises."""
+    """deep_transition_rnn for torch.func transforms and forward-mode AD (see
+    _transforms)."""
 
     @staticmethod
     def forward(suffix, p, weight_hh, h0, bias_hh, weight_shortcut, alpha, nonlinearity, reverse,
@@ -129,14 +220,26 @@ class _Function(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         ctx.suffix = inputs[0]
         _setup_context(ctx, inputs[1:], output)
+        p, weight_hh, h0, bias_hh, weight_shortcut, alpha = inputs[1:7]
+        ctx.save_for_forward(weight_hh, output[0], output[1], h0, weight_shortcut, alpha, inputs[-1],
+                             p, bias_hh)
 
     @staticmethod
     def backward(ctx, grad_h, _grad_s):
         return (None, *_grads(ctx, f"deep_transition_rnn_bwd{ctx.suffix}", grad_h), None, None, None)
 
     @staticmethod
-    def jvp(ctx, *tangents):
-        raise RuntimeError(_NO_FORWARD_MODE)
+    def jvp(ctx, _suffix, dp, dw, dh0, db, dws, dalpha, *_):
+        weight_hh, h, s, h0, weight_shortcut, alpha, lengths, p, bias_hh = ctx.saved_tensors
+        nonlinearity, reverse = ctx.config
+        has_h0, has_bias, has_shortcut, has_alpha = ctx.has
+        # reverse over forward (jacrev(jacfwd)) differentiates this through s
+        s = _moving_s(s, p, weight_hh, h, h0, bias_hh, weight_shortcut, nonlinearity, reverse, lengths)
+        dh = _tangent((weight_hh, h, s, h0, weight_shortcut, alpha),
+                      (dp, dw, db if has_bias else None, dh0 if has_h0 else None,
+                       dws if has_shortcut else None, dalpha if has_alpha else None),
+                      nonlinearity, reverse, lengths)
+        return dh, None
 
     @staticmethod
     def vmap(info, in_dims, suffix, p, weight_hh, h0, bias_hh, weight_shortcut, alpha, nonlinearity,
@@ -251,8 +354,9 @@ def deep_transition_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = Non
 
     Backends: 'cpu' (the fused C++ loop) for CPU tensors; for CUDA tensors 'triton'
     (there is no CUDA C++ kernel for this op yet, so 'auto' picks Triton there);
-    'reference' is the plain PyTorch loop. A second-order gradient
-    (create_graph=True twice) and forward-mode AD raise; use backend='reference'.
+    'reference' is the plain PyTorch loop. Forward mode (jvp, jacfwd, forward_ad)
+    and a second order (create_graph=True, then backward; jacrev(jacfwd)) work
+    through the linearised recurrence; a third order raises (backend='reference').
     Returns h shaped like p.
     """
     cast = _transforms.autocast_dtype(p.device) if isinstance(p, Tensor) else None
