@@ -26,7 +26,7 @@ from torch import Tensor
 
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
-from mts_kernels.ops.leaky_rnn import (NONLINEARITIES, SECOND_ORDER, _BackwardFunction, _delayed,
+from mts_kernels.ops.leaky_rnn import (NONLINEARITIES, SECOND_ORDER, _BackwardFunction, _delayed, _live,
                                       _processing_order, check_operand, check_projection,
                                       second_order)
 
@@ -53,14 +53,6 @@ def _setup_context(ctx, inputs, output):
     ctx.has = (h0 is not None, bias_hh is not None, weight_shortcut is not None, alpha is not None)
     # p and bias_hh only for a second order, which recomputes s from them (_moving_s)
     ctx.save_for_backward(weight_hh, h, s, h0, weight_shortcut, alpha, lengths, p, bias_hh)
-
-
-def _live(h: Tensor, lengths: Optional[Tensor]) -> Optional[Tensor]:
-    """(T, B, 1) mask of the steps each row runs (None: all)."""
-    if lengths is None:
-        return None
-    steps = torch.arange(h.size(0), device=h.device).unsqueeze(1)
-    return (steps < lengths.to(h.device).unsqueeze(0)).unsqueeze(-1)
 
 
 def _previous(h: Tensor, h0: Optional[Tensor], reverse: bool, lengths: Optional[Tensor]) -> Tensor:
@@ -102,12 +94,13 @@ def _grads(ctx, bwd_name, grad_h):
     if grad_h is None:
         grad_h = torch.zeros_like(h)
     nonlinearity, reverse = ctx.config
-    if torch.is_grad_enabled():  # create_graph=True or torch.func: a node with a second order
+    grad_mode = torch.is_grad_enabled()  # create_graph=True or torch.func: a node with a second order
+    if grad_mode:
         s = _moving_s(s, p, weight_hh, h, h0, bias_hh, weight_shortcut, nonlinearity, reverse, lengths)
-        args = (grad_h, weight_hh, h, s, h0, weight_shortcut, alpha, *ctx.config, lengths)
+    args = (grad_h, weight_hh, h, s, h0, weight_shortcut, alpha, *ctx.config, lengths)
+    if grad_mode:
         dp, dw, db, dh0, dws, dalpha = _BackwardFunction.apply(bwd_name, *args)
     else:
-        args = (grad_h, weight_hh, h, s, h0, weight_shortcut, alpha, *ctx.config, lengths)
         dp, dw, db, dh0, dws, dalpha = getattr(torch.ops.mts_kernels, bwd_name)(*args)
     has_h0, has_bias, has_shortcut, has_alpha = ctx.has
     return (dp, dw, dh0 if has_h0 else None, db if has_bias else None,

@@ -205,6 +205,14 @@ def _processing_order(x: Tensor, reverse: bool, lengths: Optional[Tensor]) -> Te
     return x.gather(0, index.unsqueeze(-1).expand(x.shape))
 
 
+def _live(h: Tensor, lengths: Optional[Tensor]) -> Optional[Tensor]:
+    """(T, B, 1) mask of the steps each row runs (None: all)."""
+    if lengths is None:
+        return None
+    steps = torch.arange(h.size(0), device=h.device).unsqueeze(1)
+    return (steps < lengths.to(h.device).unsqueeze(0)).unsqueeze(-1)
+
+
 def _delayed(x: Tensor, start: Tensor, d: int) -> Tensor:
     """x_{k-d} for every step k of a processing-order (T, B, H) tensor, start for k < d."""
     T = x.size(0)
@@ -251,11 +259,10 @@ def _tangent(primals, tangents, skip, dilation, nonlinearity, reverse, lengths):
     drive = gain * drive
     if dalpha is not None:
         drive = drive + dalpha * (h_del - u_ord)
-    if lengths is not None:  # rows that ended keep a zero tangent (their output is 0)
-        steps = torch.arange(T, device=h.device).unsqueeze(1)
-        drive = torch.where((steps < lengths.to(h.device).unsqueeze(0)).unsqueeze(-1), drive,
-                            drive.new_zeros(()))
-        live = (steps < lengths.to(h.device).unsqueeze(0)).unsqueeze(-1).to(h.dtype)
+    live = _live(h, lengths)
+    if live is not None:  # rows that ended keep a zero tangent (their output is 0)
+        drive = torch.where(live, drive, drive.new_zeros(()))
+        live = live.to(h.dtype)
     start_dot = h.new_zeros(B, H) if dh0 is None else dh0
     out = []
     w_t = weight_hh.transpose(0, 1)
