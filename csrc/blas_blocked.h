@@ -6,14 +6,16 @@
 // which moves the boundaries between full and edge micro-kernels, whose
 // accumulation orders differ (measured with torch 2.14's MKL 2024.2: leaky_rnn's
 // per-step product at B = 64, H = 200 differs between 1 and 2 threads). Here the
-// output is cut into blocks fixed by the shape alone, and each block is one BLAS
-// call made from inside torch::stable::parallel_for, where the BLAS runs on the
+// output is cut into blocks fixed by the shape alone, and each block is a chain
+// of BLAS calls made from inside torch::stable::parallel_for, where the BLAS runs on the
 // calling thread only (MKL and OpenMP OpenBLAS do not open a nested team): every
 // block's summation order is the sequential BLAS's for that block's shape, on any
 // thread count. There are always at least two tasks, so that with more than one
 // thread the calls really are inside the parallel region (at::parallel_for runs a
 // single task inline, where the BLAS would thread it); with one thread the BLAS
-// is sequential anyway. Block edges are multiples of 16 elements and every base
+// is sequential anyway. Even a sequential MKL call splits a long reduction by
+// the thread count it believes it has (see kBlasK), so no call sees more than
+// kBlasK of it. Block edges are multiples of 16 elements and every base
 // pointer handed in is 64-byte aligned (AlignedVec, torch's allocations), so the
 // alignment of each block's operands is fixed by the shape too.
 #include <cstdlib>
@@ -56,6 +58,31 @@ struct Mat {
   int64_t rs, cs;
 };
 
+// Reduction slice of one sequential BLAS call. MKL's sgemm on AVX-512 (measured:
+// torch 2.14's MKL 2024.2 on an Intel Xeon) cuts the reduction of a call from
+// K ~ 1024 by the thread count it believes it has, even when the call runs on
+// one thread inside torch's parallel region: a (70, 1100) @ (1100, 256) block
+// summed differently with 2 threads than with 1 or 3 (MKL_CBWR=COMPATIBLE, not
+// MKL_DYNAMIC, removed it).
+// Calls never see more than kBlasK of the reduction: longer ones are a chain of
+// calls accumulating into the same output in slice order, fixed by the shape.
+constexpr int64_t kBlasK = 512;
+
+// out (m x n) += a (m x K) @ b (K x n), from a (row stride ars, column stride
+// acs) and b (rs brs, cs bcs): sequential calls of at most kBlasK each.
+template <typename T>
+void addmm_k_sliced(Tensor& out, int64_t m, int64_t K, int64_t n, const T* a, int64_t ars,
+                    int64_t acs, const T* b, int64_t brs, int64_t bcs) {
+  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+  const Device cpu(torch::headeronly::DeviceType::CPU);
+  for (int64_t k0 = 0; k0 < K; k0 += kBlasK) {
+    const int64_t k = std::min(kBlasK, K - k0);
+    const Tensor av = torch::stable::from_blob(const_cast<T*>(a + k0 * acs), {m, k}, {ars, acs}, cpu, dtype);
+    const Tensor bv = torch::stable::from_blob(const_cast<T*>(b + k0 * brs), {k, n}, {brs, bcs}, cpu, dtype);
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(out.get(), out.get(), av.get(), bv.get(), 1.0, 1.0));
+  }
+}
+
 // Output block edge: 256 x 256 keeps each call large enough for the BLAS's own
 // packing to pay off (K is the full reduction; measured: 128 x 128 cost ~20% more
 // single-threaded time in leaky_rnn at B = 64, H = 1024) while a (64, 1024) step
@@ -74,13 +101,8 @@ __attribute__((noinline)) void blocked_gemm_acc(int64_t M, int64_t K, int64_t N,
   auto block = [&](int64_t task) {
     const int64_t i0 = task / nb * kBlasBlock, j0 = task % nb * kBlasBlock;
     const int64_t m = std::min(kBlasBlock, M - i0), n = std::min(kBlasBlock, N - j0);
-    auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
-      return torch::stable::from_blob(const_cast<T*>(p), {rows, cols}, {rs, cs}, cpu, dtype);
-    };
-    const Tensor cv = view(c.p + i0 * c.rs + j0 * c.cs, m, n, c.rs, c.cs);
-    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(
-        cv.get(), cv.get(), view(a.p + i0 * a.rs, m, K, a.rs, a.cs).get(),
-        view(b.p + j0 * b.cs, K, n, b.rs, b.cs).get(), 1.0, 1.0));
+    Tensor cv = torch::stable::from_blob(c.p + i0 * c.rs + j0 * c.cs, {m, n}, {c.rs, c.cs}, cpu, dtype);
+    addmm_k_sliced<T>(cv, m, K, n, a.p + i0 * a.rs, a.rs, a.cs, b.p + j0 * b.cs, b.rs, b.cs);
   };
   const int64_t tasks = mb * nb;
   torch::stable::parallel_for(0, std::max<int64_t>(tasks, 2), 1, [&](int64_t begin, int64_t end) {
@@ -113,13 +135,9 @@ __attribute__((noinline)) void chunked_gemm_acc(int64_t M, int64_t K, int64_t N,
   auto chunk = [&](int64_t q) {
     const int64_t k0 = q * len, k = std::min(len, K - k0);
     if (k <= 0) return;
-    auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
-      return torch::stable::from_blob(const_cast<T*>(p), {rows, cols}, {rs, cs}, cpu, dtype);
-    };
-    const Tensor out = q == 0 ? view(c.p, M, N, c.rs, c.cs) : view(partial.data() + (q - 1) * M * N, M, N, N, 1);
-    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(
-        out.get(), out.get(), view(a.p + k0 * a.cs, M, k, a.rs, a.cs).get(),
-        view(b.p + k0 * b.rs, k, N, b.rs, b.cs).get(), 1.0, 1.0));
+    Tensor out = q == 0 ? torch::stable::from_blob(c.p, {M, N}, {c.rs, c.cs}, cpu, dtype)
+                        : torch::stable::from_blob(partial.data() + (q - 1) * M * N, {M, N}, {N, 1}, cpu, dtype);
+    addmm_k_sliced<T>(out, M, k, N, a.p + k0 * a.cs, a.rs, a.cs, b.p + k0 * b.rs, b.rs, b.cs);
   };
   torch::stable::parallel_for(0, std::max<int64_t>(chunks, 2), 1, [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < std::min(end, chunks); ++q) chunk(q);

@@ -160,6 +160,9 @@ def _blas_cases():
     yield "leaky_rnn B64 H200 ragged", _rnn_case(20, 64, 200, True, 3, 2, True, L(64, 20, 1))
     yield "leaky_rnn B1 H600", _rnn_case(6, 1, 600, True, 2, 1, False, None)
     yield "leaky_rnn B70 H1100", _rnn_case(3, 70, 1100, False, None, 1, False, None)
+    # weight gradients with K = T*B = 10240: 8 reduction chunks of 1280, each past
+    # the K at which MKL on AVX-512 splits a call's reduction by its thread count
+    yield "leaky_rnn B80 H64 long gram", _rnn_case(128, 80, 64, True, 2, 1, False, None)
     for T, B, H in ((40, 64, 64), (24, 16, 512)):
         yield f"clockwork_rnn B{B} H{H}", (
             lambda p, w, h0, a, k=H // 4: mts_kernels.clockwork_rnn(p, w, h0, periods=[1, 2, 4, 8],
