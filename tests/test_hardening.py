@@ -93,3 +93,28 @@ def test_relu_nan_alpha_matches_reference():
     dp = torch.autograd.grad(mts_kernels.leaky_rnn(p, w, **kw)[:, :, 0].sum(), p)[0]
     dp_ref = torch.autograd.grad(reference.leaky_rnn(p, w, **kw)[:, :, 0].sum(), p)[0]
     torch.testing.assert_close(dp, dp_ref, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", ["expanded", "permuted", "sliced"])
+@pytest.mark.parametrize("cls", ["ClockworkRNN", "LeakyRNN", "DeepTransitionRNN"])
+def test_non_contiguous_output_gradient(cls, layout):
+    """The backward kernels take grad_h in any layout (y.sum() hands them an
+    expanded one, a batch-first head a transposed one; the CPU kernels copy it
+    into a cached block): the same gradients, bitwise, as its contiguous copy.
+    T * B * H * 4 bytes is above the block cache's 2 MiB threshold."""
+    torch.manual_seed(0)
+    make = {"ClockworkRNN": lambda: ClockworkRNN(5, 64, periods=[1, 3, 7]),
+            "LeakyRNN": lambda: LeakyRNN(5, 64, leak=0.5),
+            "DeepTransitionRNN": lambda: mts_kernels.DeepTransitionRNN(5, 64, shortcut=True)}[cls]
+    model = make()
+    x = torch.randn(2100, 4, 5)
+    T, B, H = 2100, 4, 64
+    g = {"expanded": lambda: torch.randn(H).expand(T, B, H),
+         "permuted": lambda: torch.randn(B, T, H).transpose(0, 1),
+         "sliced": lambda: torch.randn(T, B, 2 * H)[..., ::2]}[layout]()
+    assert not g.is_contiguous()
+    params = list(model.parameters())
+    got = torch.autograd.grad(model(x)[0], params, g)
+    want = torch.autograd.grad(model(x)[0], params, g.contiguous())
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

@@ -282,7 +282,7 @@ inline Tensor as_dtype(const Tensor& t, ScalarType dtype) {
 }
 // float32 for float16/bfloat16, contiguous.
 inline Tensor compute(const Tensor& t) {
-  return as_contiguous(as_dtype(t, opmath_dtype(t.scalar_type())));
+  return contiguous_cpu(as_dtype(t, opmath_dtype(t.scalar_type())));
 }
 
 struct Shape {

@@ -380,7 +380,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> deep_transition_rnn_b
   check_like(op, "grad_h", grad_h, h_in.sizes(), h_in);
   check_like(op, "s", s_in, {s.L, s.T, s.B, s.H}, h_in);
   const RowOrder order = row_order(lengths, s.B, s.T, op);
-  const Tensor h = compute(h_in), w = compute(w_in), g = compute(grad_h), sv = compute(s_in);
+  const Tensor h = compute(h_in), w = compute(w_in), sv = compute(s_in);
+  const Tensor g = contiguous_cpu(as_dtype(grad_h, opmath_dtype(grad_h.scalar_type())));
   const Tensor h0 = h0_in ? compute(*h0_in) : torch::stable::new_zeros(h, {s.B, s.H});
   const std::optional<Tensor> alpha = compute_opt(alpha_in), ws = compute_opt(ws_in);
   // e^1 = dp on its own, so dp is not a view keeping the other sub-layers' e alive

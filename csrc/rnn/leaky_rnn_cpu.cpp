@@ -297,6 +297,7 @@ Tensor window_sum_typed(const Problem& pr, const Tensor& x_in, int64_t delay) {
 struct CpuLoop : LoopDefaults {
   static constexpr bool kDirectBwd = true;
   static Tensor empty_like(const Tensor& t) { return empty_like_cpu(t); }
+  static Tensor contiguous(const Tensor& t) { return contiguous_cpu(t); }
   static Tensor gram(const Tensor& a, const Tensor& b) {
     return dispatch_compute(a.scalar_type(), "leaky_rnn_bwd_cpu", [&](auto tag) {
       return blocked_gram<typename decltype(tag)::type>(a, b);

@@ -161,6 +161,7 @@ inline Problem make_problem(const Shape& s, const std::string& nonlinearity, con
 
 // What a Loop policy may leave out (it inherits these defaults):
 //   empty_like(t)  allocates the (T, B, H) outputs;
+//   contiguous(t)  t.contiguous() (grad_h, which a loss like y.sum() expands);
 //   gram(a, b)     a^T b of (K, M) and (K, N) matrices (the weight gradients);
 //   window_sum(pr, x, d)  (B, H): sum over row b's first d processing steps of
 //                  x[t, b] (needed with lengths and reverse only);
@@ -171,6 +172,7 @@ inline Problem make_problem(const Shape& s, const std::string& nonlinearity, con
 struct LoopDefaults {
   static constexpr bool kDirectBwd = false;
   static Tensor empty_like(const Tensor& t) { return torch::stable::empty_like(t); }
+  static Tensor contiguous(const Tensor& t) { return as_contiguous(t); }
   static Tensor gram(const Tensor& a, const Tensor& b) {
     return torch::stable::matmul(torch::stable::transpose(a, 0, 1), b);
   }
@@ -259,7 +261,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
   Tensor dh0 = torch::stable::new_zeros(h, {s.B, s.H});
   Tensor e_all = Loop::empty_like(h);
   std::optional<Tensor> dalpha;
-  const Tensor g = compute(grad_h);
+  const Tensor g = Loop::contiguous(as_dtype(grad_h, opmath_dtype(grad_h.scalar_type())));
   if constexpr (Loop::kDirectBwd) {
     dalpha = Loop::bwd_direct(pr, g, h, u, e_all, dh0);
   } else {

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mts_kernels.ops import _transforms
 from mts_kernels.ops.leaky_rnn import NONLINEARITIES
 
 
@@ -108,7 +109,12 @@ def input_projection(x: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor],
     would also do, but Dynamo cannot trace one with the jvp forward-mode AD needs.)"""
     if bias_ih is None:
         return F.linear(x, weight_ih)
-    return F.linear(x, weight_ih, bias_ih) + bias_hh
+    if _transforms.transform_active():
+        return F.linear(x, weight_ih, bias_ih) + bias_hh
+    # in place on the 2-D GEMM result itself: F.linear's 3-D output is a view,
+    # and an in-place op on a view costs a clone of the gradient in its backward
+    out = torch.addmm(bias_ih, x.reshape(-1, x.size(-1)), weight_ih.t()).add_(bias_hh)
+    return out.view(*x.shape[:-1], out.size(-1))
 
 
 def run_layers(module, x: Tensor, h_in: Optional[Tensor], run_direction, batch_first: bool = False):
