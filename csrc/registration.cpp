@@ -51,6 +51,17 @@ STABLE_TORCH_LIBRARY(mts_kernels, m) {
       " Tensor? alpha, Tensor? weight_skip, int skip, int dilation, str nonlinearity,"
       " bool reverse, Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
+  // The linearised leaky recurrence in processing order k (x_{k-d} = start, or 0
+  // with gain_inside, before the first d steps; keep: alpha or None):
+  //   h_k = drive_k + keep h_{k-d} + gain_k (W x_{k-d} + Ws x_{k-s})              (gain_inside false)
+  //   h_k = drive_k + keep h_{k-d} + W (gain_{k-d} x_{k-d}) + Ws (gain_{k-s} x_{k-s})  (true)
+  // The first is leaky_rnn's tangent, the second (transposed weights, the other
+  // processing order) its adjoint. h is 0 at padded steps.
+  m.def(
+      "leaky_rnn_tangent(Tensor drive, Tensor gain, Tensor weight_hh, Tensor? keep,"
+      " Tensor? weight_skip, Tensor? start, int skip, int dilation, bool gain_inside,"
+      " bool reverse, Tensor? lengths=None) -> Tensor");
+
   // The clockwork recurrence in one fused time loop (csrc/clockwork/): modules of
   // module_sizes units, fast to slow; module i is active at step t when
   // t >= first_steps[i] and (t - first_steps[i]) % periods[i] == 0 (the caller's

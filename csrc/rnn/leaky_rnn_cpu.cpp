@@ -204,6 +204,98 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
 }
 
 
+// The linearised recurrence (leaky_rnn_tangent): with x_k = h at processing
+// step k (x_{k-d} = start before the first d steps) and keep = r.alpha,
+//   outside: h_k = drive_k + keep h_{k-d} + gain_k (W x_{k-d} + Ws x_{k-s})
+//   inside:  h_k = drive_k + keep h_{k-d} + W (gain_{k-d} x_{k-d}) + Ws (gain_{k-s} x_{k-s})
+// (inside: no start state; terms before the first step are 0). The first is the
+// tangent of leaky_rnn, the second its adjoint (transposed weights, the other
+// processing order). One product per connection per step, one vectorized pass.
+template <typename T>
+inline void lin_steps(const Raw<T>& r, const T* drive, const T* gain, bool inside, T* h) {
+  const int64_t B = r.B, H = r.H, Np = r.Np;
+  AlignedVec<T> zbuf(B * Np), gathered(2 * B * H);
+  T* z = zbuf.data();
+  // rows [0, n) of x_{k - delay} (times gain there when inside) in buf
+  auto operand = [&](int64_t k, int64_t delay, int64_t n, T* buf) -> const T* {
+    if (inside && k < delay) return nullptr;
+    for (int64_t i = 0; i < n; ++i) {
+      T* dst = buf + i * H;
+      if (k < delay) {
+        std::copy(r.h0 + r.row(i) * H, r.h0 + (r.row(i) + 1) * H, dst);
+        continue;
+      }
+      const int64_t off = r.row_offset(k - delay, i);
+      const T* src = h + off;
+      if (!inside) {
+        std::copy(src, src + H, dst);
+        continue;
+      }
+      const T* gs = gain + off;
+      for_lanes<T>(H, [&](int64_t j, auto v) {
+        using V = decltype(v);
+        V xv, gv;
+        ld(xv, src + j);
+        ld(gv, gs + j);
+        st(dst + j, xv * gv);
+      });
+    }
+    return buf;
+  };
+  for (int64_t k = 0; k < r.Tn; ++k) {
+    const int64_t n = r.rows_at(k);
+    if (n == 0) break;
+    std::fill(z, z + n * Np, T(0));
+    const T* xd = operand(k, r.dilation, n, gathered.data());
+    if (xd) product(r, n, xd, r.w, z);
+    if (r.ws) {
+      const T* xs = operand(k, r.skip, n, gathered.data() + B * H);
+      if (xs) product(r, n, xs, r.ws, z);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t off = r.row_offset(k, i);
+      const T* zb = z + i * Np;
+      const T* db = drive + off;
+      const T* gb = gain + off;
+      // keep reads the state itself (not gain times it) at k - d
+      const T* hp = k >= r.dilation ? h + r.row_offset(k - r.dilation, i)
+                                    : (inside ? nullptr : r.h0 + r.row(i) * H);
+      T* ob = h + off;
+      for_lanes<T>(H, [&](int64_t j, auto v) {
+        using V = decltype(v);
+        V zv, dv;
+        ld(zv, zb + j);
+        ld(dv, db + j);
+        if (!inside) {
+          V gv;
+          ld(gv, gb + j);
+          zv = gv * zv;
+        }
+        V out = dv + zv;
+        if (r.alpha && hp) {
+          V a, hv;
+          ld(a, r.alpha + j);
+          ld(hv, hp + j);
+          out = out + a * hv;
+        }
+        st(ob + j, out);
+      });
+    }
+  }
+  zero_padded(r, h);
+}
+
+MTS_CPU_CLONES void lin_steps_f32(const Raw<float>& r, const float* drive, const float* gain, bool inside,
+                                  float* h) {
+  lin_steps<float>(r, drive, gain, inside, h);
+}
+inline void run_lin(const Raw<float>& r, const float* drive, const float* gain, bool inside, float* h) {
+  lin_steps_f32(r, drive, gain, inside, h);
+}
+inline void run_lin(const Raw<double>& r, const double* drive, const double* gain, bool inside, double* h) {
+  lin_steps<double>(r, drive, gain, inside, h);
+}
+
 MTS_CPU_CLONES void fwd_steps_f32(const Raw<float>& r, const float* p, float* h, float* u) {
   fwd_steps<float>(r, p, h, u);
 }
@@ -321,10 +413,50 @@ struct CpuLoop : LoopDefaults {
   }
 };
 
+// leaky_rnn_tangent (schema in csrc/registration.cpp; the recurrence at lin_steps).
+Tensor leaky_rnn_tangent(Tensor drive_in, Tensor gain_in, Tensor w_in, std::optional<Tensor> keep_in,
+                         std::optional<Tensor> w_skip_in, std::optional<Tensor> start_in, int64_t skip,
+                         int64_t dilation, bool gain_inside, bool reverse, std::optional<Tensor> lengths) {
+  const char* op = "leaky_rnn_tangent";
+  const auto [T_, B, H] = check_cpu_sequence(op, "drive", drive_in);
+  check_operand(op, "gain", gain_in, {T_, B, H}, drive_in);
+  check_operand(op, "weight_hh", w_in, {H, H}, drive_in);
+  if (keep_in) check_operand(op, "keep", *keep_in, {H}, drive_in);
+  if (start_in) check_operand(op, "start", *start_in, {B, H}, drive_in);
+  MTS_CHECK(skip >= 0 && dilation >= 1, op, ": skip must be >= 0 and dilation >= 1, got ", skip, " and ",
+            dilation);
+  MTS_CHECK((skip > 0) == w_skip_in.has_value(), op, ": weight_skip must be given exactly when skip > 0");
+  if (w_skip_in) check_operand(op, "weight_skip", *w_skip_in, {H, H}, drive_in);
+  MTS_CHECK(!(gain_inside && start_in), op, ": gain_inside takes no start state");
+  check_lengths(op, lengths, B, drive_in.device());
+  const ScalarType dtype = drive_in.scalar_type();
+  auto c = [](const Tensor& t) { return contiguous_cpu(as_dtype(t, opmath_dtype(t.scalar_type()))); };
+  const Tensor drive = c(drive_in), gain = c(gain_in), w = c(w_in);
+  const std::optional<Tensor> keep = keep_in ? std::optional<Tensor>(c(*keep_in)) : std::nullopt;
+  const std::optional<Tensor> ws = w_skip_in ? std::optional<Tensor>(c(*w_skip_in)) : std::nullopt;
+  const Tensor start = start_in ? c(*start_in) : torch::stable::new_zeros(drive, {B, H});
+  Tensor h = empty_like_cpu(drive);
+  const RowOrder o = ::mts::row_order(lengths, B, T_, op);
+  dispatch_compute(drive.scalar_type(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t Np = padded_width(H, kLanes<T>);
+    const AlignedVec<T> wp = padded(ptr<T>(transposed(w)), H, Np);
+    const AlignedVec<T> wsp = ws ? padded(ptr<T>(transposed(*ws)), H, Np) : AlignedVec<T>();
+    const bool small = B * H * H <= kSmallWork, ragged = lengths.has_value();
+    const Raw<T> r{T_, B, H, Np, std::min(dilation, T_), std::min(skip, T_), reverse, false,
+                   keep ? ptr<T>(*keep) : nullptr, wp.data(), ws ? wsp.data() : nullptr, ptr<T>(start),
+                   small ? nullptr : &blas_product<T>, ragged ? o.len.data() : nullptr,
+                   ragged ? o.order.data() : nullptr, ragged ? o.active.data() : nullptr};
+    run_lin(r, ptr<T>(drive), ptr<T>(gain), gain_inside, mut<T>(h));
+  });
+  return as_dtype(h, dtype);
+}
+
 }  // namespace
 HIDDEN_NAMESPACE_END(mts, rnn)
 
 STABLE_TORCH_LIBRARY_IMPL(mts_kernels, CPU, m) {
   m.impl("leaky_rnn_fwd", TORCH_BOX(&mts::rnn::leaky_rnn_fwd<mts::rnn::CpuLoop>));
   m.impl("leaky_rnn_bwd", TORCH_BOX(&mts::rnn::leaky_rnn_bwd<mts::rnn::CpuLoop>));
+  m.impl("leaky_rnn_tangent", TORCH_BOX(&mts::rnn::leaky_rnn_tangent));
 }

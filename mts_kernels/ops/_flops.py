@@ -134,5 +134,15 @@ def deep_transition_rnn_bwd_flop(grad_h_shape, weight_hh_shape, h_shape, s_shape
     return 2 * B * H * H * (T * (L + u) + (L - 1) * T + (1 + u) * prev_steps)
 
 
+def leaky_rnn_tangent_flop(drive_shape, gain_shape, weight_hh_shape, keep_shape, weight_skip_shape,
+                           *args, out_shape=None, **kwargs) -> int:
+    """The linearised recurrence (leaky_rnn's tangent, or its adjoint): per step and
+    recurrent matrix one (B, H) x (H, H) product, as the forward."""
+    T, B, H = drive_shape
+    return 2 * T * B * H * H * (1 + (weight_skip_shape is not None))
+
+
+if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "leaky_rnn_tangent"):
+    register_flop_formula(torch.ops.mts_kernels.leaky_rnn_tangent)(leaky_rnn_tangent_flop)
 register_flop_formula(_ops("deep_transition_rnn_fwd"))(deep_transition_rnn_fwd_flop)
 register_flop_formula(_ops("deep_transition_rnn_bwd"))(deep_transition_rnn_bwd_flop)

@@ -229,9 +229,11 @@ def _tangent(primals, tangents, skip, dilation, nonlinearity, reverse, lengths):
         hdot_k = alpha hdot_{k-d} + alphadot (h_{k-d} - u_k) + (1 - alpha) phi'(u_k) zdot_k
 
     The terms of the primal states (Wdot h, alphadot (h - u)) are one GEMM /
-    pointwise pass over all steps; what stays sequential is one (B, H) x (H, H)
-    product per connection per step, in PyTorch ops (there is no fused tangent
-    kernel yet)."""
+    pointwise pass over all steps; what stays sequential, hdot_k = drive_k +
+    alpha hdot_{k-d} + gain_k (W hdot_{k-d} [+ Ws hdot_{k-s}]), is the fused
+    leaky_rnn_tangent op on the CPU (its gradient: the same op on the adjoint,
+    so a second order is no autograd through a loop) and a PyTorch step loop
+    elsewhere (_linear_loop)."""
     weight_hh, h, u, h0, alpha, weight_skip = primals
     dp, dw, dh0, dalpha, dws = tangents
     T, B, H = h.shape
@@ -264,21 +266,103 @@ def _tangent(primals, tangents, skip, dilation, nonlinearity, reverse, lengths):
         drive = torch.where(live, drive, drive.new_zeros(()))
         live = live.to(h.dtype)
     start_dot = h.new_zeros(B, H) if dh0 is None else dh0
+    ws = weight_skip if skip else None
+    if _fused_tangent(h):
+        order = lambda x: _processing_order(x, reverse, lengths)
+        return torch.ops.mts_kernels.leaky_rnn_tangent(order(drive), order(gain), weight_hh, alpha, ws,
+                                                       start_dot, skip, dilation, False, reverse, lengths)
+    out = _linear_loop(drive, gain, weight_hh, alpha, ws, start_dot, skip, dilation, live)
+    return _processing_order(out, reverse, lengths)
+
+
+def _linear_loop(drive, gain, weight_hh, keep, weight_skip, start, skip, dilation, live):
+    """hdot_k = drive_k + keep hdot_{k-d} + gain_k (W hdot_{k-d} [+ Ws hdot_{k-s}]) in
+    processing order (hdot = start before the first steps; live: (T, B, 1) mask of
+    the steps each row runs, or None), as a PyTorch step loop."""
     out = []
     w_t = weight_hh.transpose(0, 1)
     ws_t = weight_skip.transpose(0, 1) if skip else None
-    for k in range(T):
-        prev = out[k - dilation] if k >= dilation else start_dot
+    for k in range(drive.size(0)):
+        prev = out[k - dilation] if k >= dilation else start
         z = prev @ w_t
         if skip:
-            z = z + (out[k - skip] if k >= skip else start_dot) @ ws_t
+            z = z + (out[k - skip] if k >= skip else start) @ ws_t
         hk = gain[k] * z + drive[k]
-        if alpha is not None:
-            hk = hk + alpha * prev
-        if lengths is not None:
+        if keep is not None:
+            hk = hk + keep * prev
+        if live is not None:
             hk = hk * live[k]
         out.append(hk)
-    return _processing_order(torch.stack(out), reverse, lengths)
+    return torch.stack(out)
+
+
+TANGENT_COMPILED = _extension.COMPILED and hasattr(torch.ops.mts_kernels, "leaky_rnn_tangent")
+
+
+def _fused_tangent(like: Tensor) -> bool:
+    """The fused leaky_rnn_tangent op for this call: CPU tensors outside torch.func
+    transforms (their batching rules would need a vmap rule of the op)."""
+    return (TANGENT_COMPILED and like.device.type in ("cpu", "meta")
+            and torch._C._functorch.peek_interpreter_stack() is None)
+
+
+def _tangent_fake(drive, gain, weight_hh, keep, weight_skip, start, skip, dilation, gain_inside,
+                  reverse, lengths=None):
+    return drive.new_empty(drive.shape)
+
+
+def _tangent_setup(ctx, inputs, output):
+    drive, gain, weight_hh, keep, weight_skip, start, skip, dilation, gain_inside, reverse, lengths = inputs
+    ctx.config = (skip, dilation, gain_inside, reverse)
+    ctx.has = (keep is not None, weight_skip is not None, start is not None)
+    ctx.save_for_backward(gain, weight_hh, keep, weight_skip, start, output, lengths)
+
+
+def _tangent_backward(ctx, grad):
+    """The adjoint of the linear recurrence, lambda_k = c_k + keep lambda_{k+d} +
+    W^T (gain lambda)_{k+d} [+ Ws^T (gain lambda)_{k+s}], is the same op with
+    transposed weights, gain inside and the other processing order; the gradients
+    of gain, the weights, keep and start are pointwise passes and GEMMs over all
+    steps."""
+    gain, w, keep, ws, start, h, lengths = ctx.saved_tensors
+    skip, dilation, gain_inside, reverse = ctx.config
+    if gain_inside:
+        raise RuntimeError("leaky_rnn_tangent: the adjoint form (gain_inside=True) has no derivative here; "
+                           "it is a third order of leaky_rnn, which raises (use backend='reference')")
+    lam = torch.ops.mts_kernels.leaky_rnn_tangent(
+        grad, gain, w.t(), keep, None if ws is None else ws.t(), None, skip, dilation, True,
+        not reverse, lengths)
+    order = lambda x: _processing_order(x, reverse, lengths)
+    B, H = h.shape[1], h.shape[2]
+    lam_o, h_o, gain_o = order(lam), order(h), order(gain)
+    st = h.new_zeros(B, H) if start is None else start
+    h_del = _delayed(h_o, st, dilation)
+    e = gain_o * lam_o
+    z = h_del @ w.t()
+    h_sk = None
+    if ws is not None:
+        h_sk = _delayed(h_o, st, skip)
+        z = z + h_sk @ ws.t()
+    gram = lambda a, b: a.reshape(-1, H).t() @ b.reshape(-1, H)
+    d_w = gram(e, h_del)
+    d_ws = gram(e, h_sk) if ws is not None else None
+    d_keep = (lam_o * h_del).sum((0, 1)) if keep is not None else None
+    d_start = None
+    if start is not None:
+        d_start = e[:dilation].sum(0) @ w
+        if keep is not None:
+            d_start = d_start + keep * lam_o[:dilation].sum(0)
+        if ws is not None:
+            d_start = d_start + e[:skip].sum(0) @ ws
+    has_keep, has_ws, has_start = ctx.has
+    return (lam, order(lam_o * z), d_w, d_keep if has_keep else None, d_ws if has_ws else None,
+            d_start if has_start else None, None, None, None, None, None)
+
+
+if TANGENT_COMPILED:
+    torch.library.register_fake("mts_kernels::leaky_rnn_tangent")(_tangent_fake)
+    torch.library.register_autograd("mts_kernels::leaky_rnn_tangent", _tangent_backward,
+                                    setup_context=_tangent_setup)
 
 
 class _Function(torch.autograd.Function):

@@ -1,0 +1,138 @@
+"""leaky_rnn_tangent: the fused linearised leaky recurrence (leaky_rnn's tangent
+and, through its registered gradient, the second order of leaky_rnn) against the
+PyTorch step loop it replaces on the CPU, values and every gradient, float64."""
+
+import importlib
+
+import pytest
+import torch
+
+import mts_kernels
+
+# the module (mts_kernels.ops.leaky_rnn is also the name of the function)
+lr = importlib.import_module("mts_kernels.ops.leaky_rnn")
+
+pytestmark = pytest.mark.skipif(not lr.TANGENT_COMPILED, reason="compiled CPU kernels needed")
+
+CASES = [  # T, B, H, skip, dilation, reverse, lengths, keep, start
+    (7, 3, 5, 0, 1, False, None, True, True),
+    (9, 4, 6, 3, 1, False, [9, 0, 4, 1], True, True),
+    (8, 3, 5, 0, 2, True, [8, 5, 2], False, True),
+    (6, 2, 17, 2, 3, True, None, True, False),
+    (5, 3, 4, 7, 6, False, [5, 3, 1], True, True),  # delays beyond some lengths and T
+    (4, 40, 64, 1, 1, False, None, True, True),     # BLAS-sized steps (B*H*H > 2^17)
+]
+
+
+def _inputs(T, B, H, skip, keep, start, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)
+    return dict(drive=r(T, B, H), gain=r(T, B, H).abs(), w=r(H, H) / H ** 0.5,
+                keep=r(H).sigmoid() if keep else None, ws=r(H, H) / H ** 0.5 if skip else None,
+                start=r(B, H) if start else None)
+
+
+def _loop(a, skip, dilation, reverse, lengths):
+    """The step loop in processing order, mapped back to time order."""
+    lens = None if lengths is None else torch.tensor(lengths)
+    order = lambda x: lr._processing_order(x, reverse, lens)
+    T, B, H = a["drive"].shape
+    live = None if lens is None else lr._live(a["drive"], lens).to(a["drive"].dtype)
+    drive = order(a["drive"])
+    if live is not None:
+        drive = drive * live
+    start = a["start"] if a["start"] is not None else a["drive"].new_zeros(B, H)
+    out = lr._linear_loop(drive, order(a["gain"]), a["w"], a["keep"], a["ws"], start, skip, dilation, live)
+    return order(out)
+
+
+def _fused(a, skip, dilation, reverse, lengths):
+    lens = None if lengths is None else torch.tensor(lengths)
+    return torch.ops.mts_kernels.leaky_rnn_tangent(a["drive"], a["gain"], a["w"], a["keep"], a["ws"],
+                                                   a["start"], skip, dilation, False, reverse, lens)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_loop_values_and_gradients(case):
+    T, B, H, skip, dilation, reverse, lengths, keep, start = case
+    a = _inputs(T, B, H, skip, keep, start)
+    leaves = {k: v.requires_grad_() for k, v in a.items() if v is not None}
+    want = _loop(a, skip, dilation, reverse, lengths)
+    got = _fused(a, skip, dilation, reverse, lengths)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    c = torch.randn(T, B, H, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gw = torch.autograd.grad((want * c).sum(), list(leaves.values()))
+    gg = torch.autograd.grad((got * c).sum(), list(leaves.values()))
+    for name, x, y in zip(leaves, gg, gw):
+        torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-11, msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("case", CASES[:5])
+def test_gradcheck(case):
+    T, B, H, skip, dilation, reverse, lengths, keep, start = case
+    a = _inputs(T, B, H, skip, keep, start, seed=2)
+    names = [k for k, v in a.items() if v is not None]
+
+    def f(*xs):
+        b = dict(a, **dict(zip(names, xs)))
+        return _fused(b, skip, dilation, reverse, lengths)
+
+    assert torch.autograd.gradcheck(f, [a[k].requires_grad_() for k in names])
+
+
+def test_float32_and_bad_input():
+    a = _inputs(6, 3, 8, 0, True, True)
+    a32 = {k: (v.float() if v is not None else None) for k, v in a.items()}
+    torch.testing.assert_close(_fused(a32, 0, 1, False, None), _fused(a, 0, 1, False, None).float(),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="gain must have shape"):
+        torch.ops.mts_kernels.leaky_rnn_tangent(a["drive"], a["gain"][:2], a["w"], None, None, None, 0, 1,
+                                                False, False, None)
+    with pytest.raises(RuntimeError, match="weight_skip must be given exactly when skip > 0"):
+        torch.ops.mts_kernels.leaky_rnn_tangent(a["drive"], a["gain"], a["w"], None, None, None, 2, 1,
+                                                False, False, None)
+    with pytest.raises(RuntimeError, match="lengths must be in"):
+        torch.ops.mts_kernels.leaky_rnn_tangent(a["drive"], a["gain"], a["w"], None, None, None, 0, 1,
+                                                False, False, torch.tensor([1, 7, 2]))
+
+
+def test_second_order_uses_the_fused_op(monkeypatch):
+    """create_graph=True through leaky_rnn reaches the fused tangent op (no step
+    loop) and still gives the reference's second order."""
+    calls = []
+    real = lr._linear_loop
+    monkeypatch.setattr(lr, "_linear_loop", lambda *a: calls.append(1) or real(*a))
+    gen = torch.Generator().manual_seed(3)
+    T, B, H = 6, 2, 4
+    p = torch.randn(T, B, H, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = (torch.randn(H, H, generator=gen, dtype=torch.float64) / 2).requires_grad_()
+    alpha = torch.rand(H, generator=gen, dtype=torch.float64).requires_grad_()
+    out = {}
+    for name, fn in (("fused", mts_kernels.leaky_rnn), ("ref", mts_kernels.reference.leaky_rnn)):
+        h = fn(p, w, alpha=alpha, dilation=2, lengths=[6, 3])
+        g = torch.autograd.grad(h.square().sum(), (p, w, alpha), create_graph=True)
+        out[name] = torch.autograd.grad(sum((x * x).sum() for x in g), (p, w, alpha))
+    assert not calls
+    for x, y in zip(out["fused"], out["ref"]):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[2]])
+def test_opcheck(case):
+    T, B, H, skip, dilation, reverse, lengths, keep, start = case
+    a = _inputs(T, B, H, skip, keep, start, seed=4)
+    for v in a.values():
+        if v is not None:
+            v.requires_grad_()
+    lens = None if lengths is None else torch.tensor(lengths)
+    torch.library.opcheck(torch.ops.mts_kernels.leaky_rnn_tangent.default,
+                          (a["drive"], a["gain"], a["w"], a["keep"], a["ws"], a["start"], skip, dilation,
+                           False, reverse, lens))
+
+
+def test_flop_count():
+    from torch.utils.flop_counter import FlopCounterMode
+    a = _inputs(5, 3, 8, 2, True, True)
+    with FlopCounterMode(display=False) as fc:
+        _fused(a, 2, 1, False, None)
+    assert fc.get_total_flops() == 2 * 5 * 3 * 8 * 8 * 2
