@@ -52,9 +52,10 @@ STABLE_TORCH_LIBRARY(mts_kernels, m) {
       " bool reverse, Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // The linearised leaky recurrence in processing order k (x_{k-d} = start, or 0
-  // with gain_inside, before the first d steps; keep: alpha or None):
-  //   h_k = drive_k + keep h_{k-d} + gain_k (W x_{k-d} + Ws x_{k-s})              (gain_inside false)
-  //   h_k = drive_k + keep h_{k-d} + W (gain_{k-d} x_{k-d}) + Ws (gain_{k-s} x_{k-s})  (true)
+  // with gain_inside, before the first d steps; keep: None, (H,) (alpha) or
+  // (T, B, H) per step, read at k or, with gain_inside, at k - d):
+  //   h_k = drive_k + keep_k h_{k-d} + gain_k (W x_{k-d} + Ws x_{k-s})               (gain_inside false)
+  //   h_k = drive_k + keep_{k-d} h_{k-d} + W (gain_{k-d} x_{k-d}) + Ws (gain_{k-s} x_{k-s})  (true)
   // The first is leaky_rnn's tangent, the second (transposed weights, the other
   // processing order) its adjoint. h is 0 at padded steps.
   m.def(

@@ -21,6 +21,8 @@ CASES = [  # T, B, H, skip, dilation, reverse, lengths, keep, start
     (6, 2, 17, 2, 3, True, None, True, False),
     (5, 3, 4, 7, 6, False, [5, 3, 1], True, True),  # delays beyond some lengths and T
     (4, 40, 64, 1, 1, False, None, True, True),     # BLAS-sized steps (B*H*H > 2^17)
+    (8, 3, 6, 0, 2, True, [8, 4, 0], "per step", True),  # clockwork's per-step keep
+    (7, 4, 5, 2, 1, False, [7, 3, 5, 1], "per step", True),
 ]
 
 
@@ -28,7 +30,7 @@ def _inputs(T, B, H, skip, keep, start, seed=0):
     gen = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)
     return dict(drive=r(T, B, H), gain=r(T, B, H).abs(), w=r(H, H) / H ** 0.5,
-                keep=r(H).sigmoid() if keep else None, ws=r(H, H) / H ** 0.5 if skip else None,
+                keep=(r(T, B, H) if keep == "per step" else r(H)).sigmoid() if keep else None, ws=r(H, H) / H ** 0.5 if skip else None,
                 start=r(B, H) if start else None)
 
 
@@ -42,7 +44,8 @@ def _loop(a, skip, dilation, reverse, lengths):
     if live is not None:
         drive = drive * live
     start = a["start"] if a["start"] is not None else a["drive"].new_zeros(B, H)
-    out = lr._linear_loop(drive, order(a["gain"]), a["w"], a["keep"], a["ws"], start, skip, dilation, live)
+    keep = a["keep"] if a["keep"] is None or a["keep"].dim() == 1 else order(a["keep"])
+    out = lr._linear_loop(drive, order(a["gain"]), a["w"], keep, a["ws"], start, skip, dilation, live)
     return order(out)
 
 
@@ -67,7 +70,7 @@ def test_matches_loop_values_and_gradients(case):
         torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-11, msg=lambda m: f"d{name}: {m}")
 
 
-@pytest.mark.parametrize("case", CASES[:5])
+@pytest.mark.parametrize("case", CASES[:5] + CASES[6:])
 def test_gradcheck(case):
     T, B, H, skip, dilation, reverse, lengths, keep, start = case
     a = _inputs(T, B, H, skip, keep, start, seed=2)
@@ -96,25 +99,45 @@ def test_float32_and_bad_input():
                                                 False, False, torch.tensor([1, 7, 2]))
 
 
-def test_second_order_uses_the_fused_op(monkeypatch):
-    """create_graph=True through leaky_rnn reaches the fused tangent op (no step
-    loop) and still gives the reference's second order."""
-    calls = []
-    real = lr._linear_loop
-    monkeypatch.setattr(lr, "_linear_loop", lambda *a: calls.append(1) or real(*a))
-    gen = torch.Generator().manual_seed(3)
-    T, B, H = 6, 2, 4
+def _check_fused_second_order(monkeypatch, module, fused_fn, ref_fn, T, B, H, seed):
+    """create_graph=True through fused_fn(p, w, alpha) reaches the fused tangent op
+    (module's step loop is never called) and gives ref_fn's second order."""
+    calls, fused = [], []
+    real, real_fused = lr._linear_loop, lr._fused_tangent
+    monkeypatch.setattr(module, "_linear_loop", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(module, "_fused_tangent", lambda x: fused.append(real_fused(x)) or fused[-1])
+    gen = torch.Generator().manual_seed(seed)
     p = torch.randn(T, B, H, generator=gen, dtype=torch.float64, requires_grad=True)
     w = (torch.randn(H, H, generator=gen, dtype=torch.float64) / 2).requires_grad_()
     alpha = torch.rand(H, generator=gen, dtype=torch.float64).requires_grad_()
-    out = {}
-    for name, fn in (("fused", mts_kernels.leaky_rnn), ("ref", mts_kernels.reference.leaky_rnn)):
-        h = fn(p, w, alpha=alpha, dilation=2, lengths=[6, 3])
+    out = []
+    for fn in (fused_fn, ref_fn):
+        h = fn(p, w, alpha)
         g = torch.autograd.grad(h.square().sum(), (p, w, alpha), create_graph=True)
-        out[name] = torch.autograd.grad(sum((x * x).sum() for x in g), (p, w, alpha))
-    assert not calls
-    for x, y in zip(out["fused"], out["ref"]):
+        out.append(torch.autograd.grad(sum((x * x).sum() for x in g), (p, w, alpha)))
+    assert not calls and fused and all(fused)
+    for x, y in zip(*out):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
+def test_second_order_uses_the_fused_op(monkeypatch):
+    kw = dict(dilation=2, lengths=[6, 3])
+    _check_fused_second_order(monkeypatch, lr, lambda p, w, a: mts_kernels.leaky_rnn(p, w, alpha=a, **kw),
+                              lambda p, w, a: mts_kernels.reference.leaky_rnn(p, w, alpha=a, **kw),
+                              6, 2, 4, seed=3)
+
+
+def test_clockwork_second_order_uses_the_fused_op(monkeypatch):
+    """The fused clockwork op's tangent: the same op with a per-step keep."""
+    cw = importlib.import_module("mts_kernels.ops.clockwork_rnn")
+    clock = dict(periods=[1, 2, 3], module_sizes=[2, 3, 1], t0=1)
+    lens = [9, 4, 6]
+    _check_fused_second_order(
+        monkeypatch, cw,
+        lambda p, w, a: mts_kernels.clockwork_rnn(p, w, alpha=a, lengths=lens, **clock),
+        lambda p, w, a: mts_kernels.reference.clockwork_rnn(p, w, None, clock["periods"], clock["module_sizes"],
+                                                           alpha=a, t0=1, lengths=torch.tensor(lens)),
+        9, 3, 6, seed=5)
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[2]])

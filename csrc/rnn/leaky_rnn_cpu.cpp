@@ -210,9 +210,12 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
 //   inside:  h_k = drive_k + keep h_{k-d} + W (gain_{k-d} x_{k-d}) + Ws (gain_{k-s} x_{k-s})
 // (inside: no start state; terms before the first step are 0). The first is the
 // tangent of leaky_rnn, the second its adjoint (transposed weights, the other
-// processing order). One product per connection per step, one vectorized pass.
+// processing order). keep is r.alpha (H,), or keep_all (T, B, H), read at step k
+// (outside) or k - d (inside: the adjoint's keep_{k+d} lambda_{k+d}). One
+// product per connection per step, one vectorized pass.
 template <typename T>
-inline void lin_steps(const Raw<T>& r, const T* drive, const T* gain, bool inside, T* h) {
+inline void lin_steps(const Raw<T>& r, const T* drive, const T* gain, const T* keep_all, bool inside,
+                      T* h) {
   const int64_t B = r.B, H = r.H, Np = r.Np;
   AlignedVec<T> zbuf(B * Np), gathered(2 * B * H);
   T* z = zbuf.data();
@@ -260,6 +263,9 @@ inline void lin_steps(const Raw<T>& r, const T* drive, const T* gain, bool insid
       // keep reads the state itself (not gain times it) at k - d
       const T* hp = k >= r.dilation ? h + r.row_offset(k - r.dilation, i)
                                     : (inside ? nullptr : r.h0 + r.row(i) * H);
+      const T* kp = r.alpha;
+      if (keep_all)
+        kp = !inside ? keep_all + off : (hp ? keep_all + r.row_offset(k - r.dilation, i) : nullptr);
       T* ob = h + off;
       for_lanes<T>(H, [&](int64_t j, auto v) {
         using V = decltype(v);
@@ -272,9 +278,9 @@ inline void lin_steps(const Raw<T>& r, const T* drive, const T* gain, bool insid
           zv = gv * zv;
         }
         V out = dv + zv;
-        if (r.alpha && hp) {
+        if (kp && hp) {
           V a, hv;
-          ld(a, r.alpha + j);
+          ld(a, kp + j);
           ld(hv, hp + j);
           out = out + a * hv;
         }
@@ -285,15 +291,17 @@ inline void lin_steps(const Raw<T>& r, const T* drive, const T* gain, bool insid
   zero_padded(r, h);
 }
 
-MTS_CPU_CLONES void lin_steps_f32(const Raw<float>& r, const float* drive, const float* gain, bool inside,
-                                  float* h) {
-  lin_steps<float>(r, drive, gain, inside, h);
+MTS_CPU_CLONES void lin_steps_f32(const Raw<float>& r, const float* drive, const float* gain,
+                                  const float* keep_all, bool inside, float* h) {
+  lin_steps<float>(r, drive, gain, keep_all, inside, h);
 }
-inline void run_lin(const Raw<float>& r, const float* drive, const float* gain, bool inside, float* h) {
-  lin_steps_f32(r, drive, gain, inside, h);
+inline void run_lin(const Raw<float>& r, const float* drive, const float* gain, const float* keep_all,
+                    bool inside, float* h) {
+  lin_steps_f32(r, drive, gain, keep_all, inside, h);
 }
-inline void run_lin(const Raw<double>& r, const double* drive, const double* gain, bool inside, double* h) {
-  lin_steps<double>(r, drive, gain, inside, h);
+inline void run_lin(const Raw<double>& r, const double* drive, const double* gain, const double* keep_all,
+                    bool inside, double* h) {
+  lin_steps<double>(r, drive, gain, keep_all, inside, h);
 }
 
 MTS_CPU_CLONES void fwd_steps_f32(const Raw<float>& r, const float* p, float* h, float* u) {
@@ -421,7 +429,11 @@ Tensor leaky_rnn_tangent(Tensor drive_in, Tensor gain_in, Tensor w_in, std::opti
   const auto [T_, B, H] = check_cpu_sequence(op, "drive", drive_in);
   check_operand(op, "gain", gain_in, {T_, B, H}, drive_in);
   check_operand(op, "weight_hh", w_in, {H, H}, drive_in);
-  if (keep_in) check_operand(op, "keep", *keep_in, {H}, drive_in);
+  const bool keep_all = keep_in && keep_in->dim() == 3;
+  if (keep_all)
+    check_operand(op, "keep", *keep_in, {T_, B, H}, drive_in);
+  else if (keep_in)
+    check_operand(op, "keep", *keep_in, {H}, drive_in);
   if (start_in) check_operand(op, "start", *start_in, {B, H}, drive_in);
   MTS_CHECK(skip >= 0 && dilation >= 1, op, ": skip must be >= 0 and dilation >= 1, got ", skip, " and ",
             dilation);
@@ -444,10 +456,11 @@ Tensor leaky_rnn_tangent(Tensor drive_in, Tensor gain_in, Tensor w_in, std::opti
     const AlignedVec<T> wsp = ws ? padded(ptr<T>(transposed(*ws)), H, Np) : AlignedVec<T>();
     const bool small = B * H * H <= kSmallWork, ragged = lengths.has_value();
     const Raw<T> r{T_, B, H, Np, std::min(dilation, T_), std::min(skip, T_), reverse, false,
-                   keep ? ptr<T>(*keep) : nullptr, wp.data(), ws ? wsp.data() : nullptr, ptr<T>(start),
+                   keep && !keep_all ? ptr<T>(*keep) : nullptr, wp.data(), ws ? wsp.data() : nullptr,
+                   ptr<T>(start),
                    small ? nullptr : &blas_product<T>, ragged ? o.len.data() : nullptr,
                    ragged ? o.order.data() : nullptr, ragged ? o.active.data() : nullptr};
-    run_lin(r, ptr<T>(drive), ptr<T>(gain), gain_inside, mut<T>(h));
+    run_lin(r, ptr<T>(drive), ptr<T>(gain), keep_all ? ptr<T>(*keep) : nullptr, gain_inside, mut<T>(h));
   });
   return as_dtype(h, dtype);
 }

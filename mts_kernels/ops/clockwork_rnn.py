@@ -41,8 +41,8 @@ from torch import Tensor
 
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
-from mts_kernels.ops.leaky_rnn import (NONLINEARITIES, SECOND_ORDER, _BackwardFunction, check_projection,
-                                      leaky_rnn, second_order)
+from mts_kernels.ops.leaky_rnn import (NONLINEARITIES, SECOND_ORDER, _BackwardFunction, _fused_tangent,
+                                      _linear_loop, check_projection, leaky_rnn, second_order)
 
 PATH_ENV_VAR = "MTS_KERNELS_CLOCKWORK_PATH"
 PATHS = ("auto", "fused", "decomposed")
@@ -93,7 +93,9 @@ def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity
 
     with the saved h and u (u: the fused op's second output; h itself without a
     leak). The terms of the primal states are one GEMM / pointwise pass over all
-    steps; what stays sequential is one masked (B, H) x (H, H) product per step."""
+    steps; what stays sequential, one masked (B, H) x (H, H) product per step, is
+    leaky_rnn's fused tangent op (with a per-step keep: alpha, or 0, where active,
+    1 where held) on the CPU and a PyTorch step loop elsewhere."""
     weight_hh, h, u, h0, alpha = primals
     dp, dw, dh0, dalpha = tangents
     T, B, H = h.shape
@@ -130,17 +132,12 @@ def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity
         live = (t < lengths.to(dev).unsqueeze(0)).unsqueeze(-1).to(h.dtype)
     # the tangent state's own coefficient: alpha (0 without a leak) where active, 1 (hold) elsewhere
     keep = torch.where(act, h.new_zeros(()) if alpha is None else alpha, h.new_ones(()))
-    w_t = (weight_hh * upper).transpose(0, 1)
-    prev = h.new_zeros(B, H) if dh0 is None else dh0
-    out = []
-    for k in range(T):
-        hk = keep[k] * prev
-        hk = hk + gain[k] * (prev @ w_t) + drive[k]
-        if live is not None:
-            hk = hk * live[k]
-        out.append(hk)
-        prev = hk
-    return torch.stack(out)
+    start = h.new_zeros(B, H) if dh0 is None else dh0
+    keep = keep.expand(T, B, H)
+    if _fused_tangent(h):  # one fused op, its gradient the same op on the adjoint
+        return torch.ops.mts_kernels.leaky_rnn_tangent(drive, gain, weight_hh * upper, keep, None, start,
+                                                       0, 1, False, False, lengths)
+    return _linear_loop(drive, gain, weight_hh * upper, keep, None, start, 0, 1, live)
 
 
 def _second_order(args, cots):

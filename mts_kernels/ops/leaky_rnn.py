@@ -276,9 +276,10 @@ def _tangent(primals, tangents, skip, dilation, nonlinearity, reverse, lengths):
 
 
 def _linear_loop(drive, gain, weight_hh, keep, weight_skip, start, skip, dilation, live):
-    """hdot_k = drive_k + keep hdot_{k-d} + gain_k (W hdot_{k-d} [+ Ws hdot_{k-s}]) in
-    processing order (hdot = start before the first steps; live: (T, B, 1) mask of
-    the steps each row runs, or None), as a PyTorch step loop."""
+    """hdot_k = drive_k + keep_k hdot_{k-d} + gain_k (W hdot_{k-d} [+ Ws hdot_{k-s}])
+    in processing order (hdot = start before the first steps; keep (H,) or per step;
+    live: (T, B, 1) mask of the steps each row runs, or None), as a PyTorch step
+    loop."""
     out = []
     w_t = weight_hh.transpose(0, 1)
     ws_t = weight_skip.transpose(0, 1) if skip else None
@@ -289,7 +290,7 @@ def _linear_loop(drive, gain, weight_hh, keep, weight_skip, start, skip, dilatio
             z = z + (out[k - skip] if k >= skip else start) @ ws_t
         hk = gain[k] * z + drive[k]
         if keep is not None:
-            hk = hk + keep * prev
+            hk = hk + (keep if keep.dim() == 1 else keep[k]) * prev
         if live is not None:
             hk = hk * live[k]
         out.append(hk)
@@ -319,7 +320,7 @@ def _tangent_setup(ctx, inputs, output):
 
 
 def _tangent_backward(ctx, grad):
-    """The adjoint of the linear recurrence, lambda_k = c_k + keep lambda_{k+d} +
+    """The adjoint of the linear recurrence, lambda_k = c_k + (keep lambda)_{k+d} +
     W^T (gain lambda)_{k+d} [+ Ws^T (gain lambda)_{k+s}], is the same op with
     transposed weights, gain inside and the other processing order; the gradients
     of gain, the weights, keep and start are pointwise passes and GEMMs over all
@@ -346,12 +347,15 @@ def _tangent_backward(ctx, grad):
     gram = lambda a, b: a.reshape(-1, H).t() @ b.reshape(-1, H)
     d_w = gram(e, h_del)
     d_ws = gram(e, h_sk) if ws is not None else None
-    d_keep = (lam_o * h_del).sum((0, 1)) if keep is not None else None
+    d_keep = None
+    if keep is not None:  # (H,), or (T, B, H): read at each step (clockwork's hold)
+        d_keep = (lam_o * h_del).sum((0, 1)) if keep.dim() == 1 else order(lam_o * h_del)
     d_start = None
     if start is not None:
         d_start = e[:dilation].sum(0) @ w
         if keep is not None:
-            d_start = d_start + keep * lam_o[:dilation].sum(0)
+            kept = (keep if keep.dim() == 1 else order(keep)) * lam_o
+            d_start = d_start + kept[:dilation].sum(0)
         if ws is not None:
             d_start = d_start + e[:skip].sum(0) @ ws
     has_keep, has_ws, has_start = ctx.has
