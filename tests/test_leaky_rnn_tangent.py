@@ -105,7 +105,7 @@ def _check_fused_second_order(monkeypatch, module, fused_fn, ref_fn, T, B, H, se
     calls, fused = [], []
     real, real_fused = lr._linear_loop, lr._fused_tangent
     monkeypatch.setattr(module, "_linear_loop", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(module, "_fused_tangent", lambda x: fused.append(real_fused(x)) or fused[-1])
+    monkeypatch.setattr(module, "_fused_tangent", lambda *x: fused.append(real_fused(*x)) or fused[-1])
     gen = torch.Generator().manual_seed(seed)
     p = torch.randn(T, B, H, generator=gen, dtype=torch.float64, requires_grad=True)
     w = (torch.randn(H, H, generator=gen, dtype=torch.float64) / 2).requires_grad_()

@@ -134,7 +134,7 @@ def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity
     keep = torch.where(act, h.new_zeros(()) if alpha is None else alpha, h.new_ones(()))
     start = h.new_zeros(B, H) if dh0 is None else dh0
     keep = keep.expand(T, B, H)
-    if _fused_tangent(h):  # one fused op, its gradient the same op on the adjoint
+    if _fused_tangent(drive, gain, weight_hh, keep, start):  # its gradient: the same op on the adjoint
         return torch.ops.mts_kernels.leaky_rnn_tangent(drive, gain, weight_hh * upper, keep, None, start,
                                                        0, 1, False, False, lengths)
     return _linear_loop(drive, gain, weight_hh * upper, keep, None, start, 0, 1, live)

@@ -267,7 +267,7 @@ def _tangent(primals, tangents, skip, dilation, nonlinearity, reverse, lengths):
         live = live.to(h.dtype)
     start_dot = h.new_zeros(B, H) if dh0 is None else dh0
     ws = weight_skip if skip else None
-    if _fused_tangent(h):
+    if _fused_tangent(drive, gain, weight_hh, alpha, ws, start_dot):
         order = lambda x: _processing_order(x, reverse, lengths)
         return torch.ops.mts_kernels.leaky_rnn_tangent(order(drive), order(gain), weight_hh, alpha, ws,
                                                        start_dot, skip, dilation, False, reverse, lengths)
@@ -300,10 +300,13 @@ def _linear_loop(drive, gain, weight_hh, keep, weight_skip, start, skip, dilatio
 TANGENT_COMPILED = _extension.COMPILED and hasattr(torch.ops.mts_kernels, "leaky_rnn_tangent")
 
 
-def _fused_tangent(like: Tensor) -> bool:
-    """The fused leaky_rnn_tangent op for this call: CPU tensors outside torch.func
-    transforms (their batching rules would need a vmap rule of the op)."""
-    return (TANGENT_COMPILED and like.device.type in ("cpu", "meta")
+def _fused_tangent(*operands: Optional[Tensor]) -> bool:
+    """The fused leaky_rnn_tangent op for these operands: CPU tensors of one dtype
+    (mixed ones, e.g. under autocast, take the loop's type promotion), outside
+    torch.func transforms (their batching rules would need a vmap rule of the op)."""
+    ts = [t for t in operands if t is not None]
+    return (TANGENT_COMPILED and all(t.device.type in ("cpu", "meta") for t in ts)
+            and len({t.dtype for t in ts}) == 1
             and torch._C._functorch.peek_interpreter_stack() is None)
 
 
