@@ -443,24 +443,21 @@ Tensor leaky_rnn_tangent(Tensor drive_in, Tensor gain_in, Tensor w_in, std::opti
   check_lengths(op, lengths, B, drive_in.device());
   const ScalarType dtype = drive_in.scalar_type();
   auto c = [](const Tensor& t) { return contiguous_cpu(as_dtype(t, opmath_dtype(t.scalar_type()))); };
-  const Tensor drive = c(drive_in), gain = c(gain_in), w = c(w_in);
-  const std::optional<Tensor> keep = keep_in ? std::optional<Tensor>(c(*keep_in)) : std::nullopt;
-  const std::optional<Tensor> ws = w_skip_in ? std::optional<Tensor>(c(*w_skip_in)) : std::nullopt;
-  const Tensor start = start_in ? c(*start_in) : torch::stable::new_zeros(drive, {B, H});
+  const Tensor drive = c(drive_in), gain = c(gain_in);
+  // the loop's operands as leaky_rnn's forward has them: a per-unit keep in the
+  // alpha slot, start as h0, the delays clamped to T
+  const Problem pr = make_problem(Shape{T_, B, H}, "tanh", w_in, start_in,
+                                  keep_all ? std::nullopt : keep_in, w_skip_in, skip, dilation, reverse,
+                                  drive, lengths);
+  const std::optional<Tensor> keep = keep_all ? std::optional<Tensor>(c(*keep_in)) : std::nullopt;
   Tensor h = empty_like_cpu(drive);
-  const RowOrder o = ::mts::row_order(lengths, B, T_, op);
   dispatch_compute(drive.scalar_type(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const int64_t Np = padded_width(H, kLanes<T>);
-    const AlignedVec<T> wp = padded(ptr<T>(transposed(w)), H, Np);
-    const AlignedVec<T> wsp = ws ? padded(ptr<T>(transposed(*ws)), H, Np) : AlignedVec<T>();
-    const bool small = B * H * H <= kSmallWork, ragged = lengths.has_value();
-    const Raw<T> r{T_, B, H, Np, std::min(dilation, T_), std::min(skip, T_), reverse, false,
-                   keep && !keep_all ? ptr<T>(*keep) : nullptr, wp.data(), ws ? wsp.data() : nullptr,
-                   ptr<T>(start),
-                   small ? nullptr : &blas_product<T>, ragged ? o.len.data() : nullptr,
-                   ragged ? o.order.data() : nullptr, ragged ? o.active.data() : nullptr};
-    run_lin(r, ptr<T>(drive), ptr<T>(gain), keep_all ? ptr<T>(*keep) : nullptr, gain_inside, mut<T>(h));
+    const AlignedVec<T> w = padded(ptr<T>(transposed(pr.w)), H, Np);
+    const AlignedVec<T> ws = pr.w_skip ? padded(ptr<T>(transposed(*pr.w_skip)), H, Np) : AlignedVec<T>();
+    run_lin(raw_of<T>(pr, w, ws, Np, row_order(pr)), ptr<T>(drive), ptr<T>(gain),
+            keep ? ptr<T>(*keep) : nullptr, gain_inside, mut<T>(h));
   });
   return as_dtype(h, dtype);
 }
