@@ -10,6 +10,7 @@ from torch.autograd import gradcheck
 
 import mts_kernels
 from mts_kernels import reference
+from _rnn_util import clockwork_case, grads_wrt, record_clockwork_path
 import importlib
 
 cw_ops = importlib.import_module("mts_kernels.ops.clockwork_rnn")
@@ -26,26 +27,14 @@ def fused(monkeypatch):
 
 
 def _case(seed, T, B, sizes, dtype=F64, leak=False, with_h0=True):
-    gen = torch.Generator().manual_seed(seed)
-    H = sum(sizes)
-    p = torch.randn(T, B, H, generator=gen, dtype=dtype)
-    w = torch.randn(H, H, generator=gen, dtype=dtype) * (0.9 / H ** 0.5)
-    h0 = torch.randn(B, H, generator=gen, dtype=dtype) if with_h0 else None
-    alpha = torch.rand(H, generator=gen, dtype=dtype) * 0.9 if leak else None
-    return p, w, h0, alpha
+    return clockwork_case(seed, T, B, sizes, dtype, leak, with_h0)
 
 
-def _grads(out, ins, g):
-    ins = [t for t in ins if t is not None]
-    return torch.autograd.grad(out, ins, g, allow_unused=True, materialize_grads=True)
+_grads = grads_wrt
 
 
 def _calls_fused(monkeypatch):
-    """The path decisions clockwork_rnn makes from now on (True: the fused op)."""
-    calls = []
-    real = cw_ops._use_fused
-    monkeypatch.setattr(cw_ops, "_use_fused", lambda *a: (calls.append(real(*a)), calls[-1])[1])
-    return calls
+    return record_clockwork_path(monkeypatch, cw_ops)
 
 
 CASES = [

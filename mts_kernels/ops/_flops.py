@@ -106,9 +106,9 @@ def clockwork_rnn_bwd_flop(grad_h_shape, weight_hh_shape, h_shape, u_shape, h0_s
                                       periods, first_steps)
 
 
-if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "clockwork_rnn_fwd"):
-    register_flop_formula(torch.ops.mts_kernels.clockwork_rnn_fwd)(clockwork_rnn_fwd_flop)
-    register_flop_formula(torch.ops.mts_kernels.clockwork_rnn_bwd)(clockwork_rnn_bwd_flop)
+# (the Triton kernel's dot spans the masked full tile; the count is the schedule's work)
+register_flop_formula(_ops("clockwork_rnn_fwd"))(clockwork_rnn_fwd_flop)
+register_flop_formula(_ops("clockwork_rnn_bwd"))(clockwork_rnn_bwd_flop)
 
 
 def deep_transition_rnn_fwd_flop(p_shape, weight_hh_shape, h0_shape, bias_hh_shape, weight_shortcut_shape,

@@ -18,16 +18,23 @@ gets zero gradient). The backward runs the same pieces the other way (fastest
 module first); each slow value's gradient is summed over the interval it was held
 (the gather's and the hold-expand's backward).
 
-Fused path (CPU): torch.ops.mts_kernels.clockwork_rnn_fwd / _bwd (csrc/clockwork/),
-one C++ time loop forward and one backward, no per-module glue: step t computes
-the active modules' rows over their blocks j >= i only, inactive modules hold
-(forward) and pass their gradient straight through (backward); dW's block rows
-are one GEMM per module over its active steps after the loop. Which path a call
-takes (see _use_fused): the fused one for CPU tensors (the cost rule at
-FUSED_ON_CPU records why); the decomposition on CUDA/Triton and
-under torch.func transforms / forward-mode AD (whose jvp the decomposition's
-leaky_rnn pieces provide). MTS_KERNELS_CLOCKWORK_PATH=fused|decomposed|auto
-(default auto) forces the choice, for tests and measurements.
+Fused path: one op per call, one time loop forward and one backward, no
+per-module glue: step t computes the active modules' rows over their blocks
+j >= i only, inactive modules hold (forward) and pass their gradient straight
+through (backward); dW's block rows come from GEMMs after the loop.
+- CPU: torch.ops.mts_kernels.clockwork_rnn_fwd / _bwd (csrc/clockwork/), products
+  restricted to the active modules' rows;
+- Triton (H <= TRITON_MAX_HIDDEN): clockwork_rnn_fwd_triton / _bwd_triton
+  (mts_kernels/triton/clockwork_rnn.py), a persistent per-batch-block loop with
+  the block-upper part of W_hh in registers and the clock as per-unit masks.
+Which path a call takes (see _use_fused): the fused one for the CPU backend (the
+cost rule at FUSED_ON_CPU records why) and the Triton backend up to its hidden
+size limit; the decomposition for the CUDA backend (over the CUDA leaky_rnn
+kernels), for Triton beyond that limit (each module on the Triton leaky_rnn
+kernel) and under torch.func transforms / forward-mode AD (whose jvp the
+decomposition's leaky_rnn pieces provide). MTS_KERNELS_CLOCKWORK_PATH=
+fused|decomposed|auto (default auto) forces the choice, for tests and
+measurements.
 """
 
 from __future__ import annotations
@@ -69,18 +76,21 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(weight_hh, h, u, h0, alpha, lengths)
 
 
-def _backward(ctx, grad_h, _grad_u):
-    weight_hh, h, u, h0, alpha, lengths = ctx.saved_tensors
-    if grad_h is None:
-        grad_h = torch.zeros_like(h)
-    args = (grad_h, weight_hh, h, u, h0, alpha, *ctx.config, lengths)
-    if torch.is_grad_enabled():  # create_graph=True: a node that refuses a 2nd order
-        dp, dw, dh0, dalpha = _BackwardFunction.apply("clockwork_rnn_bwd", *args)
-    else:
-        dp, dw, dh0, dalpha = torch.ops.mts_kernels.clockwork_rnn_bwd(*args)
-    has_h0, has_alpha = ctx.has
-    return (dp, dw, dh0 if has_h0 else None, dalpha if has_alpha else None,
-            None, None, None, None, None)
+def _make_backward(bwd_name: str):
+    def backward(ctx, grad_h, _grad_u):
+        weight_hh, h, u, h0, alpha, lengths = ctx.saved_tensors
+        if grad_h is None:
+            grad_h = torch.zeros_like(h)
+        args = (grad_h, weight_hh, h, u, h0, alpha, *ctx.config, lengths)
+        if torch.is_grad_enabled():  # create_graph=True: a node that refuses a 2nd order
+            dp, dw, dh0, dalpha = _BackwardFunction.apply(bwd_name, *args)
+        else:
+            dp, dw, dh0, dalpha = getattr(torch.ops.mts_kernels, bwd_name)(*args)
+        has_h0, has_alpha = ctx.has
+        return (dp, dw, dh0 if has_h0 else None, dalpha if has_alpha else None,
+                None, None, None, None, None)
+
+    return backward
 
 
 def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity, lengths):
@@ -154,13 +164,44 @@ def _second_order(args, cots):
 SECOND_ORDER["clockwork_rnn_bwd"] = _second_order
 
 
+def _register(suffix: str) -> None:
+    fwd, bwd = f"mts_kernels::clockwork_rnn_fwd{suffix}", f"clockwork_rnn_bwd{suffix}"
+    torch.library.register_fake(fwd)(_fake_fwd)
+    torch.library.register_fake(f"mts_kernels::{bwd}")(_fake_bwd)
+    torch.library.register_autograd(fwd, _make_backward(bwd), setup_context=_setup_context)
+    _transforms.register_autocast(fwd)
+
+
+# The Triton fused loop (mts_kernels/triton/clockwork_rnn.py, imported on first
+# call; H <= its MAX_HIDDEN) as custom ops with the C++ schemas' signatures.
+@torch.library.custom_op("mts_kernels::clockwork_rnn_fwd_triton", mutates_args=())
+def _clockwork_rnn_fwd_triton(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor], alpha: Optional[Tensor],
+                              module_sizes: list[int], periods: list[int], first_steps: list[int],
+                              nonlinearity: str, lengths: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    from mts_kernels.triton import clockwork_rnn as triton_cw
+
+    return triton_cw.clockwork_rnn_fwd(p, weight_hh, h0, alpha, module_sizes, periods, first_steps,
+                                       nonlinearity, lengths)
+
+
+@torch.library.custom_op("mts_kernels::clockwork_rnn_bwd_triton", mutates_args=())
+def _clockwork_rnn_bwd_triton(grad_h: Tensor, weight_hh: Tensor, h: Tensor, u: Tensor, h0: Optional[Tensor],
+                              alpha: Optional[Tensor], module_sizes: list[int], periods: list[int],
+                              first_steps: list[int], nonlinearity: str, lengths: Optional[Tensor] = None
+                              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from mts_kernels.triton import clockwork_rnn as triton_cw
+
+    return triton_cw.clockwork_rnn_bwd(grad_h, weight_hh, h, u, h0, alpha, module_sizes, periods,
+                                       first_steps, nonlinearity, lengths)
+
+
+_register("_triton")
+# the Triton kernel keeps W_hh^T in registers: hidden sizes up to this (its
+# MAX_HIDDEN, not imported here: the package import does not import triton)
+TRITON_MAX_HIDDEN = 128
 FUSED_COMPILED = _extension.COMPILED and hasattr(torch.ops.mts_kernels, "clockwork_rnn_fwd")
 if FUSED_COMPILED:
-    torch.library.register_fake("mts_kernels::clockwork_rnn_fwd")(_fake_fwd)
-    torch.library.register_fake("mts_kernels::clockwork_rnn_bwd")(_fake_bwd)
-    torch.library.register_autograd("mts_kernels::clockwork_rnn_fwd", _backward,
-                                    setup_context=_setup_context)
-    _transforms.register_autocast("mts_kernels::clockwork_rnn_fwd")
+    _register("")
 
 
 def _path_setting() -> str:
@@ -270,7 +311,9 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
         # period or first step beyond T as T (the same active steps in [0, T)), so
         # any Python int t0 or period fits the op's int64 arguments
         firsts = [min((-t0) % P, T) for P in periods]
-        h, _ = torch.ops.mts_kernels.clockwork_rnn_fwd(
+        op = torch.ops.mts_kernels.clockwork_rnn_fwd_triton if be == "triton" else \
+            torch.ops.mts_kernels.clockwork_rnn_fwd
+        h, _ = op(
             x, weight_hh, h0, alpha, list(module_sizes), [min(P, T) for P in periods], firsts,
             nonlinearity, lens)
         return h.transpose(0, 1) if batch_first else h
@@ -336,11 +379,17 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
 def _use_fused(be: str, x: Tensor, periods, module_sizes) -> bool:
     """The fused op for this call? (module docstring; PATH_ENV_VAR forces it)."""
     path = _path_setting()
-    if path == "decomposed" or be != "cpu" or x.device.type not in ("cpu", "meta") or not FUSED_COMPILED:
+    if path == "decomposed":
         return False
     if _transforms.transform_active():
         # torch.func / forward AD: the decomposition's leaky_rnn pieces carry the
         # jvp and vmap rules the fused op has not got
+        return False
+    if be == "triton":
+        # beyond the register-resident limit the decomposition still runs on the
+        # Triton leaky_rnn kernel, one module (k_i <= its limit) at a time
+        return x.size(2) <= TRITON_MAX_HIDDEN
+    if be != "cpu" or x.device.type not in ("cpu", "meta") or not FUSED_COMPILED:
         return False
     return path == "fused" or FUSED_ON_CPU
 
