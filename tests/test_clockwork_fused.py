@@ -293,3 +293,140 @@ def test_public_bad_input(fused):
         mts_kernels.clockwork_rnn(p, w, h0, periods=[1, 2], module_sizes=[2, 2], lengths=[6, 1])
     with pytest.raises(ValueError, match="periods must be strictly increasing"):
         mts_kernels.clockwork_rnn(p, w, h0, periods=[2, 2], module_sizes=[2, 2])
+
+
+# ----------------------------------------------------------- the CUDA loop
+# csrc/clockwork/clockwork_loop.h is the CUDA op's whole host loop; the test
+# hook runs it on the CPU with CPU GEMMs on the same strided views and the
+# kernels' per-element bodies (clockwork_step.h) in a plain loop.
+EMU_FWD = getattr(OPS, "_clockwork_rnn_gpu_loop_emulate_fwd", None)
+EMU_BWD = getattr(OPS, "_clockwork_rnn_gpu_loop_emulate_bwd", None)
+
+
+def _op_call(seed, T, B, sizes, periods, t0, nl, leak, lengths, dtype=F64, with_h0=True):
+    p, w, h0, alpha = _case(seed, T, B, sizes, dtype=dtype, leak=leak, with_h0=with_h0)
+    firsts = [min((-t0) % P, T) for P in periods]
+    lens = None if lengths is None else torch.tensor(lengths)
+    return (p, w, h0, alpha, list(sizes), [min(P, T) for P in periods], firsts, nl, lens)
+
+
+@pytest.mark.skipif(EMU_FWD is None, reason="needs the compiled test hook")
+@pytest.mark.parametrize("sizes,periods,t0,nl,leak,lengths", CASES)
+@pytest.mark.parametrize("with_h0", [True, False])
+def test_gpu_loop_matches_cpu_op(sizes, periods, t0, nl, leak, lengths, with_h0):
+    args = _op_call(21, 11, 4, sizes, periods, t0, nl, leak, lengths, with_h0=with_h0)
+    h, u = OPS.clockwork_rnn_fwd(*args)
+    h_e, u_e = EMU_FWD(*args)
+    torch.testing.assert_close(h_e, h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(u_e, u, rtol=1e-12, atol=1e-12)
+    g = torch.randn(h.shape, generator=torch.Generator().manual_seed(22), dtype=F64)
+    p, w, h0, alpha = args[:4]
+    want = OPS.clockwork_rnn_bwd(g, w, h, u, h0, alpha, *args[4:])
+    got = EMU_BWD(g, w, h_e, u_e, h0, alpha, *args[4:])
+    for name, a, b in zip(["dp", "dweight_hh", "dh0", "dalpha"], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11, msg=lambda m: f"{name}: {m}")
+    if lengths is None or max(lengths) > 0:  # the gradients compared are not trivially zero
+        assert want[0].abs().max() > 0 and want[1].abs().max() > 0
+
+
+@pytest.mark.skipif(EMU_FWD is None, reason="needs the compiled test hook")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_gpu_loop_low_precision_runs_in_float32(dtype):
+    # float16 / bfloat16 run in float32 in both loops and round once on output:
+    # the two agree to the storage dtype's rounding of the same float32 values
+    args = _op_call(23, 9, 5, [3, 4, 2], [1, 2, 3], 1, "tanh", True, [9, 4, 0, 9, 1], dtype=dtype)
+    h, u = OPS.clockwork_rnn_fwd(*args)
+    h_e, u_e = EMU_FWD(*args)
+    assert h_e.dtype == u_e.dtype == dtype
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == torch.float32 else dict(rtol=0, atol=torch.finfo(dtype).eps)
+    torch.testing.assert_close(h_e, h, **tol)
+    g = torch.randn(h.shape, generator=torch.Generator().manual_seed(24)).to(dtype)
+    p, w, h0, alpha = args[:4]
+    want = OPS.clockwork_rnn_bwd(g, w, h, u, h0, alpha, *args[4:])
+    got = EMU_BWD(g, w, h, u, h0, alpha, *args[4:])
+    for name, a, b in zip(["dp", "dweight_hh", "dh0", "dalpha"], got, want):
+        assert a.dtype == dtype, name
+        scale = b.double().abs().max().item()
+        err = (a.double() - b.double()).abs().max().item()
+        assert err <= 1e-4 * scale + 4 * torch.finfo(dtype).eps * scale, f"{name}: {err:.3g} of {scale:.3g}"
+
+
+@pytest.mark.skipif(EMU_FWD is None, reason="needs the compiled test hook")
+def test_gpu_loop_module_limit_is_a_clear_error():
+    n = cw_ops.CUDA_MAX_MODULES + 1
+    p, w, h0, _ = _case(25, 3, 1, [1] * n)
+    with pytest.raises(RuntimeError, match=f"takes at most {cw_ops.CUDA_MAX_MODULES} modules, got {n}"):
+        EMU_FWD(p, w, h0, None, [1] * n, list(range(1, n + 1)), [0] * n, "tanh", None)
+    # and the op at the limit runs
+    m = cw_ops.CUDA_MAX_MODULES
+    p, w, h0, _ = _case(25, 3, 1, [1] * m)
+    h, _ = EMU_FWD(p, w, h0, None, [1] * m, list(range(1, m + 1)), [0] * m, "tanh", None)
+    torch.testing.assert_close(h, OPS.clockwork_rnn_fwd(p, w, h0, None, [1] * m, list(range(1, m + 1)),
+                                                         [0] * m, "tanh", None)[0])
+
+
+CUDA = pytest.mark.cuda
+
+
+@CUDA
+@pytest.mark.parametrize("sizes,periods,t0,nl,leak,lengths", CASES)
+def test_cuda_op_matches_cpu_op_float64(sizes, periods, t0, nl, leak, lengths):
+    args = _op_call(26, 11, 4, sizes, periods, t0, nl, leak, lengths)
+    dev = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+    h, u = OPS.clockwork_rnn_fwd(*args)
+    h_c, u_c = OPS.clockwork_rnn_fwd(*dev)
+    torch.testing.assert_close(h_c.cpu(), h, rtol=1e-12, atol=1e-12)
+    g = torch.randn(h.shape, generator=torch.Generator().manual_seed(27), dtype=F64)
+    p, w, h0, alpha = args[:4]
+    want = OPS.clockwork_rnn_bwd(g, w, h, u, h0, alpha, *args[4:])
+    got = OPS.clockwork_rnn_bwd(g.cuda(), *dev[1:2], h_c, u_c, *dev[2:])
+    for name, a, b in zip(["dp", "dweight_hh", "dh0", "dalpha"], got, want):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-11, atol=1e-11, msg=lambda m: f"{name}: {m}")
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cuda_public_api_takes_the_fused_op_within_twice_pytorch_error(monkeypatch, dtype):
+    calls = _calls_fused(monkeypatch)
+    sizes, periods = [5, 6, 7, 14], [1, 2, 4, 8]
+    p64, w64, h064, a64 = (t.cuda() for t in _case(28, 41, 5, sizes, leak=True))
+    g64 = torch.randn(41, 5, 32, generator=torch.Generator().manual_seed(29), dtype=F64).cuda()
+    kw = dict(t0=3, lengths=[41, 20, 1, 0, 33])
+
+    def run(fn, dt):
+        ins = [t.to(dt).requires_grad_() for t in (p64, w64, h064, a64)]
+        h = fn(*ins[:3], periods, sizes, alpha=ins[3], **kw)
+        return [t.detach().double() for t in (h, *torch.autograd.grad(h, ins, g64.to(dt)))]
+
+    ours_fn = lambda p, w, h0, per, siz, **k: mts_kernels.clockwork_rnn(p, w, h0, periods=per, module_sizes=siz,
+                                                                        backend="cuda", **k)
+    ours = run(ours_fn, dtype)
+    assert calls == [True]
+    exact, lowp = run(reference.clockwork_rnn, F64), run(reference.clockwork_rnn, dtype)
+    eps = torch.finfo(dtype).eps
+    for name, a, b, c in zip(["h", "dp", "dW", "dh0", "dalpha"], ours, exact, lowp):
+        err, err_torch = (a - b).abs().max().item(), (c - b).abs().max().item()
+        assert err <= 2 * err_torch + eps * b.abs().max().item(), f"{name}: {err:.3g} vs {err_torch:.3g}"
+
+
+@CUDA
+@pytest.mark.parametrize("leak", [False, True])
+def test_cuda_opcheck(leak):
+    args = [a.cuda() if isinstance(a, torch.Tensor) else a
+            for a in _op_call(30, 7, 3, [2, 3], [1, 3], 1, "tanh", leak, [7, 0, 4], dtype=torch.float32)]
+    p, w, h0, alpha = args[:4]
+    torch.library.opcheck(OPS.clockwork_rnn_fwd, (p.requires_grad_(), w.requires_grad_(), h0, alpha, *args[4:]))
+    h, u = OPS.clockwork_rnn_fwd(*args)
+    torch.library.opcheck(OPS.clockwork_rnn_bwd, (torch.randn_like(h), w.detach(), h.detach(), u, h0, alpha,
+                                                  *args[4:]))
+
+
+@CUDA
+def test_cuda_beyond_the_module_limit_takes_the_decomposition(monkeypatch):
+    calls = _calls_fused(monkeypatch)
+    n = cw_ops.CUDA_MAX_MODULES + 1
+    p, w, h0, _ = (t.float().cuda() if t is not None else None for t in _case(31, 4, 2, [1] * n))
+    h = mts_kernels.clockwork_rnn(p, w, h0, periods=list(range(1, n + 1)), module_sizes=[1] * n, backend="cuda")
+    assert calls == [False]
+    torch.testing.assert_close(h, reference.clockwork_rnn(p, w, h0, list(range(1, n + 1)), [1] * n),
+                               rtol=1e-4, atol=1e-5)

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "../blas_blocked.h"
+#include "clockwork_args.h"
 #include "../cpu_alloc.h"
 #include "../cpu_blas.h"
 #include "../cpu_vec.h"
@@ -52,40 +53,6 @@ using ::mts::rnn::leak_mix;
 using ::mts::rnn::relu_of;
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
-// The clock: module m covers units [lo[m], lo[m] + k[m]); active at t when
-// t >= first[m] and (t - first[m]) % period[m] == 0. Periods and first steps are
-// clamped to T (the same active steps in [0, T)), so no product below overflows.
-struct Clock {
-  int64_t g = 0;
-  std::vector<int64_t> lo, k, period, first;
-};
-
-Clock make_clock(int64_t T, int64_t H, const std::vector<int64_t>& sizes,
-                 const std::vector<int64_t>& periods, const std::vector<int64_t>& firsts,
-                 const char* op) {
-  const int64_t g = static_cast<int64_t>(sizes.size());
-  MTS_CHECK(g >= 1, op, ": module_sizes must name at least one module");
-  MTS_CHECK(static_cast<int64_t>(periods.size()) == g && static_cast<int64_t>(firsts.size()) == g,
-            op, ": module_sizes, periods and first_steps must have the same length, got ", g, ", ",
-            periods.size(), " and ", firsts.size());
-  Clock c;
-  c.g = g;
-  int64_t lo = 0;
-  for (int64_t m = 0; m < g; ++m) {
-    MTS_CHECK(sizes[m] >= 1, op, ": module_sizes must be >= 1, got ", sizes[m], " for module ", m);
-    MTS_CHECK(periods[m] >= 1, op, ": periods must be >= 1, got ", periods[m], " for module ", m);
-    MTS_CHECK(firsts[m] >= 0, op, ": first_steps must be >= 0, got ", firsts[m], " for module ", m);
-    MTS_CHECK(sizes[m] <= H - lo, op, ": module_sizes must sum to hidden_size ", H);
-    c.lo.push_back(lo);
-    c.k.push_back(sizes[m]);
-    c.period.push_back(std::min(periods[m], T));
-    c.first.push_back(std::min(firsts[m], T));
-    lo += sizes[m];
-  }
-  MTS_CHECK(lo == H, op, ": module_sizes must sum to hidden_size ", H, ", got ", lo);
-  return c;
-}
 
 // The loop's operands in the compute dtype T (float / double).
 template <typename T>
@@ -285,38 +252,6 @@ inline Tensor compute(const Tensor& t) {
   return contiguous_cpu(as_dtype(t, opmath_dtype(t.scalar_type())));
 }
 
-struct Shape {
-  int64_t T, B, H;
-};
-
-Shape check_args(const char* op, const char* lead, const Tensor& x, const Tensor& w,
-                 const std::optional<Tensor>& h0, const std::optional<Tensor>& alpha) {
-  MTS_CHECK(x.dim() == 3, op, ": ", lead, " must be 3-D (T, B, H), got shape ", shape_str(x.sizes()));
-  MTS_CHECK(is_kernel_float(x.scalar_type()), op, ": ", lead, " must be floating point, got ",
-            torch::headeronly::toString(x.scalar_type()));
-  MTS_CHECK(x.device().type() == torch::headeronly::DeviceType::CPU, op, ": ", lead,
-            " must be a CPU tensor, got ", device_str(x.device()));
-  const int64_t T = x.size(0), B = x.size(1), H = x.size(2);
-  MTS_CHECK(T > 0, op, ": ", lead, " needs at least one time step");
-  auto same = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
-    MTS_CHECK(same_sizes(t.sizes(), IntRef(shape)), op, ": ", name, " must have shape ",
-              shape_str(IntRef(shape)), ", got ", shape_str(t.sizes()));
-    MTS_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device(), op, ": ", name,
-              " must be ", torch::headeronly::toString(x.scalar_type()), " on ",
-              device_str(x.device()), ", got ", torch::headeronly::toString(t.scalar_type()),
-              " on ", device_str(t.device()));
-  };
-  same(w, "weight_hh", {H, H});
-  if (h0) same(*h0, "h0", {B, H});
-  if (alpha) same(*alpha, "alpha", {H});
-  return {T, B, H};
-}
-
-bool parse_tanh(const std::string& s, const char* op) {
-  MTS_CHECK(s == "tanh" || s == "relu", op, ": nonlinearity must be 'tanh' or 'relu', got '", s, "'");
-  return s == "tanh";
-}
-
 // Packed weight blocks (see Raw::w) for the forward (transposed) or backward.
 template <typename T>
 AlignedVec<T> pack_weights(const T* w, const Clock& c, int64_t H, bool fwd,
@@ -370,7 +305,7 @@ std::tuple<Tensor, Tensor> clockwork_rnn_fwd(Tensor p_in, Tensor w_in, std::opti
                                              std::string nonlinearity,
                                              std::optional<Tensor> lengths) {
   const char* op = "clockwork_rnn_fwd";
-  const Shape s = check_args(op, "p", p_in, w_in, h0_in, alpha_in);
+  const Shape s = check_args(op, "p", p_in, w_in, h0_in, alpha_in, torch::headeronly::DeviceType::CPU);
   const bool tanh = parse_tanh(nonlinearity, op);
   const Clock clock = make_clock(s.T, s.H, module_sizes, periods, first_steps, op);
   check_lengths(op, lengths, s.B, p_in.device());
@@ -439,20 +374,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> clockwork_rnn_bwd(
     std::optional<Tensor> alpha_in, std::vector<int64_t> module_sizes, std::vector<int64_t> periods,
     std::vector<int64_t> first_steps, std::string nonlinearity, std::optional<Tensor> lengths) {
   const char* op = "clockwork_rnn_bwd";
-  const Shape s = check_args(op, "h", h_in, w_in, h0_in, alpha_in);
+  const Shape s = check_args(op, "h", h_in, w_in, h0_in, alpha_in, torch::headeronly::DeviceType::CPU);
   const bool tanh = parse_tanh(nonlinearity, op);
   const Clock clock = make_clock(s.T, s.H, module_sizes, periods, first_steps, op);
   check_lengths(op, lengths, s.B, h_in.device());
-  auto like_h = [&](const Tensor& t, const char* name, const char* when) {
-    MTS_CHECK(same_sizes(t.sizes(), h_in.sizes()) && t.scalar_type() == h_in.scalar_type() &&
-                  t.device() == h_in.device(),
-              op, ": ", name, " must be ", torch::headeronly::toString(h_in.scalar_type()),
-              " of shape ", shape_str(h_in.sizes()), " on ", device_str(h_in.device()), when,
-              ", got ", torch::headeronly::toString(t.scalar_type()), " of shape ",
-              shape_str(t.sizes()), " on ", device_str(t.device()));
-  };
-  like_h(grad_h, "grad_h", "");
-  if (alpha_in) like_h(u_in, "u", " when alpha is given");
+  check_like_h(op, h_in, grad_h, u_in, alpha_in.has_value());
   const RowOrder order = row_order(lengths, s.B, s.T, op);
   const Tensor h = compute(h_in), w = compute(w_in), g = compute(grad_h);
   const Tensor u = alpha_in ? compute(u_in) : h;

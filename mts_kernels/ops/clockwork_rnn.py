@@ -23,18 +23,20 @@ per-module glue: step t computes the active modules' rows over their blocks
 j >= i only, inactive modules hold (forward) and pass their gradient straight
 through (backward); dW's block rows come from GEMMs after the loop.
 - CPU: torch.ops.mts_kernels.clockwork_rnn_fwd / _bwd (csrc/clockwork/), products
-  restricted to the active modules' rows;
+  restricted to the active modules' rows, register-tiled or BLAS;
+- CUDA: the same ops' CUDA kernels (csrc/clockwork/clockwork_loop.h): per step
+  one cuBLAS GEMM per active module on strided views and one pointwise kernel,
+  no host synchronisation; at most CUDA_MAX_MODULES modules;
 - Triton (H <= TRITON_MAX_HIDDEN): clockwork_rnn_fwd_triton / _bwd_triton
   (mts_kernels/triton/clockwork_rnn.py), a persistent per-batch-block loop with
   the block-upper part of W_hh in registers and the clock as per-unit masks.
-Which path a call takes (see _use_fused): the fused one for the CPU backend (the
-cost rule at FUSED_ON_CPU records why) and the Triton backend up to its hidden
-size limit; the decomposition for the CUDA backend (over the CUDA leaky_rnn
-kernels), for Triton beyond that limit (each module on the Triton leaky_rnn
-kernel) and under torch.func transforms / forward-mode AD (whose jvp the
-decomposition's leaky_rnn pieces provide). MTS_KERNELS_CLOCKWORK_PATH=
-fused|decomposed|auto (default auto) forces the choice, for tests and
-measurements.
+Which path a call takes (see _use_fused): the fused op wherever its backend has
+one within its limits (on the CPU the cost rule at FUSED_ON_CPU records why);
+the decomposition beyond them (Triton beyond its hidden size, each module then
+on the Triton leaky_rnn kernel; CUDA beyond its module count) and under
+torch.func transforms / forward-mode AD (whose jvp the decomposition's
+leaky_rnn pieces provide). MTS_KERNELS_CLOCKWORK_PATH=fused|decomposed|auto
+(default auto) forces the choice, for tests and measurements.
 """
 
 from __future__ import annotations
@@ -199,6 +201,8 @@ _register("_triton")
 # the Triton kernel keeps W_hh^T in registers: hidden sizes up to this (its
 # MAX_HIDDEN, not imported here: the package import does not import triton)
 TRITON_MAX_HIDDEN = 128
+# the CUDA op's module limit (csrc/clockwork/clockwork_step.h, kMaxCudaModules)
+CUDA_MAX_MODULES = 64
 FUSED_COMPILED = _extension.COMPILED and hasattr(torch.ops.mts_kernels, "clockwork_rnn_fwd")
 if FUSED_COMPILED:
     _register("")
@@ -311,6 +315,7 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
         # period or first step beyond T as T (the same active steps in [0, T)), so
         # any Python int t0 or period fits the op's int64 arguments
         firsts = [min((-t0) % P, T) for P in periods]
+        # (the C++ op dispatches on the device: CPU or CUDA kernels)
         op = torch.ops.mts_kernels.clockwork_rnn_fwd_triton if be == "triton" else \
             torch.ops.mts_kernels.clockwork_rnn_fwd
         h, _ = op(
@@ -389,6 +394,9 @@ def _use_fused(be: str, x: Tensor, periods, module_sizes) -> bool:
         # beyond the register-resident limit the decomposition still runs on the
         # Triton leaky_rnn kernel, one module (k_i <= its limit) at a time
         return x.size(2) <= TRITON_MAX_HIDDEN
+    if be == "cuda":
+        # the CUDA loop's per-step active mask is one 64-bit word
+        return _backend.cuda_compiled("clockwork_rnn_fwd") and len(periods) <= CUDA_MAX_MODULES
     if be != "cpu" or x.device.type not in ("cpu", "meta") or not FUSED_COMPILED:
         return False
     return path == "fused" or FUSED_ON_CPU

@@ -1,0 +1,62 @@
+// Test hook, not an API: the CUDA clockwork loop (clockwork_loop.h) run on the
+// host. The same loop code (schedule, strided GEMM views, carry ping-pong,
+// weight-gradient GEMMs, dalpha) with CPU GEMMs on the same views and the same
+// per-element bodies (clockwork_step.h) in a plain loop instead of the CUDA
+// kernels, so the CPU test suite (tests/test_clockwork_fused.py) checks
+// everything of the CUDA op but the launches and cuBLAS itself.
+//
+//   _clockwork_rnn_gpu_loop_emulate_fwd / _bwd: clockwork_rnn_fwd / _bwd's
+//   schemas, CPU tensors.
+#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
+
+#include "clockwork_loop.h"
+
+HIDDEN_NAMESPACE_BEGIN(mts, clockwork)
+namespace {
+
+struct HostDev {
+  static constexpr auto kDevice = torch::headeronly::DeviceType::CPU;
+  static constexpr const char* kFwdName = "_clockwork_rnn_gpu_loop_emulate_fwd";
+  static constexpr const char* kBwdName = "_clockwork_rnn_gpu_loop_emulate_bwd";
+  explicit HostDev(const Tensor&) {}
+  void mm(const Tensor& c, const Tensor& a, const Tensor& m) {
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_mm_out(c.get(), a.get(), m.get()));
+  }
+  void addmm(const Tensor& c, const Tensor& a, const Tensor& m) {
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(c.get(), c.get(), a.get(), m.get(), 1.0, 1.0));
+  }
+  void unit_modules(const ClockworkCudaModules& mods, int64_t H, int32_t* mod) {
+    MTS_CHECK(modules_valid(mods, H), kFwdName, ": invalid module boundaries");
+    for (int64_t j = 0; j < H; ++j) mod[j] = module_of(mods, j);
+  }
+  template <typename T>
+  void step(const ClockworkStepFwd<T>& q) {
+    MTS_CHECK(step_fwd_valid(q), kFwdName, ": invalid step parameters");
+    for (int64_t i = 0; i < q.B * q.H; ++i) step_fwd_elem(q, i);
+  }
+  template <typename T>
+  void step(const ClockworkStepBwd<T>& q) {
+    MTS_CHECK(step_bwd_valid(q), kBwdName, ": invalid step parameters");
+    for (int64_t i = 0; i < q.B * q.H; ++i) step_bwd_elem(q, i);
+  }
+};
+
+}  // namespace
+HIDDEN_NAMESPACE_END(mts, clockwork)
+
+STABLE_TORCH_LIBRARY_FRAGMENT(mts_kernels, m) {
+  // Test hooks (leading underscore): see the top of this file.
+  m.def("_clockwork_rnn_gpu_loop_emulate_fwd(Tensor p, Tensor weight_hh, Tensor? h0, Tensor? alpha,"
+        " int[] module_sizes, int[] periods, int[] first_steps, str nonlinearity,"
+        " Tensor? lengths=None) -> (Tensor, Tensor)");
+  m.def("_clockwork_rnn_gpu_loop_emulate_bwd(Tensor grad_h, Tensor weight_hh, Tensor h, Tensor u,"
+        " Tensor? h0, Tensor? alpha, int[] module_sizes, int[] periods, int[] first_steps,"
+        " str nonlinearity, Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(mts_kernels, CPU, m) {
+  m.impl("_clockwork_rnn_gpu_loop_emulate_fwd",
+         TORCH_BOX(&mts::clockwork::loop::loop_fwd<mts::clockwork::HostDev>));
+  m.impl("_clockwork_rnn_gpu_loop_emulate_bwd",
+         TORCH_BOX(&mts::clockwork::loop::loop_bwd<mts::clockwork::HostDev>));
+}
