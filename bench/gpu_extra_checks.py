@@ -12,9 +12,11 @@ chunks), forward and reverse, per-channel and per-step decay, float32 and bfloat
 linear_scan and leaky_integrate, with and without lengths, forward and backward; and
 leaky_rnn in each CUDA time loop (MTS_KERNELS_RNN_PERSISTENT unset: the persistent
 batch plan; grid: the cooperative grid plan; 0: the cuBLAS loop), with leak and skip,
-forward and backward. Every result is compared with mts_kernels.reference in float64.
+forward and backward; clockwork_rnn's fused op on the CUDA and Triton backends, with
+leak and lengths, forward and backward. Every result is compared with mts_kernels.reference in float64.
 
-graphs: scan and leaky_rnn (each time loop) forward and backward captured in one
+graphs: scan, leaky_rnn (each time loop) and clockwork_rnn (CUDA, Triton) forward
+and backward captured in one
 torch.cuda.CUDAGraph, replayed on new inputs copied into the static ones, compared with
 eager calls on those inputs (bit for bit: the same kernels on the same data).
 
@@ -151,12 +153,49 @@ def rnn_workload(device, backend):
     os.environ.pop("MTS_KERNELS_RNN_PERSISTENT", None)
 
 
+CLOCK = dict(periods=[1, 2, 5], module_sizes=[5, 4, 7], t0=3)
+
+
+def clockwork_case(gen):
+    T, B, H = 13, 3, sum(CLOCK["module_sizes"])
+    r = lambda *s, scale=1.0: torch.randn(*s, generator=gen, dtype=torch.float64) * scale  # noqa: E731
+    return dict(p=r(T, B, H), w=r(H, H, scale=H ** -0.5), h0=r(B, H),
+                a=torch.rand(H, generator=gen, dtype=torch.float64), g=r(T, B, H))
+
+
+def clockwork_run(c, dev, dt, fn, *, alpha_on, lengths, **kw):
+    ts = [c[k].to(dev, dt).requires_grad_() for k in ("p", "w", "h0", "a")]
+    p, w, h0, a = ts
+    h = fn(p, w, h0, alpha=a if alpha_on else None, lengths=lengths, **CLOCK, **kw)
+    used = [p, w, h0] + ([a] if alpha_on else [])
+    return [h] + list(torch.autograd.grad(h, used, c["g"].to(dev, dt)))
+
+
+def clockwork_workload(device, backends):
+    """clockwork_rnn's fused op on each backend (CUDA: per-step cuBLAS GEMMs and
+    pointwise kernels; Triton: the persistent loop), with and without leak and
+    lengths, forward and backward."""
+    gen = torch.Generator().manual_seed(2)
+    ref_fn = lambda p, w, h0, periods, module_sizes, **k: reference.clockwork_rnn(  # noqa: E731
+        p, w, h0, periods, module_sizes, **k)
+    for backend in backends:
+        for alpha_on, lengths in [(False, None), (True, [13, 0, 6])]:
+            c = clockwork_case(gen)
+            ours = clockwork_run(c, device, torch.float32, mts_kernels.clockwork_rnn, alpha_on=alpha_on,
+                                 lengths=lengths, backend=backend)
+            ref = clockwork_run(c, "cpu", torch.float64, ref_fn, alpha_on=alpha_on, lengths=lengths)
+            err = max(rel(o, r) for o, r in zip(ours, ref))
+            check(f"clockwork_rnn {backend} alpha={alpha_on} lengths={lengths}", err < 1e-4,
+                  f"(max rel err {err:.1e})")
+
+
 def workload(dry, core=False):
     device, backend = ("cpu", "cpu") if dry else ("cuda", "cuda")
     if not dry:
         torch.backends.cuda.matmul.allow_tf32 = False
     scan_workload(device, backend, core)
     rnn_workload(device, backend)
+    clockwork_workload(device, ["cpu"] if dry else ["cuda", "triton"])
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -220,6 +259,19 @@ def graphs():
         except Exception as e:  # noqa: BLE001
             check(f"graph leaky_rnn {mode}", False, f"{type(e).__name__}: {e}")
     os.environ.pop("MTS_KERNELS_RNN_PERSISTENT", None)
+    for backend in ("cuda", "triton"):
+        def make(seed):
+            c = clockwork_case(torch.Generator().manual_seed(seed))
+            return [c[k].float().cuda().requires_grad_() for k in ("p", "w", "h0", "a")] + [c["g"].float().cuda()]
+
+        def step(p, w, h0, a, go, backend=backend):
+            h = mts_kernels.clockwork_rnn(p, w, h0, alpha=a, backend=backend, **CLOCK)
+            return [h.detach()] + list(torch.autograd.grad(h, (p, w, h0, a), go))
+
+        try:
+            graph_check(f"clockwork_rnn {backend}", make, step)
+        except Exception as e:  # noqa: BLE001
+            check(f"graph clockwork_rnn {backend}", False, f"{type(e).__name__}: {e}")
 
 
 # ----------------------------------------------------------------------------- concurrency

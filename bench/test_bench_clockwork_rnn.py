@@ -14,7 +14,8 @@ Targets (reported, not asserted):
   than torch.nn.RNN(64, 512). Small H=64, 4 modules, B=4, T=4096, I=8: >= 100x the
   masked-dense loop and >= 10x the decomposition (the recorded target is the
   report's speedup over the reference loop, >= 100x). GPU (marker cuda): the large
-  case >= 2x cuDNN's nn.RNN, float32 and bfloat16.
+  case >= 2x cuDNN's nn.RNN, float32 and bfloat16; the small case reported for the
+  CUDA op, the Triton loop, the decomposition and cuDNN.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def _bench(measure, cfg, kind, device="cpu", dtype=torch.float32, targets=None):
         model = nn.RNN(I, H).to(device, dtype)
     else:
         model = ClockworkRNN(I, H, periods=cfg["periods"], device=device, dtype=dtype)
-        if kind == "reference":
-            model.backend = "reference"
+        if kind in ("reference", "triton"):
+            model.backend = kind
         elif kind == "masked-dense":
             model = MaskedDense(model)
     slow = kind in ("reference", "masked-dense")
@@ -94,9 +95,21 @@ def test_cpu_small(measure, monkeypatch, kind):
     _bench(measure, SMALL, kind, targets={"speedup_vs_reference": 100.0} if kind == "fused" else None)
 
 
+# On the GPU "fused" is the CUDA op (backend "cuda": per-step cuBLAS GEMMs of the
+# active modules plus one pointwise kernel), "triton" the persistent Triton loop
+# (H <= 128 only), "decomposed" the per-module decomposition over the CUDA
+# leaky_rnn kernels.
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("kind", ["fused", "torch"])
-def test_cuda_large(measure, dtype, kind):
+@pytest.mark.parametrize("kind", ["fused", "decomposed", "torch"])
+def test_cuda_large(measure, monkeypatch, dtype, kind):
+    _path(monkeypatch, kind)
     _bench(measure, LARGE, kind, device="cuda", dtype=DTYPES[dtype],
            targets={"speedup_vs_torch": 2.0} if kind == "fused" else None)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["fused", "triton", "decomposed", "torch"])
+def test_cuda_small(measure, monkeypatch, kind):
+    _path(monkeypatch, kind)
+    _bench(measure, SMALL, kind, device="cuda")

@@ -34,6 +34,7 @@ load upcast and store in the input dtype.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -228,9 +229,18 @@ def _clock(H: int, module_sizes: Sequence[int], periods: Sequence[int], first_st
         raise ValueError(f"clockwork_rnn: periods must be >= 1, got {tuple(periods)}")
     if any(f < 0 for f in firsts):
         raise ValueError(f"clockwork_rnn: first_steps must be >= 0, got {tuple(firsts)}")
-    mod = torch.repeat_interleave(torch.arange(g, dtype=torch.int32), torch.tensor(sizes))
-    per = torch.tensor([min(P, T) for P in periods], dtype=torch.int64)[mod.long()]
-    fst = torch.tensor([min(f, T) for f in firsts], dtype=torch.int64)[mod.long()]
+    return _unit_clock(tuple(sizes), tuple(min(P, T) for P in periods), tuple(min(f, T) for f in firsts),
+                       torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_clock(sizes, periods, firsts, device):
+    # cached per configuration and device: a call then copies nothing from the
+    # host, so a warmed-up call can be captured in a CUDA graph (the copy of a
+    # first call could not)
+    mod = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32), torch.tensor(sizes))
+    per = torch.tensor(periods, dtype=torch.int64)[mod.long()]
+    fst = torch.tensor(firsts, dtype=torch.int64)[mod.long()]
     return mod.to(device), per.to(device), fst.to(device)
 
 
