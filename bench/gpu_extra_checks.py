@@ -13,9 +13,10 @@ linear_scan and leaky_integrate, with and without lengths, forward and backward;
 leaky_rnn in each CUDA time loop (MTS_KERNELS_RNN_PERSISTENT unset: the persistent
 batch plan; grid: the cooperative grid plan; 0: the cuBLAS loop), with leak and skip,
 forward and backward; clockwork_rnn's fused op on the CUDA and Triton backends, with
-leak and lengths, forward and backward. Every result is compared with mts_kernels.reference in float64.
+leak and lengths, and deep_transition_rnn's CUDA loop, forward and backward. Every result is compared with mts_kernels.reference in float64.
 
-graphs: scan, leaky_rnn (each time loop) and clockwork_rnn (CUDA, Triton) forward
+graphs: scan, leaky_rnn (each time loop), clockwork_rnn (CUDA, Triton) and
+deep_transition_rnn (CUDA) forward
 and backward captured in one
 torch.cuda.CUDAGraph, replayed on new inputs copied into the static ones, compared with
 eager calls on those inputs (bit for bit: the same kernels on the same data).
@@ -189,6 +190,30 @@ def clockwork_workload(device, backends):
                   f"(max rel err {err:.1e})")
 
 
+def deep_workload(device, backend):
+    """deep_transition_rnn's CUDA loop (per step L cuBLAS GEMMs and L pointwise
+    kernels), depth 2 with shortcut and leak, reverse with lengths, forward and
+    backward."""
+    gen = torch.Generator().manual_seed(4)
+    T, B, H, L = 9, 3, 16, 2
+    r = lambda *s, scale=1.0: torch.randn(*s, generator=gen, dtype=torch.float64) * scale  # noqa: E731
+    c = dict(p=r(T, B, H), w=r(L, H, H, scale=H ** -0.5), b=r(L, H, scale=0.3), u=r(H, H, scale=H ** -0.5),
+             h0=r(B, H), a=torch.rand(H, generator=gen, dtype=torch.float64), g=r(T, B, H))
+
+    def run(dev, dt, **kw):
+        ts = [c[k].to(dev, dt).requires_grad_() for k in ("p", "w", "h0", "b", "u", "a")]
+        p, w, h0, b, u, a = ts
+        fn = mts_kernels.deep_transition_rnn if kw else reference.deep_transition_rnn
+        h = fn(p, w, h0, bias_hh=b, weight_shortcut=u, alpha=a, reverse=True, lengths=[9, 0, 4], **kw)
+        return [h] + list(torch.autograd.grad(h, ts, c["g"].to(dev, dt)))
+
+    ours = run(device, torch.float32, backend=backend)
+    ref = run("cpu", torch.float64)
+    err = max(rel(o, r_) for o, r_ in zip(ours, ref))
+    check(f"deep_transition_rnn {backend} depth 2 shortcut leak reverse lengths", err < 1e-4,
+          f"(max rel err {err:.1e})")
+
+
 def workload(dry, core=False):
     device, backend = ("cpu", "cpu") if dry else ("cuda", "cuda")
     if not dry:
@@ -196,6 +221,7 @@ def workload(dry, core=False):
     scan_workload(device, backend, core)
     rnn_workload(device, backend)
     clockwork_workload(device, ["cpu"] if dry else ["cuda", "triton"])
+    deep_workload(device, backend)
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -272,6 +298,22 @@ def graphs():
             graph_check(f"clockwork_rnn {backend}", make, step)
         except Exception as e:  # noqa: BLE001
             check(f"graph clockwork_rnn {backend}", False, f"{type(e).__name__}: {e}")
+
+    def make_deep(seed):
+        g = torch.Generator().manual_seed(seed)
+        T, B, H = 9, 3, 16
+        ts = [torch.randn(*s, generator=g) * f for s, f in
+              (((T, B, H), 1.0), ((2, H, H), H ** -0.5), ((B, H), 1.0), ((H, H), H ** -0.5))]
+        return [t.cuda().requires_grad_() for t in ts] + [torch.randn(T, B, H, generator=g).cuda()]
+
+    def step_deep(p, w, h0, u, go):
+        h = mts_kernels.deep_transition_rnn(p, w, h0, weight_shortcut=u, backend="cuda")
+        return [h.detach()] + list(torch.autograd.grad(h, (p, w, h0, u), go))
+
+    try:
+        graph_check("deep_transition_rnn cuda", make_deep, step_deep)
+    except Exception as e:  # noqa: BLE001
+        check("graph deep_transition_rnn cuda", False, f"{type(e).__name__}: {e}")
 
 
 # ----------------------------------------------------------------------------- concurrency

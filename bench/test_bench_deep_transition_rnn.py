@@ -14,6 +14,7 @@ Targets (reported, not asserted):
   CPU small B=4 T=2048 I=32 H=64, depth 2 with shortcut: >= 20x the PyTorch loop.
   CPU large B=32 T=1024 I=H=256, depth 2: at most 1.2x nn.RNN(256, 256)'s time
   (speedup_vs_torch >= 1/1.2), for about 1.5x its FLOPs.
+  GPU (marker cuda): both shapes reported against cuDNN.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ CPU_SMALL = dict(B=4, T=2048, I=32, H=64, depth=2, shortcut=True)
 CPU_LARGE = dict(B=32, T=1024, I=256, H=256, depth=2, shortcut=False)
 
 
-def _bench(measure, cfg, kind, targets=None):
+def _bench(measure, cfg, kind, targets=None, device="cpu"):
     B, T, I, H, L, sc = cfg["B"], cfg["T"], cfg["I"], cfg["H"], cfg["depth"], cfg["shortcut"]
     torch.manual_seed(0)
     if kind == "torch":
@@ -39,12 +40,13 @@ def _bench(measure, cfg, kind, targets=None):
     else:
         model = DeepTransitionRNN(I, H, transition_depth=L, shortcut=sc)
         products = L + sc
-        if kind == "reference":
-            model.backend = "reference"
+        if kind in ("reference", "triton", "cuda"):
+            model.backend = kind
+    model = model.to(device)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(T, B, I, generator=gen, requires_grad=True)
+    x = torch.randn(T, B, I, generator=gen).to(device).requires_grad_()
     params = [x] + list(model.parameters())
-    g = torch.randn(T, B, H, generator=gen)
+    g = torch.randn(T, B, H, generator=gen).to(device)
 
     def step():
         out, _ = model(x)
@@ -56,7 +58,7 @@ def _bench(measure, cfg, kind, targets=None):
                 backend={"torch": "torch.nn.RNN"}.get(kind, kind),
                 role={"torch": "torch", "reference": "reference"}.get(kind, "kernel"),
                 variant=f"I={I}, depth {L}{' + shortcut' if sc else ''}", targets=targets or {})
-    measure(step, device="cpu", flops=3 * 2 * T * B * H * (I + products * H), info=info, **rounds)
+    measure(step, device=device, flops=3 * 2 * T * B * H * (I + products * H), info=info, **rounds)
 
 
 @pytest.mark.parametrize("kind", ["fused", "reference"])
@@ -67,3 +69,18 @@ def test_cpu_small(measure, kind):
 @pytest.mark.parametrize("kind", ["fused", "torch"])
 def test_cpu_large(measure, kind):
     _bench(measure, CPU_LARGE, kind, targets={"speedup_vs_torch": 1 / 1.2} if kind == "fused" else None)
+
+
+# GPU rows (bench/gpu_check.sh): "triton" the persistent kernel (H <= 128),
+# "cuda" the loop of csrc/deep/deep_loop.h (per step L cuBLAS GEMMs and L
+# pointwise kernels), against cuDNN's nn.RNN of the same size.
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["triton", "cuda", "torch"])
+def test_cuda_small(measure, kind):
+    _bench(measure, CPU_SMALL, kind, device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["cuda", "torch"])
+def test_cuda_large(measure, kind):
+    _bench(measure, CPU_LARGE, kind, device="cuda")

@@ -193,16 +193,21 @@ inline Tensor as_contiguous(const Tensor& t) {
 
 // ---------------------------------------------------------------- argument checks
 
-// The leading (T, B, H) operand of a CPU recurrence kernel: 3-D, floating point,
-// on the CPU, with at least one step. Returns {T, B, H}.
-inline std::array<int64_t, 3> check_cpu_sequence(const char* op, const char* lead, const Tensor& x) {
+// The leading (T, B, H) operand of a recurrence kernel: 3-D, floating point, on
+// a `device` device, with at least one step. Returns {T, B, H}.
+inline std::array<int64_t, 3> check_sequence(const char* op, const char* lead, const Tensor& x,
+                                             torch::headeronly::DeviceType device) {
   MTS_CHECK(x.dim() == 3, op, ": ", lead, " must be 3-D (T, B, H), got shape ", shape_str(x.sizes()));
   MTS_CHECK(is_kernel_float(x.scalar_type()), op, ": ", lead, " must be floating point, got ",
             torch::headeronly::toString(x.scalar_type()));
-  MTS_CHECK(x.device().type() == torch::headeronly::DeviceType::CPU, op, ": ", lead,
-            " must be a CPU tensor, got ", device_str(x.device()));
+  MTS_CHECK(x.device().type() == device, op, ": ", lead, " must be a ",
+            device == torch::headeronly::DeviceType::CPU ? "CPU" : "CUDA", " tensor, got ",
+            device_str(x.device()));
   MTS_CHECK(x.size(0) > 0, op, ": ", lead, " needs at least one time step");
   return {x.size(0), x.size(1), x.size(2)};
+}
+inline std::array<int64_t, 3> check_cpu_sequence(const char* op, const char* lead, const Tensor& x) {
+  return check_sequence(op, lead, x, torch::headeronly::DeviceType::CPU);
 }
 
 // Another operand of the same call: `shape`, and x's dtype and device.

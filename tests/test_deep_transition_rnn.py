@@ -416,7 +416,7 @@ BAD = [
      ValueError, r"lengths must be in \[0, T\]"),
     ("op cuda backend", lambda: mts_kernels.deep_transition_rnn(
         torch.randn(5, 2, 3), torch.randn(2, 3, 3), backend="cuda"), mts_kernels.BackendUnavailableError,
-     r"no CUDA C\+\+ kernel for this op yet; use backend='triton'"),
+     r"backend='cuda' runs CUDA tensors, got tensors on cpu"),
     ("kernel shortcut depth 1", lambda: torch.ops.mts_kernels.deep_transition_rnn_fwd(
         torch.randn(5, 2, 3), torch.randn(1, 3, 3), None, None, torch.randn(3, 3), None, "tanh", False),
      RuntimeError, r"weight_shortcut needs a transition depth L >= 2"),
@@ -430,3 +430,97 @@ BAD = [
 def test_bad_input(desc, call, exc, msg):
     with pytest.raises(exc, match=msg):
         call()
+
+
+# ----------------------------------------------------------- the CUDA loop
+# csrc/deep/deep_loop.h is the CUDA op's whole host loop; the test hook runs it on
+# the CPU with CPU GEMMs on the same strided views and the kernels' per-element
+# bodies (deep_step.h) in a plain loop.
+OPS = torch.ops.mts_kernels
+EMU_FWD = getattr(OPS, "_deep_transition_rnn_gpu_loop_emulate_fwd", None)
+EMU_BWD = getattr(OPS, "_deep_transition_rnn_gpu_loop_emulate_bwd", None)
+
+
+def _op_args(seed, T, B, H, L, shortcut, leak, bias, reverse, lengths, nl="tanh", dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=gen, dtype=torch.float64) * scale).to(dtype)  # noqa: E731
+    return (r(T, B, H), r(L, H, H, scale=0.9 / H ** 0.5), r(B, H), r(L, H, scale=0.3) if bias else None,
+            r(H, H, scale=0.6 / H ** 0.5) if shortcut else None,
+            (torch.rand(H, generator=gen, dtype=torch.float64) * 0.9).to(dtype) if leak else None, nl, reverse,
+            None if lengths is None else torch.tensor(lengths))
+
+
+def _both_ways(args, fwd, bwd, seed=40):
+    h, s = fwd(*args)
+    g = torch.randn(h.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(h.dtype)
+    p, w, h0, bias, ws, alpha, nl, reverse, lens = args
+    return [h, s, *bwd(g, w, h, s, h0, ws, alpha, nl, reverse, lens)]
+
+
+GPU_LOOP_CASES = [
+    # L, shortcut, leak, bias, reverse, lengths, nonlinearity
+    (1, False, False, True, False, None, "tanh"),
+    (2, True, True, True, True, [9, 0, 4, 1], "tanh"),
+    (3, True, False, False, True, None, "relu"),
+    (3, False, True, True, False, [2, 9, 9, 0], "relu"),
+    (2, False, True, False, True, [9, 9, 9, 9], "tanh"),
+]
+
+
+@pytest.mark.skipif(EMU_FWD is None, reason="needs the compiled test hook")
+@pytest.mark.parametrize("L,shortcut,leak,bias,reverse,lengths,nl", GPU_LOOP_CASES)
+def test_gpu_loop_matches_cpu_op(L, shortcut, leak, bias, reverse, lengths, nl):
+    args = _op_args(41, 9, 4, 7, L, shortcut, leak, bias, reverse, lengths, nl)
+    want = _both_ways(args, OPS.deep_transition_rnn_fwd, OPS.deep_transition_rnn_bwd)
+    got = _both_ways(args, EMU_FWD, EMU_BWD)
+    names = ["h", "s", "dp", "dweight_hh", "dbias_hh", "dh0", "dweight_shortcut", "dalpha"]
+    for name, a, b in zip(names, got, want):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
+    assert want[2].abs().max() > 0 and want[3].abs().max() > 0  # not trivially zero
+
+
+@pytest.mark.skipif(EMU_FWD is None, reason="needs the compiled test hook")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_loop_low_precision_runs_in_float32(dtype):
+    args = _op_args(42, 8, 5, 9, 2, True, True, True, True, [8, 3, 0, 8, 5], dtype=dtype)
+    want = _both_ways(args, OPS.deep_transition_rnn_fwd, OPS.deep_transition_rnn_bwd)
+    got = _both_ways(args, EMU_FWD, EMU_BWD)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == dtype, i
+        scale = b.double().abs().max().item()
+        err = (a.double() - b.double()).abs().max().item()
+        assert err <= 1e-4 * scale + 4 * torch.finfo(dtype).eps * scale, f"output {i}: {err:.3g} of {scale:.3g}"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("L,shortcut,leak,bias,reverse,lengths,nl", GPU_LOOP_CASES)
+def test_cuda_op_matches_cpu_op_float64(L, shortcut, leak, bias, reverse, lengths, nl):
+    args = _op_args(43, 9, 4, 7, L, shortcut, leak, bias, reverse, lengths, nl)
+    want = _both_ways(args, OPS.deep_transition_rnn_fwd, OPS.deep_transition_rnn_bwd)
+    dev = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    got = _both_ways(dev, OPS.deep_transition_rnn_fwd, OPS.deep_transition_rnn_bwd)
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-11, atol=1e-11, msg=lambda m, i=i: f"output {i}: {m}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("H", [16, 160])
+def test_cuda_backend_choice_and_values(monkeypatch, H):
+    # auto: Triton up to its hidden-size limit, the CUDA loop beyond; both against the reference
+    import importlib
+    dt_ops = importlib.import_module("mts_kernels.ops.deep_transition_rnn")
+    args = _op_args(44, 6, 3, H, 2, True, True, True, False, [6, 2, 0], dtype=torch.float32)
+    p, w, h0, bias, ws, alpha, nl, reverse, lens = (a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    ins = [t.requires_grad_() for t in (p, w, h0, bias, ws, alpha)]
+    kw = dict(bias_hh=bias, weight_shortcut=ws, alpha=alpha, lengths=lens)
+    with torch.autograd.profiler.profile() as prof:
+        h = mts_kernels.deep_transition_rnn(p, w, h0, **kw)
+    names = {e.name for e in prof.function_events}
+    want_triton = H <= dt_ops.TRITON_MAX_HIDDEN
+    assert ("mts_kernels::deep_transition_rnn_fwd_triton" in names) == want_triton, names
+    h_ref = reference.deep_transition_rnn(p, w, h0, **kw)
+    torch.testing.assert_close(h, h_ref, rtol=1e-4, atol=1e-5)
+    g = torch.randn_like(h)
+    for a, b in zip(torch.autograd.grad(h, ins, g), torch.autograd.grad(h_ref, ins, g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -6,9 +6,9 @@
 // per-element bodies in a loop) runs this very loop on the host, so the CPU test
 // suite checks its schedule, views, carries and weight gradients.
 //
-// Dev: kDevice, kFwdName, kBwdName; Dev(like) (device guard, stream);
-// mm(c, a, m) c = a m and addmm(c, a, m) c += a m on strided views;
-// unit_modules(mods, H, mod); step(ClockworkStepFwd<T>) / step(ClockworkStepBwd<T>).
+// Dev: a csrc/gpu_loop.h GEMM policy (kDevice, Dev(like), mm, addmm) with kFwdName,
+// kBwdName, unit_modules(mods, H, mod) and step(ClockworkStepFwd<T>) /
+// step(ClockworkStepBwd<T>).
 //
 // The clock is known on the host, so the loop issues exactly the schedule's work
 // on the current stream with no host synchronisation (CUDA-graph capturable):
@@ -37,6 +37,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../gpu_loop.h"
 #include "../lengths.h"
 #include "../rnn/leaky_rnn_impl.h"
 #include "clockwork_args.h"
@@ -49,22 +50,10 @@ using ::mts::rnn::as_dtype;
 using ::mts::rnn::compute;
 using ::mts::rnn::dispatch_compute;
 
-template <typename T>
-const T* ptr(const Tensor& t) {
-  return static_cast<const T*>(t.const_data_ptr());
-}
-template <typename T>
-T* mut(const Tensor& t) {
-  return static_cast<T*>(t.mutable_data_ptr());
-}
-
-// (rows, cols) row-major view of device memory with leading dimension ld, of
-// `like`'s device and dtype (cuBLAS takes it as it is: unit column stride).
-inline Tensor view(const Tensor& like, const void* data, int64_t rows, int64_t cols, int64_t ld) {
-  return torch::stable::from_blob(const_cast<void*>(data), {rows, cols}, {ld, 1}, like.device(),
-                                  like.scalar_type());
-}
-inline Tensor tr(const Tensor& t) { return torch::stable::transpose(t, 0, 1); }
+using gpu_loop::mut;
+using gpu_loop::ptr;
+using gpu_loop::tr;
+using gpu_loop::view;
 
 // The bit mask of the modules active at step t (g <= kMaxCudaModules).
 inline uint64_t mask_at(const Clock& c, int64_t t) {

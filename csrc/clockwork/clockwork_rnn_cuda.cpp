@@ -2,34 +2,19 @@
 // in csrc/registration.cpp): the loop of clockwork_loop.h (design there) with
 // cuBLAS GEMMs on the current stream and the pointwise kernels of
 // clockwork_rnn_cuda_step.cu; nothing synchronises with the host.
-#include <cuda_runtime_api.h>
-#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cuda.h>
-#include <torch/csrc/stable/accelerator.h>
-
+#define MTS_GPU_LOOP_CUDA
 #include "clockwork_loop.h"
 #include "clockwork_rnn_launch.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, clockwork)
 namespace {
 
-void check_cuda(cudaError_t err, const char* what) {
-  MTS_CHECK(err == cudaSuccess, "mts_kernels: ", what, " failed: ", cudaGetErrorString(err));
-}
+using gpu_loop::check_cuda;
 
-struct CudaDev {
-  static constexpr auto kDevice = torch::headeronly::DeviceType::CUDA;
+struct CudaDev : gpu_loop::CudaGemm {
   static constexpr const char* kFwdName = "clockwork_rnn_fwd";
   static constexpr const char* kBwdName = "clockwork_rnn_bwd";
-  torch::stable::accelerator::DeviceGuard guard;
-  cudaStream_t stream;
-  explicit CudaDev(const Tensor& like)
-      : guard(like.get_device()), stream(static_cast<cudaStream_t>(current_cuda_stream(like.get_device()))) {}
-  void mm(const Tensor& c, const Tensor& a, const Tensor& m) {
-    TORCH_ERROR_CODE_CHECK(aoti_torch_cuda_mm_out(c.get(), a.get(), m.get()));
-  }
-  void addmm(const Tensor& c, const Tensor& a, const Tensor& m) {
-    TORCH_ERROR_CODE_CHECK(aoti_torch_cuda_addmm_out(c.get(), c.get(), a.get(), m.get(), 1.0, 1.0));
-  }
+  using CudaGemm::CudaGemm;
   void unit_modules(const ClockworkCudaModules& mods, int64_t H, int32_t* mod) {
     check_cuda(clockwork_unit_modules_cuda(mods, H, mod, stream), "clockwork_rnn unit-module launch");
   }

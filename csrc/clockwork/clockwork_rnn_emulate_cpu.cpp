@@ -7,37 +7,23 @@
 //
 //   _clockwork_rnn_gpu_loop_emulate_fwd / _bwd: clockwork_rnn_fwd / _bwd's
 //   schemas, CPU tensors.
-#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
-
 #include "clockwork_loop.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, clockwork)
 namespace {
 
-struct HostDev {
-  static constexpr auto kDevice = torch::headeronly::DeviceType::CPU;
+struct HostDev : gpu_loop::HostGemm {
   static constexpr const char* kFwdName = "_clockwork_rnn_gpu_loop_emulate_fwd";
   static constexpr const char* kBwdName = "_clockwork_rnn_gpu_loop_emulate_bwd";
-  explicit HostDev(const Tensor&) {}
-  void mm(const Tensor& c, const Tensor& a, const Tensor& m) {
-    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_mm_out(c.get(), a.get(), m.get()));
-  }
-  void addmm(const Tensor& c, const Tensor& a, const Tensor& m) {
-    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(c.get(), c.get(), a.get(), m.get(), 1.0, 1.0));
-  }
+  using HostGemm::HostGemm;
   void unit_modules(const ClockworkCudaModules& mods, int64_t H, int32_t* mod) {
     MTS_CHECK(modules_valid(mods, H), kFwdName, ": invalid module boundaries");
     for (int64_t j = 0; j < H; ++j) mod[j] = module_of(mods, j);
   }
-  template <typename T>
-  void step(const ClockworkStepFwd<T>& q) {
-    MTS_CHECK(step_fwd_valid(q), kFwdName, ": invalid step parameters");
-    for (int64_t i = 0; i < q.B * q.H; ++i) step_fwd_elem(q, i);
-  }
-  template <typename T>
-  void step(const ClockworkStepBwd<T>& q) {
-    MTS_CHECK(step_bwd_valid(q), kBwdName, ": invalid step parameters");
-    for (int64_t i = 0; i < q.B * q.H; ++i) step_bwd_elem(q, i);
+  template <class Q>
+  void step(const Q& q) {
+    MTS_CHECK(step_valid(q), kFwdName, ": invalid step parameters");
+    for (int64_t i = 0; i < q.B * q.H; ++i) step_elem(q, i);
   }
 };
 

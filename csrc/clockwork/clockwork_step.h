@@ -97,7 +97,7 @@ MTS_HD bool unit_active(uint64_t active, const int32_t* mod, int64_t j) {
 }
 
 template <typename T>
-MTS_HD void step_fwd_elem(const ClockworkStepFwd<T>& q, int64_t i) {
+MTS_HD void step_elem(const ClockworkStepFwd<T>& q, int64_t i) {
   const int64_t b = i / q.H, j = i - b * q.H;
   T hv = T(0), uv = T(0);
   if (row_runs(q.lengths, b, q.t, q.Tn)) {
@@ -114,7 +114,7 @@ MTS_HD void step_fwd_elem(const ClockworkStepFwd<T>& q, int64_t i) {
 }
 
 template <typename T>
-MTS_HD void step_bwd_elem(const ClockworkStepBwd<T>& q, int64_t i) {
+MTS_HD void step_elem(const ClockworkStepBwd<T>& q, int64_t i) {
   const int64_t b = i / q.H, j = i - b * q.H;
   T ev = T(0), carry = T(0);
   if (row_runs(q.lengths, b, q.t, q.Tn)) {
@@ -138,12 +138,12 @@ MTS_HD void step_bwd_elem(const ClockworkStepBwd<T>& q, int64_t i) {
 
 // Parameter checks of a launch (the emulation's too).
 template <typename T>
-bool step_fwd_valid(const ClockworkStepFwd<T>& q) {
+bool step_valid(const ClockworkStepFwd<T>& q) {
   return q.B > 0 && q.H > 0 && q.t >= 0 && q.t < q.Tn && q.mod != nullptr && q.prev != nullptr &&
          q.zrow != nullptr && q.p != nullptr && q.h != nullptr && (q.alpha != nullptr) == (q.u != nullptr);
 }
 template <typename T>
-bool step_bwd_valid(const ClockworkStepBwd<T>& q) {
+bool step_valid(const ClockworkStepBwd<T>& q) {
   return q.B > 0 && q.H > 0 && q.t >= 0 && q.t < q.Tn && q.mod != nullptr && q.g != nullptr &&
          q.carry_in != nullptr && q.u != nullptr && q.e != nullptr && q.carry_out != nullptr &&
          (q.alpha == nullptr || (q.prev != nullptr && q.da != nullptr));

@@ -37,6 +37,7 @@
 #include "../rnn/leaky_rnn_impl.h"
 #include "../rnn/leaky_rnn_math.h"
 #include "../stable_util.h"
+#include "deep_args.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, deep)
 namespace {
@@ -266,36 +267,6 @@ std::vector<T> pack(const T* w, int64_t count, int64_t H, int64_t Np, bool trans
   return out;
 }
 
-struct Shape {
-  int64_t T, B, H, L;
-};
-
-Shape check_args(const char* op, const char* lead, const Tensor& x, const Tensor& w,
-                 const std::optional<Tensor>& h0, const std::optional<Tensor>& bias,
-                 const std::optional<Tensor>& ws, const std::optional<Tensor>& alpha) {
-  const auto [T, B, H] = check_cpu_sequence(op, lead, x);
-  MTS_CHECK(w.dim() == 3 && w.size(0) >= 1, op, ": weight_hh must be 3-D (L, H, H) with L >= 1, got shape ",
-            shape_str(w.sizes()));
-  const int64_t L = w.size(0);
-  auto same = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
-    check_operand(op, name, t, IntRef(shape), x);
-  };
-  same(w, "weight_hh", {L, H, H});
-  if (h0) same(*h0, "h0", {B, H});
-  if (bias) same(*bias, "bias_hh", {L, H});
-  if (ws) {
-    MTS_CHECK(L >= 2, op, ": weight_shortcut needs a transition depth L >= 2, got L = ", L);
-    same(*ws, "weight_shortcut", {H, H});
-  }
-  if (alpha) same(*alpha, "alpha", {H});
-  return {T, B, H, L};
-}
-
-bool parse_tanh(const std::string& s, const char* op) {
-  MTS_CHECK(s == "tanh" || s == "relu", op, ": nonlinearity must be 'tanh' or 'relu', got '", s, "'");
-  return s == "tanh";
-}
-
 inline std::optional<Tensor> compute_opt(const std::optional<Tensor>& t) {
   return t ? std::optional<Tensor>(compute(*t)) : std::nullopt;
 }
@@ -318,7 +289,8 @@ std::tuple<Tensor, Tensor> deep_transition_rnn_fwd(Tensor p_in, Tensor w_in, std
                                                    std::optional<Tensor> alpha_in, std::string nonlinearity,
                                                    bool reverse, std::optional<Tensor> lengths) {
   const char* op = "deep_transition_rnn_fwd";
-  const Shape s = check_args(op, "p", p_in, w_in, h0_in, bias_in, ws_in, alpha_in);
+  const Shape s =
+      check_args(op, "p", p_in, w_in, h0_in, bias_in, ws_in, alpha_in, torch::headeronly::DeviceType::CPU);
   const bool tanh = parse_tanh(nonlinearity, op);
   check_lengths(op, lengths, s.B, p_in.device());
   const RowOrder order = row_order(lengths, s.B, s.T, op);
@@ -374,7 +346,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> deep_transition_rnn_b
     std::optional<Tensor> ws_in, std::optional<Tensor> alpha_in, std::string nonlinearity, bool reverse,
     std::optional<Tensor> lengths) {
   const char* op = "deep_transition_rnn_bwd";
-  const Shape s = check_args(op, "h", h_in, w_in, h0_in, std::nullopt, ws_in, alpha_in);
+  const Shape s = check_args(op, "h", h_in, w_in, h0_in, std::nullopt, ws_in, alpha_in,
+                             torch::headeronly::DeviceType::CPU);
   const bool tanh = parse_tanh(nonlinearity, op);
   check_lengths(op, lengths, s.B, h_in.device());
   check_like(op, "grad_h", grad_h, h_in.sizes(), h_in);

@@ -286,6 +286,10 @@ def _deep_transition_rnn_bwd_triton(grad_h: Tensor, weight_hh: Tensor, h: Tensor
                                              nonlinearity, reverse, lengths)
 
 
+# the Triton kernel's hidden-size limit (its MAX_HIDDEN; not imported here: the
+# package import does not import triton)
+TRITON_MAX_HIDDEN = 128
+
 _register("_triton")
 # a backend candidate once the Triton launchers are there (the package import does not import triton)
 TRITON_KERNEL = importlib.util.find_spec("mts_kernels.triton.deep_transition_rnn") is not None
@@ -346,8 +350,9 @@ def deep_transition_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = Non
     runs its first L_b steps (reverse: t = L_b-1..0) and h is 0 beyond.
 
     Backends: 'cpu' (the fused C++ loop) for CPU tensors; for CUDA tensors 'triton'
-    (there is no CUDA C++ kernel for this op yet, so 'auto' picks Triton there);
-    'reference' is the plain PyTorch loop. Forward mode (jvp, jacfwd, forward_ad)
+    (the persistent kernel, H <= 128) and 'cuda' (csrc/deep/deep_loop.h: per step
+    L cuBLAS GEMMs and L pointwise kernels, any H); 'auto' picks Triton up to
+    H = 128 and CUDA beyond; 'reference' is the plain PyTorch loop. Forward mode (jvp, jacfwd, forward_ad)
     and a second order (create_graph=True, then backward; jacrev(jacfwd)) work
     through the linearised recurrence; a third order raises (backend='reference').
     Returns h shaped like p.
@@ -356,12 +361,14 @@ def deep_transition_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = Non
     _check_args(p, weight_hh, h0, bias_hh, weight_shortcut, alpha, nonlinearity, batch_first, cast)
     T, B, _ = check_projection(_OP, p, batch_first)
     lens = _lengths.check_lengths(_OP, lengths, B, T, p.device)
-    requested = backend if backend is not None else os.environ.get(_backend.ENV_VAR)
-    if requested == "cuda":
-        raise _backend.BackendUnavailableError(
-            "mts_kernels.deep_transition_rnn: there is no CUDA C++ kernel for this op yet; "
-            "use backend='triton' (what backend='auto' picks for CUDA tensors) or 'reference'")
     be = _backend.resolve(backend, "deep_transition_rnn_fwd", p.device, _transforms.effective_dtype(p, cast))
+    requested = backend if backend is not None else os.environ.get(_backend.ENV_VAR)
+    if be == "cuda" and requested in (None, "auto") and p.size(2) <= TRITON_MAX_HIDDEN and \
+            _backend.why_unavailable("triton", "deep_transition_rnn_fwd", p.device, p.dtype) is None:
+        # the cost rule on CUDA tensors: the persistent Triton kernel (all W_l on
+        # chip, one launch per call) where it fits, the CUDA loop (2 L launches
+        # per step) beyond, where Triton cannot run
+        be = "triton"
     if be == "reference":
         if cast is not None:  # the loop is not an op: autocast it by hand, as the op's kernel does
             p, weight_hh, h0, bias_hh, weight_shortcut, alpha = _transforms.autocast_inputs(

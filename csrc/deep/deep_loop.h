@@ -1,0 +1,234 @@
+#pragma once
+// The GPU time loop of the deep-transition recurrence (the math in
+// deep_transition_rnn_cpu.cpp's header comment), templated on a device policy
+// Dev: deep_transition_rnn_cuda.cpp's (cuBLAS, the kernels of
+// deep_transition_rnn_cuda_step.cu) registers it for CUDA;
+// deep_transition_rnn_emulate_cpu.cpp's (CPU GEMMs, the same per-element bodies
+// in a loop) runs this very loop on the host, so the CPU test suite checks it.
+// Dev: a csrc/gpu_loop.h GEMM policy with kFwdName, kBwdName and step(q) for the
+// three parameter structs of deep_step.h.
+//
+// Per step, on the current stream and with no host synchronisation:
+//  * forward: for l = 1..L one GEMM z = s^{l-1} W_l^T into a (B, H) scratch (s^0:
+//    the state; the top one also + h_{t-1} U^T), then one pointwise kernel (bias,
+//    p for l = 1, phi; the top one also the leak) that stores s^l at each row's
+//    time and hands it (or the new state) to the next product;
+//  * backward (steps T-1 down to 0): the top kernel (delta = grad_h + carry, e^L,
+//    the leak's carry and dalpha terms, and the state the step read, stored at
+//    the row's time), then carry += e^L U, and for l = L-1..1 one GEMM
+//    ds = e^{l+1} W_{l+1} and one kernel e^l = phi'(s^l) ds; finally carry +=
+//    e^1 W_1.
+// Everything per step is (B, H) rows in row order with each row's own time (so
+// reverse with lengths, where rows sit at different times, is the same loop);
+// the weight gradients are single GEMMs over all (T, B) rows after the loop:
+// dW_1 = e^1^T h_prev, dW_l = e^l^T s^{l-1}, dU = e^L^T h_prev (h_prev: the states
+// the backward stored, 0 at padded times), db_l = the column sums of e^l.
+// float16/bfloat16 run in float32, stored in the input dtype; float64 in float64.
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "../gpu_loop.h"
+#include "../lengths.h"
+#include "../rnn/leaky_rnn_impl.h"
+#include "deep_args.h"
+#include "deep_step.h"
+
+HIDDEN_NAMESPACE_BEGIN(mts, deep)
+namespace loop {
+
+using gpu_loop::mut;
+using gpu_loop::ptr;
+using gpu_loop::tr;
+using gpu_loop::view;
+using ::mts::rnn::as_dtype;
+using ::mts::rnn::compute;
+using ::mts::rnn::dispatch_compute;
+
+// An optional operand in the compute dtype and its pointer (nullptr when absent),
+// beside a plain Tensor rather than an optional, which GCC 12 misreads as
+// maybe-uninitialized inside the dispatch lambdas; an absent one's Tensor is
+// `stand_in`, never read.
+struct Opt {
+  Tensor t;
+  const void* p;
+  Opt(const std::optional<Tensor>& in, const Tensor& stand_in)
+      : t(in ? compute(*in) : stand_in), p(in ? t.const_data_ptr() : nullptr) {}
+  template <typename T>
+  const T* get() const {
+    return static_cast<const T*>(p);
+  }
+};
+
+template <class Dev>
+std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tensor> h0_in,
+                                    std::optional<Tensor> bias_in, std::optional<Tensor> ws_in,
+                                    std::optional<Tensor> alpha_in, std::string nonlinearity, bool reverse,
+                                    std::optional<Tensor> lengths) {
+  const char* op = Dev::kFwdName;
+  const Shape s = check_args(op, "p", p_in, w_in, h0_in, bias_in, ws_in, alpha_in, Dev::kDevice);
+  const bool tanh = parse_tanh(nonlinearity, op);
+  check_lengths(op, lengths, s.B, p_in.device());
+  const Tensor p = compute(p_in), w = compute(w_in);
+  const Tensor h0 = h0_in ? compute(*h0_in) : torch::stable::new_zeros(p, {s.B, s.H});
+  const Opt bias(bias_in, w), ws(ws_in, w), alpha(alpha_in, w);
+  const Tensor lens = lengths ? as_contiguous(*lengths) : w;
+  const int64_t* lens_p = lengths ? ptr<int64_t>(lens) : nullptr;
+  Tensor h = torch::stable::empty_like(p);
+  Tensor st = torch::stable::new_empty(p, {s.L, s.T, s.B, s.H});
+  if (s.B > 0 && s.H > 0) {
+    Dev dev(p);
+    // the state (ping-pong), the product and the sub-layer handed to the next product
+    const Tensor state_a = torch::stable::new_empty(p, {s.B, s.H});
+    const Tensor state_b = torch::stable::new_empty(p, {s.B, s.H});
+    const Tensor zbuf = torch::stable::new_empty(p, {s.B, s.H});
+    const Tensor sbuf = torch::stable::new_empty(p, {s.B, s.H});
+    dispatch_compute(p.scalar_type(), op, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const int64_t B = s.B, H = s.H, HH = H * H, TBH = s.T * B * H;
+      const T* wp = ptr<T>(w);
+      const T* prev = ptr<T>(h0);
+      T* next = mut<T>(state_a);
+      T* spare = mut<T>(state_b);
+      const Tensor z = zbuf;
+      for (int64_t k = 0; k < s.T; ++k) {
+        for (int64_t l = 0; l < s.L; ++l) {
+          const bool top = l == s.L - 1;
+          const T* in = l == 0 ? prev : ptr<T>(sbuf);
+          dev.mm(z, view(p, in, B, H, H), tr(view(p, wp + l * HH, H, H, H)));
+          if (top && ws.p) dev.addmm(z, view(p, prev, B, H, H), tr(view(p, ws.get<T>(), H, H, H)));
+          DeepStepFwd<T> q{};
+          q.B = B;
+          q.H = H;
+          q.k = k;
+          q.Tn = s.T;
+          q.relu = !tanh;
+          q.reverse = reverse;
+          q.first = l == 0;
+          q.top = top;
+          q.z = ptr<T>(z);
+          q.bias = bias.p ? bias.get<T>() + l * H : nullptr;
+          q.p_all = ptr<T>(p);
+          q.alpha = alpha.get<T>();
+          q.hprev = prev;
+          q.s_all = mut<T>(st) + l * TBH;
+          q.s_next = mut<T>(sbuf);
+          q.h_all = mut<T>(h);
+          q.h_next = next;
+          q.lengths = lens_p;
+          dev.step(q);
+        }
+        prev = next;
+        std::swap(next, spare);
+      }
+    });
+  }
+  const ScalarType dtype = p_in.scalar_type();
+  return {as_dtype(h, dtype), as_dtype(st, dtype)};
+}
+
+template <class Dev>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loop_bwd(
+    Tensor grad_h, Tensor w_in, Tensor h_in, Tensor s_in, std::optional<Tensor> h0_in,
+    std::optional<Tensor> ws_in, std::optional<Tensor> alpha_in, std::string nonlinearity, bool reverse,
+    std::optional<Tensor> lengths) {
+  const char* op = Dev::kBwdName;
+  const Shape s = check_args(op, "h", h_in, w_in, h0_in, std::nullopt, ws_in, alpha_in, Dev::kDevice);
+  const bool tanh = parse_tanh(nonlinearity, op);
+  check_lengths(op, lengths, s.B, h_in.device());
+  check_like(op, "grad_h", grad_h, h_in.sizes(), h_in);
+  check_like(op, "s", s_in, {s.L, s.T, s.B, s.H}, h_in);
+  const Tensor h = compute(h_in), w = compute(w_in), sv = compute(s_in), g = compute(grad_h);
+  const Tensor h0 = h0_in ? compute(*h0_in) : torch::stable::new_zeros(h, {s.B, s.H});
+  const Opt ws(ws_in, w), alpha(alpha_in, w);
+  const Tensor lens = lengths ? as_contiguous(*lengths) : w;
+  const int64_t* lens_p = lengths ? ptr<int64_t>(lens) : nullptr;
+  // e^1 = dp on its own, so dp is not a view keeping the other sub-layers' e alive
+  Tensor dp = torch::stable::empty_like(h);
+  const Tensor e_rest = torch::stable::new_empty(h, {std::max<int64_t>(s.L - 1, 1), s.T, s.B, s.H});
+  const Tensor hprev = torch::stable::empty_like(h);
+  Tensor dh0 = torch::stable::new_zeros(h, {s.B, s.H});
+  Tensor dw = torch::stable::new_zeros(h, {s.L, s.H, s.H});
+  Tensor db = torch::stable::new_zeros(h, {s.L, s.H});
+  Tensor dws = ws_in ? torch::stable::new_zeros(h, {s.H, s.H}) : torch::stable::new_empty(w_in, {0});
+  const Tensor da = alpha_in ? torch::stable::new_zeros(h, {s.B, s.H}) : dh0;
+  if (s.B > 0 && s.H > 0) {
+    Dev dev(h);
+    const Tensor carry_a = torch::stable::new_zeros(h, {s.B, s.H});
+    const Tensor carry_b = torch::stable::new_empty(h, {s.B, s.H});
+    const Tensor ebuf = torch::stable::new_empty(h, {s.B, s.H});
+    const Tensor dsbuf = torch::stable::new_empty(h, {s.B, s.H});
+    dispatch_compute(h.scalar_type(), op, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const int64_t B = s.B, H = s.H, HH = H * H, TBH = s.T * B * H, TB = s.T * B;
+      const T* wp = ptr<T>(w);
+      auto e_of = [&](int64_t l) { return l == 0 ? mut<T>(dp) : mut<T>(e_rest) + (l - 1) * TBH; };
+      T* in = mut<T>(carry_a);
+      T* spare = mut<T>(carry_b);
+      for (int64_t k = s.T - 1; k >= 0; --k) {
+        T* out = k > 0 ? spare : mut<T>(dh0);
+        const Tensor out_v = view(h, out, B, H, H);
+        const Tensor e_v = view(h, ptr<T>(ebuf), B, H, H);
+        DeepStepBwdTop<T> q{};
+        q.B = B;
+        q.H = H;
+        q.k = k;
+        q.Tn = s.T;
+        q.relu = !tanh;
+        q.reverse = reverse;
+        q.g_all = ptr<T>(g);
+        q.carry_in = in;
+        q.s_all = ptr<T>(sv) + (s.L - 1) * TBH;
+        q.h_all = ptr<T>(h);
+        q.h0 = ptr<T>(h0);
+        q.alpha = alpha.get<T>();
+        q.e_all = e_of(s.L - 1);
+        q.e_next = mut<T>(ebuf);
+        q.carry_out = out;
+        q.hprev_all = mut<T>(hprev);
+        q.da = alpha.p ? mut<T>(da) : nullptr;
+        q.lengths = lens_p;
+        dev.step(q);
+        if (ws.p) dev.addmm(out_v, e_v, view(h, ws.get<T>(), H, H, H));  // carry += e^L U
+        for (int64_t l = s.L - 2; l >= 0; --l) {
+          dev.mm(view(h, ptr<T>(dsbuf), B, H, H), e_v, view(h, wp + (l + 1) * HH, H, H, H));
+          DeepStepBwdLower<T> r{};
+          r.B = B;
+          r.H = H;
+          r.k = k;
+          r.Tn = s.T;
+          r.relu = !tanh;
+          r.reverse = reverse;
+          r.ds = ptr<T>(dsbuf);
+          r.s_all = ptr<T>(sv) + l * TBH;
+          r.e_all = e_of(l);
+          r.e_next = mut<T>(ebuf);
+          r.lengths = lens_p;
+          dev.step(r);
+        }
+        dev.addmm(out_v, e_v, view(h, wp, H, H, H));  // carry += e^1 W_1
+        spare = in;
+        in = out;
+      }
+      // weight and bias gradients: one GEMM / column sum each over all (T, B) rows
+      auto rows = [&](const T* base) { return view(h, base, TB, H, H); };
+      const std::vector<int64_t> dim0{0};
+      for (int64_t l = 0; l < s.L; ++l) {
+        const T* lower = l == 0 ? ptr<T>(hprev) : ptr<T>(sv) + (l - 1) * TBH;
+        dev.mm(view(h, mut<T>(dw) + l * HH, H, H, H), tr(rows(e_of(l))), rows(lower));
+        Tensor db_l = torch::stable::select(db, 0, l);
+        torch::stable::copy_(db_l, torch::stable::sum(rows(e_of(l)), dim0));
+      }
+      if (ws.p) dev.mm(view(h, mut<T>(dws), H, H, H), tr(rows(e_of(s.L - 1))), rows(ptr<T>(hprev)));
+    });
+  }
+  const ScalarType dtype = h_in.scalar_type();
+  auto out = [&](const Tensor& t) { return as_dtype(t, dtype); };
+  Tensor dalpha = torch::stable::new_empty(w_in, {0});
+  if (alpha_in) dalpha = out(torch::stable::sum(da, std::vector<int64_t>{0}));
+  return {out(dp), out(dw), out(db), out(dh0), ws_in ? out(dws) : dws, dalpha};
+}
+
+}  // namespace loop
+HIDDEN_NAMESPACE_END(mts, deep)

@@ -1,0 +1,82 @@
+#pragma once
+// The GEMMs of the GPU time loops that run on the host stream (clockwork_rnn's
+// csrc/clockwork/clockwork_loop.h, deep_transition_rnn's csrc/deep/deep_loop.h),
+// for each place such a loop runs: CudaGemm (cuBLAS through the C shim, on the
+// current stream, under a device guard) registers the CUDA ops; HostGemm (CPU
+// BLAS on the same strided views) runs the very same loop on the host as a test
+// hook, so the CPU test suite checks the loops without a GPU. Both take (rows,
+// cols) row-major views with a leading dimension (view below) or transposes of
+// them, which cuBLAS takes as they are.
+//
+// A loop's device policy derives from one of them and adds step(q) for each of
+// its pointwise kernels' parameter structs.
+#include "stable_util.h"
+
+HIDDEN_NAMESPACE_BEGIN(mts, gpu_loop)
+
+template <typename T>
+const T* ptr(const Tensor& t) {
+  return static_cast<const T*>(t.const_data_ptr());
+}
+template <typename T>
+T* mut(const Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
+// (rows, cols) row-major view with leading dimension ld of `like`'s device and dtype.
+inline Tensor view(const Tensor& like, const void* data, int64_t rows, int64_t cols, int64_t ld) {
+  return torch::stable::from_blob(const_cast<void*>(data), {rows, cols}, {ld, 1}, like.device(),
+                                  like.scalar_type());
+}
+inline Tensor tr(const Tensor& t) { return torch::stable::transpose(t, 0, 1); }
+
+HIDDEN_NAMESPACE_END(mts, gpu_loop)
+
+#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
+
+HIDDEN_NAMESPACE_BEGIN(mts, gpu_loop)
+
+struct HostGemm {
+  static constexpr auto kDevice = torch::headeronly::DeviceType::CPU;
+  explicit HostGemm(const Tensor&) {}
+  void mm(const Tensor& c, const Tensor& a, const Tensor& m) {
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_mm_out(c.get(), a.get(), m.get()));
+  }
+  void addmm(const Tensor& c, const Tensor& a, const Tensor& m) {
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(c.get(), c.get(), a.get(), m.get(), 1.0, 1.0));
+  }
+};
+
+HIDDEN_NAMESPACE_END(mts, gpu_loop)
+
+// CudaGemm: in the CUDA registrations only (they define MTS_GPU_LOOP_CUDA).
+#ifdef MTS_GPU_LOOP_CUDA
+#include <cuda_runtime_api.h>
+#include <torch/csrc/inductor/aoti_torch/generated/c_shim_cuda.h>
+#include <torch/csrc/stable/accelerator.h>
+
+HIDDEN_NAMESPACE_BEGIN(mts, gpu_loop)
+
+inline void check_cuda(cudaError_t err, const char* what) {
+  MTS_CHECK(err == cudaSuccess, "mts_kernels: ", what, " failed: ", cudaGetErrorString(err));
+}
+
+struct CudaGemm {
+  static constexpr auto kDevice = torch::headeronly::DeviceType::CUDA;
+  torch::stable::accelerator::DeviceGuard guard;
+  cudaStream_t stream;
+  explicit CudaGemm(const Tensor& like)
+      : guard(like.get_device()),
+        stream(static_cast<cudaStream_t>(current_cuda_stream(like.get_device()))) {}
+  // c = a m
+  void mm(const Tensor& c, const Tensor& a, const Tensor& m) {
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cuda_mm_out(c.get(), a.get(), m.get()));
+  }
+  // c += a m
+  void addmm(const Tensor& c, const Tensor& a, const Tensor& m) {
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cuda_addmm_out(c.get(), c.get(), a.get(), m.get(), 1.0, 1.0));
+  }
+};
+
+HIDDEN_NAMESPACE_END(mts, gpu_loop)
+#endif
