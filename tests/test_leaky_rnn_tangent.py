@@ -159,3 +159,74 @@ def test_flop_count():
     with FlopCounterMode(display=False) as fc:
         _fused(a, 2, 1, False, None)
     assert fc.get_total_flops() == 2 * 5 * 3 * 8 * 8 * 2
+
+
+# ----------------------------------------------------------- the CUDA loop
+# csrc/rnn/tangent_loop.h is the CUDA op's whole host loop; the test hook runs it
+# on the CPU with CPU GEMMs on the same views and the kernel's per-element body
+# (tangent_step.h) in a plain loop.
+EMU = getattr(torch.ops.mts_kernels, "_leaky_rnn_tangent_gpu_loop_emulate", None)
+
+
+def _op_args(a, skip, dilation, inside, reverse, lengths):
+    lens = None if lengths is None else torch.tensor(lengths)
+    return (a["drive"], a["gain"], a["w"], a["keep"], a["ws"], None if inside else a["start"], skip, dilation,
+            inside, reverse, lens)
+
+
+@pytest.mark.skipif(EMU is None, reason="needs the compiled test hook")
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("inside", [False, True])
+def test_gpu_loop_matches_cpu_op(case, inside):
+    T, B, H, skip, dilation, reverse, lengths, keep, start = case
+    a = _inputs(T, B, H, skip, keep, start, seed=3)
+    args = _op_args(a, skip, dilation, inside, reverse, lengths)
+    want = torch.ops.mts_kernels.leaky_rnn_tangent(*args)
+    assert want.abs().max() > 0
+    torch.testing.assert_close(EMU(*args), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(EMU is None, reason="needs the compiled test hook")
+def test_gpu_loop_float32_and_bad_input():
+    a = {k: (v.float() if v is not None else None) for k, v in _inputs(9, 4, 6, 2, True, True, seed=4).items()}
+    args = _op_args(a, 2, 3, False, True, [9, 0, 4, 2])
+    torch.testing.assert_close(EMU(*args), torch.ops.mts_kernels.leaky_rnn_tangent(*args), rtol=1e-5, atol=1e-6)
+    bad = list(args)
+    bad[8] = True  # gain_inside with a start state
+    with pytest.raises(RuntimeError, match="gain_inside takes no start state"):
+        EMU(*bad)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("inside", [False, True])
+def test_cuda_op_matches_cpu_op(case, inside):
+    T, B, H, skip, dilation, reverse, lengths, keep, start = case
+    a = _inputs(T, B, H, skip, keep, start, seed=5)
+    args = _op_args(a, skip, dilation, inside, reverse, lengths)
+    dev = [x.cuda() if isinstance(x, torch.Tensor) else x for x in args]
+    torch.testing.assert_close(torch.ops.mts_kernels.leaky_rnn_tangent(*dev).cpu(),
+                               torch.ops.mts_kernels.leaky_rnn_tangent(*args), rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.cuda
+def test_cuda_second_order_takes_the_fused_op(monkeypatch):
+    calls = []
+    real = lr._fused_tangent
+    monkeypatch.setattr(lr, "_fused_tangent", lambda *t: (calls.append(real(*t)), calls[-1])[1])
+    gen = torch.Generator().manual_seed(6)
+    p = torch.randn(12, 3, 8, generator=gen, dtype=torch.float64).cuda()
+    w = (torch.randn(8, 8, generator=gen, dtype=torch.float64) * 0.3).cuda()
+    alpha = torch.rand(8, generator=gen, dtype=torch.float64).cuda()
+
+    def hvp(fn, dtype):
+        wd = w.to(dtype).requires_grad_()
+        kw = dict(alpha=alpha.to(dtype), skip=2, lengths=[12, 5, 0])
+        g, = torch.autograd.grad(fn(p.to(dtype), wd, **kw).tanh().sum(), wd, create_graph=True)
+        return torch.autograd.grad(g.pow(2).sum(), wd)[0].double()
+
+    # the CUDA backend runs float32 (float64 goes to Triton)
+    got = hvp(lambda p, w, **k: mts_kernels.leaky_rnn(p, w, backend="cuda", **k), torch.float32)
+    assert calls and all(calls)
+    want = hvp(lambda p, w, **k: mts_kernels.reference.leaky_rnn(p, w, **k), torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -17,6 +17,7 @@
 #include "../cpu_alloc.h"
 #include "../cpu_blas.h"
 #include "leaky_rnn_impl.h"
+#include "tangent_args.h"
 
 #include "../cpu_vec.h"
 #include "leaky_rnn_math.h"
@@ -426,21 +427,9 @@ Tensor leaky_rnn_tangent(Tensor drive_in, Tensor gain_in, Tensor w_in, std::opti
                          std::optional<Tensor> w_skip_in, std::optional<Tensor> start_in, int64_t skip,
                          int64_t dilation, bool gain_inside, bool reverse, std::optional<Tensor> lengths) {
   const char* op = "leaky_rnn_tangent";
-  const auto [T_, B, H] = check_cpu_sequence(op, "drive", drive_in);
-  check_operand(op, "gain", gain_in, {T_, B, H}, drive_in);
-  check_operand(op, "weight_hh", w_in, {H, H}, drive_in);
+  const auto [T_, B, H] = check_tangent_args(op, drive_in, gain_in, w_in, keep_in, w_skip_in, start_in, skip,
+                                             dilation, gain_inside, lengths, torch::headeronly::DeviceType::CPU);
   const bool keep_all = keep_in && keep_in->dim() == 3;
-  if (keep_all)
-    check_operand(op, "keep", *keep_in, {T_, B, H}, drive_in);
-  else if (keep_in)
-    check_operand(op, "keep", *keep_in, {H}, drive_in);
-  if (start_in) check_operand(op, "start", *start_in, {B, H}, drive_in);
-  MTS_CHECK(skip >= 0 && dilation >= 1, op, ": skip must be >= 0 and dilation >= 1, got ", skip, " and ",
-            dilation);
-  MTS_CHECK((skip > 0) == w_skip_in.has_value(), op, ": weight_skip must be given exactly when skip > 0");
-  if (w_skip_in) check_operand(op, "weight_skip", *w_skip_in, {H, H}, drive_in);
-  MTS_CHECK(!(gain_inside && start_in), op, ": gain_inside takes no start state");
-  check_lengths(op, lengths, B, drive_in.device());
   const ScalarType dtype = drive_in.scalar_type();
   auto c = [](const Tensor& t) { return contiguous_cpu(as_dtype(t, opmath_dtype(t.scalar_type()))); };
   const Tensor drive = c(drive_in), gain = c(gain_in);

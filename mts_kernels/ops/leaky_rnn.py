@@ -301,12 +301,14 @@ TANGENT_COMPILED = _extension.COMPILED and hasattr(torch.ops.mts_kernels, "leaky
 
 
 def _fused_tangent(*operands: Optional[Tensor]) -> bool:
-    """The fused leaky_rnn_tangent op for these operands: CPU tensors of one dtype
-    (mixed ones, e.g. under autocast, take the loop's type promotion), outside
-    torch.func transforms (their batching rules would need a vmap rule of the op)."""
+    """The fused leaky_rnn_tangent op for these operands: tensors of one dtype on
+    the CPU, or on CUDA where its CUDA loop was compiled (mixed dtypes, e.g. under
+    autocast, take the loop's type promotion), outside torch.func transforms
+    (their batching rules would need a vmap rule of the op)."""
     ts = [t for t in operands if t is not None]
-    return (TANGENT_COMPILED and all(t.device.type in ("cpu", "meta") for t in ts)
-            and len({t.dtype for t in ts}) == 1
+    devices = {t.device.type for t in ts}
+    on_device = devices <= {"cpu", "meta"} or (devices == {"cuda"} and _backend.cuda_compiled("leaky_rnn_tangent"))
+    return (TANGENT_COMPILED and on_device and len({t.dtype for t in ts}) == 1
             and torch._C._functorch.peek_interpreter_stack() is None)
 
 
