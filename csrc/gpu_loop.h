@@ -10,6 +10,9 @@
 //
 // A loop's device policy derives from one of them and adds step(q) for each of
 // its pointwise kernels' parameter structs.
+#include <optional>
+
+#include "rnn/leaky_rnn_impl.h"
 #include "stable_util.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, gpu_loop)
@@ -29,6 +32,22 @@ inline Tensor view(const Tensor& like, const void* data, int64_t rows, int64_t c
                                   like.scalar_type());
 }
 inline Tensor tr(const Tensor& t) { return torch::stable::transpose(t, 0, 1); }
+
+// An optional operand in the compute dtype (rnn::compute: float32 for
+// float16/bfloat16, contiguous) and its pointer, nullptr when absent, beside a
+// plain Tensor rather than an optional, which GCC 12 misreads as
+// maybe-uninitialized inside the loops' dispatch lambdas; an absent one's Tensor
+// is `stand_in`, never read.
+struct Opt {
+  Tensor t;
+  const void* p;
+  Opt(const std::optional<Tensor>& in, const Tensor& stand_in)
+      : t(in ? rnn::compute(*in) : stand_in), p(in ? t.const_data_ptr() : nullptr) {}
+  template <typename T>
+  const T* get() const {
+    return static_cast<const T*>(p);
+  }
+};
 
 HIDDEN_NAMESPACE_END(mts, gpu_loop)
 

@@ -82,6 +82,21 @@ STABLE_TORCH_LIBRARY(mts_kernels, m) {
       " Tensor? alpha, int[] module_sizes, int[] periods, int[] first_steps, str nonlinearity,"
       " Tensor? lengths=None) -> (Tensor, Tensor, Tensor, Tensor)");
 
+  // The sequential part of deep_transition_rnn's tangent (csrc/deep/deep_tangent_loop.h),
+  // processing step k, x^0 = h_{k-1}, h_{-1} = start (zeros when None):
+  //   a^l = x^{l-1} W_l^T (l = L: + h_{k-1} U^T),  x^l = gains[l] a^l,
+  //   h_k = x^L + drive_k + keep h_{k-1}
+  // -> (h, a): a (L, T, B, H) the pre-gain products; 0 at padded steps. Its
+  // gradient: deep_transition_rnn_tangent_bwd -> (ddrive, dgains, dweight_hh, dkeep,
+  // dweight_shortcut, dstart) (dkeep / dweight_shortcut empty when None).
+  m.def(
+      "deep_transition_rnn_tangent(Tensor drive, Tensor gains, Tensor weight_hh, Tensor? keep,"
+      " Tensor? weight_shortcut, Tensor? start, bool reverse, Tensor? lengths=None) -> (Tensor, Tensor)");
+  m.def(
+      "deep_transition_rnn_tangent_bwd(Tensor grad_h, Tensor gains, Tensor weight_hh, Tensor? keep,"
+      " Tensor? weight_shortcut, Tensor? start, Tensor h, Tensor a, bool reverse, Tensor? lengths=None)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
   // One layer and direction of the deep-transition recurrence (csrc/deep/), L =
   // weight_hh.size(0) >= 1 sub-layers per step, s^0_t = h_{t-1}:
   //   s^1_t = phi(W_1 h_{t-1} + p_t + b_1),  s^l_t = phi(W_l s^{l-1}_t + b_l)  (l = 2..L;

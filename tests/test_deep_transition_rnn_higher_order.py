@@ -112,3 +112,96 @@ def test_third_order_raises():
     with pytest.raises(RuntimeError, match="forward-mode AD of its gradient.*jacfwd"):
         torch.func.hessian(lambda w: _fn(leaves, idx, "cpu", False, None, "tanh")(
             leaves[0], w, *[leaves[i] for i in idx[2:]]).sum())(leaves[1])
+
+
+# ------------------------------------------- the fused tangent op and its adjoint
+import importlib  # noqa: E402
+
+dt_ops = importlib.import_module("mts_kernels.ops.deep_transition_rnn")
+OPS = torch.ops.mts_kernels
+TANGENT_CASES = [  # L, shortcut, keep, start, reverse, lengths
+    (1, False, False, False, False, None),
+    (2, True, True, True, True, [T, 0, 2]),
+    (3, True, True, False, False, [2, T, 1]),
+    (2, False, False, True, True, None),
+]
+
+
+def _tangent_args(seed, L, shortcut, keep, start, reverse, lengths, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=gen, dtype=torch.float64) * scale).to(dtype)  # noqa: E731
+    return (r(T, B, H), r(L, T, B, H).sigmoid(), r(L, H, H, scale=0.6), r(H).sigmoid() if keep else None,
+            r(H, H, scale=0.6) if shortcut else None, r(B, H) if start else None, reverse,
+            None if lengths is None else torch.tensor(lengths))
+
+
+@pytest.mark.parametrize("case", TANGENT_CASES, ids=str)
+def test_tangent_op_gradcheck_and_opcheck(case):
+    args = _tangent_args(7, *case)
+    diff = [i for i in range(6) if args[i] is not None]
+    xs = [args[i].clone().requires_grad_() for i in diff]
+
+    def f(*ys):
+        full = list(args)
+        for i, y in zip(diff, ys):
+            full[i] = y
+        return OPS.deep_transition_rnn_tangent(*full)[0]
+
+    assert torch.autograd.gradcheck(f, xs)
+    torch.library.opcheck(OPS.deep_transition_rnn_tangent, tuple(xs[diff.index(i)] if i in diff else a
+                                                                 for i, a in enumerate(args)))
+    h, a = OPS.deep_transition_rnn_tangent(*args)
+    g = torch.randn_like(h)
+    torch.library.opcheck(OPS.deep_transition_rnn_tangent_bwd, (g, *args[1:6], h, a, *args[6:]))
+
+
+@pytest.mark.parametrize("config", [CONFIGS[2], CONFIGS[5]], ids=["d2-shortcut-lengths", "d3-float-reverse"])
+def test_second_order_runs_the_fused_tangent(monkeypatch, config):
+    """The second order through the fused op equals the one through the step loop
+    (and the reference's, test_hessian_vector_products), and the op ran."""
+    depth, shortcut, leak, h0, reverse, lengths, nl = config
+    leaves, idx = _case(8, depth, shortcut, leak, h0)
+    gen = torch.Generator().manual_seed(9)
+    vs = [torch.randn(leaves[i].shape, generator=gen, dtype=torch.float64) for i in idx]
+
+    def hvp():
+        xs = [leaves[i].clone().requires_grad_() for i in idx]
+        gs = torch.autograd.grad(_fn(leaves, idx, "cpu", reverse, lengths, nl)(*xs).tanh().sum(), xs,
+                                 create_graph=True)
+        return torch.autograd.grad(sum((g * v).sum() for g, v in zip(gs, vs)), xs)
+
+    calls = []
+    real = dt_ops._fused_tangent
+    monkeypatch.setattr(dt_ops, "_fused_tangent", lambda *t: (calls.append(real(*t)), calls[-1])[1])
+    fused = hvp()
+    assert calls and all(calls)
+    monkeypatch.setattr(dt_ops, "_fused_tangent", lambda *t: False)
+    torch.testing.assert_close(fused, hvp(), **F64)
+
+
+def test_tangent_op_third_order_and_bad_input():
+    args = _tangent_args(10, 2, True, True, True, False, None)
+    w = args[2].clone().requires_grad_()
+    h, _ = OPS.deep_transition_rnn_tangent(args[0], args[1], w, *args[3:])
+    g, = torch.autograd.grad(h.square().sum(), w, create_graph=True)  # a second order of the op: fine
+    with pytest.raises(RuntimeError, match="deep_transition_rnn: a third-order gradient"):
+        torch.autograd.grad(g.sum(), w)
+    with pytest.raises(RuntimeError, match=r"gains must have shape \[2, 4, 3, 3\]"):
+        OPS.deep_transition_rnn_tangent(args[0], args[1][:1], *args[2:])
+    with pytest.raises(RuntimeError, match="weight_shortcut needs a transition depth L >= 2"):
+        OPS.deep_transition_rnn_tangent(args[0], args[1][:1], args[2][:1], *args[3:])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", TANGENT_CASES, ids=str)
+def test_cuda_tangent_ops_match_cpu(case):
+    args = _tangent_args(11, *case)
+    dev = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    h, a = OPS.deep_transition_rnn_tangent(*args)
+    h_c, a_c = OPS.deep_transition_rnn_tangent(*dev)
+    torch.testing.assert_close(h_c.cpu(), h, **F64)
+    g = torch.randn_like(h)
+    want = OPS.deep_transition_rnn_tangent_bwd(g, *args[1:6], h, a, *args[6:])
+    got = OPS.deep_transition_rnn_tangent_bwd(g.cuda(), *dev[1:6], h_c, a_c, *dev[6:])
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x.cpu(), y, **F64)

@@ -39,27 +39,13 @@ HIDDEN_NAMESPACE_BEGIN(mts, deep)
 namespace loop {
 
 using gpu_loop::mut;
+using gpu_loop::Opt;
 using gpu_loop::ptr;
 using gpu_loop::tr;
 using gpu_loop::view;
 using ::mts::rnn::as_dtype;
 using ::mts::rnn::compute;
 using ::mts::rnn::dispatch_compute;
-
-// An optional operand in the compute dtype and its pointer (nullptr when absent),
-// beside a plain Tensor rather than an optional, which GCC 12 misreads as
-// maybe-uninitialized inside the dispatch lambdas; an absent one's Tensor is
-// `stand_in`, never read.
-struct Opt {
-  Tensor t;
-  const void* p;
-  Opt(const std::optional<Tensor>& in, const Tensor& stand_in)
-      : t(in ? compute(*in) : stand_in), p(in ? t.const_data_ptr() : nullptr) {}
-  template <typename T>
-  const T* get() const {
-    return static_cast<const T*>(p);
-  }
-};
 
 template <class Dev>
 std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tensor> h0_in,

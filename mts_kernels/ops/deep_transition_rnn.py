@@ -27,7 +27,7 @@ from torch import Tensor
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
 from mts_kernels.ops.leaky_rnn import (NONLINEARITIES, SECOND_ORDER, _BackwardFunction, _delayed, _live,
-                                      _processing_order, check_operand, check_projection,
+                                      _processing_order, _Refuse, check_operand, check_projection,
                                       second_order)
 
 _OP = "deep_transition_rnn"
@@ -126,8 +126,9 @@ def _tangent(primals, tangents, nonlinearity, reverse, lengths):
 
     sdot^l splits into a part driven by the primal states (Wdot, pdot, bdot,
     Udot), L GEMMs over all steps at once, and a part linear in hdot_{t-1}; only
-    the latter (L products per step, plus the shortcut's) is sequential, in
-    PyTorch ops (there is no fused tangent kernel yet)."""
+    the latter (L products per step, plus the shortcut's) is sequential: the
+    fused deep_transition_rnn_tangent op (CPU, CUDA; its gradient the fused
+    adjoint op), or a PyTorch step loop under torch.func."""
     weight_hh, h, s, h0, weight_shortcut, alpha = primals
     dp, dw, db, dh0, dws, dalpha = tangents
     T, B, H = h.shape
@@ -152,10 +153,15 @@ def _tangent(primals, tangents, nonlinearity, reverse, lengths):
         gain_top = (1 - alpha) * gain_top
     if dalpha is not None:
         drive = drive + dalpha * (h_prev - s[L - 1])
+    # the sequential part: the fused op (one loop, a registered adjoint) where it can run
+    gains_t = torch.cat([gains[:L - 1], gain_top.expand(T, B, H).unsqueeze(0)])
+    if _fused_tangent(drive, gains_t, weight_hh, alpha, weight_shortcut, dh0):
+        return torch.ops.mts_kernels.deep_transition_rnn_tangent(
+            drive, gains_t, weight_hh, alpha, weight_shortcut, dh0, reverse, lengths)[0]
+    # else a PyTorch step loop in processing order (under torch.func, mixed dtypes)
     live = _live(h, lengths)
     if live is not None:
         live = live.to(h.dtype)
-    # the sequential part in processing order
     drive = _processing_order(drive, reverse, lengths)
     gains = torch.stack([_processing_order(g, reverse, lengths) for g in gains[:L - 1]] +
                         [_processing_order(gain_top, reverse, lengths)])
@@ -180,6 +186,66 @@ def _tangent(primals, tangents, nonlinearity, reverse, lengths):
         out.append(hk)
         prev = hk
     return _processing_order(torch.stack(out), reverse, lengths)
+
+
+def _fused_tangent(*operands) -> bool:
+    """deep_transition_rnn_tangent for these operands: one dtype, on the CPU or on
+    CUDA where compiled, outside torch.func (the op has no batching rule)."""
+    ts = [t for t in operands if t is not None]
+    devices = {t.device.type for t in ts}
+    on_device = ((devices <= {"cpu", "meta"} and _backend.cpu_compiled("deep_transition_rnn_tangent"))
+                 or (devices == {"cuda"} and _backend.cuda_compiled("deep_transition_rnn_tangent")))
+    return (on_device and len({t.dtype for t in ts}) == 1
+            and torch._C._functorch.peek_interpreter_stack() is None)
+
+
+def _tangent_op_fake(drive, gains, weight_hh, keep, weight_shortcut, start, reverse, lengths=None):
+    return drive.new_empty(drive.shape), drive.new_empty(gains.shape)
+
+
+def _tangent_op_bwd_fake(grad_h, gains, weight_hh, keep, weight_shortcut, start, h, a, reverse, lengths=None):
+    T, B, H = h.shape
+    return (h.new_empty((T, B, H)), h.new_empty(gains.shape), h.new_empty(weight_hh.shape),
+            h.new_empty((H,) if keep is not None else (0,)),
+            h.new_empty((H, H) if weight_shortcut is not None else (0,)), h.new_empty((B, H)))
+
+
+def _tangent_op_setup(ctx, inputs, output):
+    drive, gains, weight_hh, keep, weight_shortcut, start, reverse, lengths = inputs
+    h, a = output
+    ctx.mark_non_differentiable(a)
+    ctx.reverse = reverse
+    ctx.has = (keep is not None, weight_shortcut is not None, start is not None)
+    ctx.save_for_backward(gains, weight_hh, keep, weight_shortcut, start, h, a, lengths)
+
+
+def _tangent_op_backward(ctx, grad_h, _grad_a):
+    """The adjoint loop, one fused op (deep_tangent_step.h). It is the second order
+    of deep_transition_rnn; with create_graph=True its outputs get a node whose
+    derivative (a third order) raises rather than a graph that would miss terms."""
+    gains, weight_hh, keep, weight_shortcut, start, h, a, lengths = ctx.saved_tensors
+    if grad_h is None:
+        grad_h = torch.zeros_like(h)
+    with torch.no_grad():
+        out = torch.ops.mts_kernels.deep_transition_rnn_tangent_bwd(
+            grad_h.contiguous(), gains, weight_hh, keep, weight_shortcut, start, h, a, ctx.reverse, lengths)
+    has_keep, has_ws, has_start = ctx.has
+    out = [o if use else None for o, use in zip(out, (True, True, True, has_keep, has_ws, has_start))]
+    if torch.is_grad_enabled():
+        keys = [t for t in (grad_h, gains, weight_hh, keep, weight_shortcut, start, h)
+                if t is not None and t.requires_grad]
+        idx = [i for i, o in enumerate(out) if o is not None]
+        if keys:
+            for i, o in zip(idx, _Refuse.apply(_OP, len(idx), *[out[i] for i in idx], *keys)):
+                out[i] = o
+    return (*out, None, None)
+
+
+if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "deep_transition_rnn_tangent"):
+    torch.library.register_fake("mts_kernels::deep_transition_rnn_tangent")(_tangent_op_fake)
+    torch.library.register_fake("mts_kernels::deep_transition_rnn_tangent_bwd")(_tangent_op_bwd_fake)
+    torch.library.register_autograd("mts_kernels::deep_transition_rnn_tangent", _tangent_op_backward,
+                                    setup_context=_tangent_op_setup)
 
 
 def _second_order(args, cots):
