@@ -205,3 +205,14 @@ def test_cuda_tangent_ops_match_cpu(case):
     got = OPS.deep_transition_rnn_tangent_bwd(g.cuda(), *dev[1:6], h_c, a_c, *dev[6:])
     for x, y in zip(got, want):
         torch.testing.assert_close(x.cpu(), y, **F64)
+
+
+def test_tangent_op_flop_count():
+    from torch.utils.flop_counter import FlopCounterMode
+    args = _tangent_args(12, 2, True, True, True, False, None)
+    with FlopCounterMode(display=False) as counter:
+        h, a = OPS.deep_transition_rnn_tangent(*args)
+    assert counter.get_total_flops() == 2 * T * B * H * H * 3
+    with FlopCounterMode(display=False) as counter:
+        OPS.deep_transition_rnn_tangent_bwd(torch.ones_like(h), *args[1:6], h, a, *args[6:])
+    assert counter.get_total_flops() == 2 * 2 * T * B * H * H * 3

@@ -146,3 +146,25 @@ if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "leaky_rnn_tangent"):
     register_flop_formula(torch.ops.mts_kernels.leaky_rnn_tangent)(leaky_rnn_tangent_flop)
 register_flop_formula(_ops("deep_transition_rnn_fwd"))(deep_transition_rnn_fwd_flop)
 register_flop_formula(_ops("deep_transition_rnn_bwd"))(deep_transition_rnn_bwd_flop)
+
+
+def deep_transition_rnn_tangent_flop(drive_shape, gains_shape, weight_hh_shape, keep_shape,
+                                     weight_shortcut_shape, *args, out_shape=None, **kwargs) -> int:
+    """The sequential part of deep_transition_rnn's tangent: per step L products
+    (B, H) x (H, H), plus the shortcut's, as the forward."""
+    T, B, H = drive_shape
+    return 2 * T * B * H * H * (weight_hh_shape[0] + (weight_shortcut_shape is not None))
+
+
+def deep_transition_rnn_tangent_bwd_flop(grad_h_shape, gains_shape, weight_hh_shape, keep_shape,
+                                         weight_shortcut_shape, *args, out_shape=None, **kwargs) -> int:
+    """Its adjoint: the same products per step, and the weight gradients as GEMMs
+    over all T steps: twice the forward."""
+    return 2 * deep_transition_rnn_tangent_flop(grad_h_shape, gains_shape, weight_hh_shape, keep_shape,
+                                                weight_shortcut_shape)
+
+
+if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "deep_transition_rnn_tangent"):
+    register_flop_formula(torch.ops.mts_kernels.deep_transition_rnn_tangent)(deep_transition_rnn_tangent_flop)
+    register_flop_formula(torch.ops.mts_kernels.deep_transition_rnn_tangent_bwd)(
+        deep_transition_rnn_tangent_bwd_flop)
