@@ -230,3 +230,68 @@ def test_cuda_second_order_takes_the_fused_op(monkeypatch):
     assert calls and all(calls)
     want = hvp(lambda p, w, **k: mts_kernels.reference.leaky_rnn(p, w, **k), torch.float64)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------- under torch.func: _TangentFunction
+TRANSFORM_CASES = [  # skip, dilation, reverse, lengths
+    (0, 1, False, None),
+    (2, 1, True, [6, 0, 3]),
+    (0, 2, True, [6, 4, 1]),
+]
+
+
+@pytest.mark.parametrize("skip,dilation,reverse,lengths", TRANSFORM_CASES)
+def test_transforms_take_the_fused_tangent(monkeypatch, skip, dilation, reverse, lengths):
+    """jvp, reverse over forward (jacrev(jacfwd)) and vmap of jvp under torch.func
+    run the tangent as the fused op (through _TangentFunction) and equal the
+    reference loop's."""
+    calls = []
+    real = lr._TangentFunction.apply
+    monkeypatch.setattr(lr._TangentFunction, "apply", lambda *a: (calls.append(1), real(*a))[1])
+    gen = torch.Generator().manual_seed(20)
+    T, B, H = 6, 3, 4
+    p = torch.randn(T, B, H, generator=gen, dtype=torch.float64)
+    w = torch.randn(H, H, generator=gen, dtype=torch.float64) * 0.4
+    ws = torch.randn(H, H, generator=gen, dtype=torch.float64) * 0.4 if skip else None
+    alpha = torch.rand(H, generator=gen, dtype=torch.float64) * 0.8
+    kw = dict(skip=skip or None, dilation=dilation, reverse=reverse, lengths=lengths)
+
+    def f(backend):
+        return lambda w_, p_: mts_kernels.leaky_rnn(p_, w_, alpha=alpha, weight_skip=ws, backend=backend,
+                                                    **kw).tanh().sum()
+
+    tw = torch.randn(H, H, generator=gen, dtype=torch.float64)
+    jv = torch.func.jvp(lambda w_: f("cpu")(w_, p), (w,), (tw,))
+    jv_ref = torch.func.jvp(lambda w_: f("reference")(w_, p), (w,), (tw,))
+    torch.testing.assert_close(jv, jv_ref)
+    assert calls, "the fused tangent did not run"
+    calls.clear()
+    hess = torch.func.jacrev(torch.func.jacfwd(lambda w_: f("cpu")(w_, p)))(w)
+    torch.testing.assert_close(hess, torch.func.jacrev(torch.func.jacfwd(lambda w_: f("reference")(w_, p)))(w))
+    assert calls
+    ps = torch.randn(2, T, B, H, generator=gen, dtype=torch.float64)
+    calls.clear()
+    batched = torch.func.vmap(lambda p_: torch.func.jvp(lambda w_: f("cpu")(w_, p_), (w,), (tw,))[1])(ps)
+    ref = torch.stack([torch.func.jvp(lambda w_: f("reference")(w_, q), (w,), (tw,))[1] for q in ps])
+    torch.testing.assert_close(batched, ref)
+    assert calls
+
+
+@pytest.mark.parametrize("op", ["leaky_rnn", "clockwork_rnn", "deep_transition_rnn"])
+def test_forward_over_forward_raises(op):
+    """A jvp of a jvp (jacfwd(jacfwd)) through a cell's jvp rule once returned a
+    silently wrong result (the rule's saved outputs lose the outer tangent): now a
+    clear error naming jacrev(jacfwd) and backend='reference'."""
+    gen = torch.Generator().manual_seed(21)
+    T, B, H = 5, 2, 3
+    p = torch.randn(T, B, H, generator=gen, dtype=torch.float64)
+    w = torch.randn(H, H, generator=gen, dtype=torch.float64) * 0.4
+    t = torch.randn(H, H, generator=gen, dtype=torch.float64)
+    fn = {"leaky_rnn": lambda w_: mts_kernels.leaky_rnn(p, w_),
+          "clockwork_rnn": lambda w_: mts_kernels.clockwork_rnn(p, w_, periods=[1, 2], module_sizes=[2, 1]),
+          "deep_transition_rnn": lambda w_: mts_kernels.deep_transition_rnn(p, torch.stack([w_, 0.5 * w_]))}[op]
+    torch.func.jvp(fn, (w,), (t,))  # one level: fine
+    with pytest.raises(RuntimeError, match=r"forward mode over forward mode.*jacrev\(torch.func.jacfwd"):
+        torch.func.jvp(lambda w2: torch.func.jvp(fn, (w2,), (t,))[1], (w,), (t,))
+    with pytest.raises(RuntimeError, match="forward mode over forward mode"):
+        torch.func.jacfwd(torch.func.jacfwd(lambda w_: fn(w_).sum()))(w)

@@ -37,6 +37,28 @@ def transform_active() -> bool:
             or torch.autograd.forward_ad._current_level >= 0)
 
 
+def nested_forward_mode() -> bool:
+    """Forward mode over forward mode: more than one torch.func jvp level (jvp of a
+    jvp, jacfwd(jacfwd(f))). The RNN cells' jvp rules read their saved outputs,
+    whose tangents of the outer level such a composition loses, so they refuse it
+    (check_forward_over_forward) rather than return a silently wrong result."""
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    jvp = torch._C._functorch.TransformType.Jvp
+    return sum(i.key() == jvp for i in retrieve_all_functorch_interpreters()) >= 2
+
+
+def check_forward_over_forward(op: str) -> None:
+    """A clear error for forward over forward mode through a fused RNN cell."""
+    if nested_forward_mode():
+        raise RuntimeError(
+            f"{op}: forward mode over forward mode (a jvp of a jvp, torch.func.jacfwd(jacfwd(f))) "
+            "through the fused kernels is not implemented. For Hessians use "
+            "torch.func.jacrev(torch.func.jacfwd(f)) (reverse over forward), or run this computation "
+            "with backend='reference' (the plain PyTorch loop, differentiable in every order)")
+
+
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     """The dtype autocast casts this device's float tensors to, or None when off."""
     if device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device.type):

@@ -51,7 +51,7 @@ from torch import Tensor
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
 from mts_kernels.ops.leaky_rnn import (NONLINEARITIES, SECOND_ORDER, _BackwardFunction, _fused_tangent,
-                                      _linear_loop, check_projection, leaky_rnn, second_order)
+                                      _linear_loop, check_projection, leaky_rnn, second_order, tangent_op)
 
 PATH_ENV_VAR = "MTS_KERNELS_CLOCKWORK_PATH"
 PATHS = ("auto", "fused", "decomposed")
@@ -147,8 +147,7 @@ def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity
     start = h.new_zeros(B, H) if dh0 is None else dh0
     keep = keep.expand(T, B, H)
     if _fused_tangent(drive, gain, weight_hh, keep, start):  # its gradient: the same op on the adjoint
-        return torch.ops.mts_kernels.leaky_rnn_tangent(drive, gain, weight_hh * upper, keep, None, start,
-                                                       0, 1, False, False, lengths)
+        return tangent_op(drive, gain, weight_hh * upper, keep, None, start, 0, 1, False, False, lengths)
     return _linear_loop(drive, gain, weight_hh * upper, keep, None, start, 0, 1, live)
 
 

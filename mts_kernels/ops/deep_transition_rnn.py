@@ -289,6 +289,7 @@ class _Function(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _suffix, dp, dw, dh0, db, dws, dalpha, *_):
+        _transforms.check_forward_over_forward(_OP)
         weight_hh, h, s, h0, weight_shortcut, alpha, lengths, p, bias_hh = ctx.saved_tensors
         nonlinearity, reverse = ctx.config
         has_h0, has_bias, has_shortcut, has_alpha = ctx.has

@@ -269,8 +269,8 @@ def _tangent(primals, tangents, skip, dilation, nonlinearity, reverse, lengths):
     ws = weight_skip if skip else None
     if _fused_tangent(drive, gain, weight_hh, alpha, ws, start_dot):
         order = lambda x: _processing_order(x, reverse, lengths)
-        return torch.ops.mts_kernels.leaky_rnn_tangent(order(drive), order(gain), weight_hh, alpha, ws,
-                                                       start_dot, skip, dilation, False, reverse, lengths)
+        return tangent_op(order(drive), order(gain), weight_hh, alpha, ws, start_dot, skip, dilation, False,
+                          reverse, lengths)
     out = _linear_loop(drive, gain, weight_hh, alpha, ws, start_dot, skip, dilation, live)
     return _processing_order(out, reverse, lengths)
 
@@ -303,13 +303,22 @@ TANGENT_COMPILED = _extension.COMPILED and hasattr(torch.ops.mts_kernels, "leaky
 def _fused_tangent(*operands: Optional[Tensor]) -> bool:
     """The fused leaky_rnn_tangent op for these operands: tensors of one dtype on
     the CPU, or on CUDA where its CUDA loop was compiled (mixed dtypes, e.g. under
-    autocast, take the loop's type promotion), outside torch.func transforms
-    (their batching rules would need a vmap rule of the op)."""
+    autocast, take the loop's type promotion). Under torch.func transforms it runs
+    through _TangentFunction (tangent_op)."""
     ts = [t for t in operands if t is not None]
     devices = {t.device.type for t in ts}
     on_device = devices <= {"cpu", "meta"} or (devices == {"cuda"} and _backend.cuda_compiled("leaky_rnn_tangent"))
-    return (TANGENT_COMPILED and on_device and len({t.dtype for t in ts}) == 1
-            and torch._C._functorch.peek_interpreter_stack() is None)
+    return TANGENT_COMPILED and on_device and len({t.dtype for t in ts}) == 1
+
+
+def tangent_op(*args: object) -> Tensor:
+    """mts_kernels::leaky_rnn_tangent(*args): the registered op (its autograd from
+    register_autograd: eager, torch.compile), or under torch.func transforms and
+    forward-mode AD the same op through _TangentFunction (setup_context, jvp and
+    vmap rules, which the generated autograd has not got)."""
+    if _transforms.transform_active():
+        return _TangentFunction.apply(*args)
+    return torch.ops.mts_kernels.leaky_rnn_tangent(*args)
 
 
 def _tangent_fake(drive, gain, weight_hh, keep, weight_skip, start, skip, dilation, gain_inside,
@@ -335,9 +344,8 @@ def _tangent_backward(ctx, grad):
     if gain_inside:
         raise RuntimeError("leaky_rnn_tangent: the adjoint form (gain_inside=True) has no derivative here; "
                            "it is a third order of leaky_rnn, which raises (use backend='reference')")
-    lam = torch.ops.mts_kernels.leaky_rnn_tangent(
-        grad, gain, w.t(), keep, None if ws is None else ws.t(), None, skip, dilation, True,
-        not reverse, lengths)
+    lam = tangent_op(grad, gain, w.t(), keep, None if ws is None else ws.t(), None, skip, dilation, True,
+                     not reverse, lengths)
     order = lambda x: _processing_order(x, reverse, lengths)
     B, H = h.shape[1], h.shape[2]
     lam_o, h_o, gain_o = order(lam), order(h), order(gain)
@@ -374,6 +382,59 @@ if TANGENT_COMPILED:
                                     setup_context=_tangent_setup)
 
 
+class _TangentFunction(torch.autograd.Function):
+    """leaky_rnn_tangent under torch.func transforms and forward-mode AD: the same
+    op and gradient (_tangent_backward), a vmap rule that folds the samples into
+    the batch where the weights are shared, and a jvp (forward over forward) that
+    raises."""
+
+    @staticmethod
+    def forward(drive, gain, weight_hh, keep, weight_skip, start, skip, dilation, gain_inside, reverse,
+                lengths):
+        return torch.ops.mts_kernels.leaky_rnn_tangent(drive, gain, weight_hh, keep, weight_skip, start, skip,
+                                                       dilation, gain_inside, reverse, lengths)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _tangent_setup(ctx, inputs, output)
+        _, gain, w, keep, ws, start, *_, lengths = inputs
+        ctx.save_for_forward(gain, w, keep, ws, start, output, lengths)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _tangent_backward(ctx, grad)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        # the tangent of the tangent: forward over forward, which the cells' jvp rules refuse first
+        raise RuntimeError("leaky_rnn: forward mode over forward mode (torch.func.jacfwd(jacfwd(f))) through "
+                           "the fused kernels is not implemented; use torch.func.jacrev(torch.func.jacfwd(f)) "
+                           "or backend='reference'")
+
+    @staticmethod
+    def vmap(info, in_dims, drive, gain, weight_hh, keep, weight_skip, start, skip, dilation, gain_inside,
+             reverse, lengths):
+        n = info.batch_size
+        d_drive, d_gain, d_w, d_keep, d_ws, d_start, *_, d_len = in_dims
+        # the arguments hold their vmapped dimension: keep's own is (H,) or (T, B, H)
+        per_step = keep is not None and keep.dim() - (d_keep is not None) == 3
+        if d_w is None and d_ws is None and (keep is None or per_step or d_keep is None):
+            # shared weights (and per-unit keep): the samples fold into the batch, one call
+            front = lambda t, d: _transforms.batch_to_front(t, d, n)  # noqa: E731
+            dr = front(drive, d_drive)
+            N, T, B, H = dr.shape
+            fold = lambda t: t.transpose(0, 1).reshape(T, N * B, H)  # noqa: E731
+            kp = fold(front(keep, d_keep)) if per_step else keep
+            st = None if start is None else front(start, d_start).reshape(N * B, H)
+            ln = None if lengths is None else front(lengths, d_len).reshape(N * B)
+            out = _TangentFunction.apply(fold(dr), fold(front(gain, d_gain)), weight_hh, kp, weight_skip, st,
+                                         skip, dilation, gain_inside, reverse, ln)
+            return out.reshape(T, N, B, H).transpose(0, 1), 0
+        args = (drive, gain, weight_hh, keep, weight_skip, start, skip, dilation, gain_inside, reverse, lengths)
+        outs, dims = _transforms.per_sample(lambda *a: (_TangentFunction.apply(*a),), args, in_dims, n)
+        return outs[0], dims[0]
+
+
 class _Function(torch.autograd.Function):
     """leaky_rnn for torch.func transforms and forward-mode AD (see _transforms)."""
 
@@ -397,6 +458,7 @@ class _Function(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _suffix, dp, dw, dh0, dalpha, dws, *_):
+        _transforms.check_forward_over_forward("leaky_rnn")
         weight_hh, h, u, h0, alpha, weight_skip, lengths = ctx.saved_tensors
         skip, dilation, nonlinearity, reverse = ctx.config
         has_h0, has_alpha, has_skip = ctx.has
