@@ -295,3 +295,26 @@ def test_forward_over_forward_raises(op):
         torch.func.jvp(lambda w2: torch.func.jvp(fn, (w2,), (t,))[1], (w,), (t,))
     with pytest.raises(RuntimeError, match="forward mode over forward mode"):
         torch.func.jacfwd(torch.func.jacfwd(lambda w_: fn(w_).sum()))(w)
+
+
+def test_vmap_of_jvp_over_weights_and_leaks():
+    """vmap over an ensemble of weights, or of leaks (per-unit keep), takes
+    _TangentFunction's per-sample rule; both equal the reference."""
+    gen = torch.Generator().manual_seed(22)
+    T, B, H = 5, 2, 3
+    p = torch.randn(T, B, H, generator=gen, dtype=torch.float64)
+    ws = torch.randn(3, H, H, generator=gen, dtype=torch.float64) * 0.4
+    t = torch.randn(H, H, generator=gen, dtype=torch.float64)
+    a = torch.rand(H, generator=gen, dtype=torch.float64) * 0.8
+    alphas = torch.rand(3, H, generator=gen, dtype=torch.float64) * 0.8
+
+    def over_w(be):
+        return lambda w_: torch.func.jvp(lambda w2: mts_kernels.leaky_rnn(p, w2, alpha=a, backend=be,
+                                                                          lengths=[5, 2]), (w_,), (t,))[1]
+
+    def over_alpha(be):
+        return lambda a_: torch.func.jvp(lambda w2: mts_kernels.leaky_rnn(p, w2, alpha=a_, backend=be,
+                                                                          reverse=True), (ws[0],), (t,))[1]
+
+    for make, xs in ((over_w, ws), (over_alpha, alphas)):
+        torch.testing.assert_close(torch.func.vmap(make("cpu"))(xs), torch.func.vmap(make("reference"))(xs))
