@@ -216,3 +216,35 @@ def test_tangent_op_flop_count():
     with FlopCounterMode(display=False) as counter:
         OPS.deep_transition_rnn_tangent_bwd(torch.ones_like(h), *args[1:6], h, a, *args[6:])
     assert counter.get_total_flops() == 2 * 2 * T * B * H * H * 3
+
+
+def test_transforms_take_the_fused_tangent(monkeypatch):
+    """Under torch.func, jvp, jacrev(jacfwd) and vmap of jvp run the tangent's fused
+    op (through _TangentFunction) and equal the reference loop's."""
+    calls = []
+    real = dt_ops._TangentFunction.apply
+    monkeypatch.setattr(dt_ops._TangentFunction, "apply", lambda *a: (calls.append(1), real(*a))[1])
+    depth, shortcut, leak, h0, reverse, lengths, nl = CONFIGS[5]
+    leaves, idx = _case(13, depth, shortcut, leak, h0)
+    rest = [leaves[i] for i in idx[2:]]
+
+    def f(backend):
+        g = _fn(leaves, idx, backend, reverse, lengths, nl)
+        return lambda p, w: g(p, w, *rest).tanh().sum()
+
+    gen = torch.Generator().manual_seed(14)
+    tw = torch.randn(leaves[1].shape, generator=gen, dtype=torch.float64)
+    jv = torch.func.jvp(lambda w: f("cpu")(leaves[0], w), (leaves[1],), (tw,))
+    torch.testing.assert_close(jv, torch.func.jvp(lambda w: f("reference")(leaves[0], w), (leaves[1],), (tw,)),
+                               **F64)
+    assert calls
+    calls.clear()
+    hess = lambda be: torch.func.jacrev(torch.func.jacfwd(lambda w: f(be)(leaves[0], w)))(leaves[1])  # noqa: E731
+    torch.testing.assert_close(hess("cpu"), hess("reference"), **F64)
+    assert calls
+    calls.clear()
+    ps = torch.randn(2, *leaves[0].shape, generator=gen, dtype=torch.float64)
+    vj = lambda be: torch.func.vmap(lambda p: torch.func.jvp(  # noqa: E731
+        lambda w: f(be)(p, w), (leaves[1],), (tw,))[1])(ps)
+    torch.testing.assert_close(vj("cpu"), vj("reference"), **F64)
+    assert calls

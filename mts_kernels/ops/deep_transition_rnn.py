@@ -156,8 +156,10 @@ def _tangent(primals, tangents, nonlinearity, reverse, lengths):
     # the sequential part: the fused op (one loop, a registered adjoint) where it can run
     gains_t = torch.cat([gains[:L - 1], gain_top.expand(T, B, H).unsqueeze(0)])
     if _fused_tangent(drive, gains_t, weight_hh, alpha, weight_shortcut, dh0):
-        return torch.ops.mts_kernels.deep_transition_rnn_tangent(
-            drive, gains_t, weight_hh, alpha, weight_shortcut, dh0, reverse, lengths)[0]
+        args = (drive, gains_t, weight_hh, alpha, weight_shortcut, dh0, reverse, lengths)
+        if _transforms.transform_active():
+            return _TangentFunction.apply(*args)[0]
+        return torch.ops.mts_kernels.deep_transition_rnn_tangent(*args)[0]
     # else a PyTorch step loop in processing order (under torch.func, mixed dtypes)
     live = _live(h, lengths)
     if live is not None:
@@ -190,13 +192,12 @@ def _tangent(primals, tangents, nonlinearity, reverse, lengths):
 
 def _fused_tangent(*operands) -> bool:
     """deep_transition_rnn_tangent for these operands: one dtype, on the CPU or on
-    CUDA where compiled, outside torch.func (the op has no batching rule)."""
+    CUDA where compiled (under torch.func through _TangentFunction)."""
     ts = [t for t in operands if t is not None]
     devices = {t.device.type for t in ts}
     on_device = ((devices <= {"cpu", "meta"} and _backend.cpu_compiled("deep_transition_rnn_tangent"))
                  or (devices == {"cuda"} and _backend.cuda_compiled("deep_transition_rnn_tangent")))
-    return (on_device and len({t.dtype for t in ts}) == 1
-            and torch._C._functorch.peek_interpreter_stack() is None)
+    return on_device and len({t.dtype for t in ts}) == 1
 
 
 def _tangent_op_fake(drive, gains, weight_hh, keep, weight_shortcut, start, reverse, lengths=None):
@@ -226,9 +227,12 @@ def _tangent_op_backward(ctx, grad_h, _grad_a):
     gains, weight_hh, keep, weight_shortcut, start, h, a, lengths = ctx.saved_tensors
     if grad_h is None:
         grad_h = torch.zeros_like(h)
+    args = (grad_h.contiguous(), gains, weight_hh, keep, weight_shortcut, start, h, a, ctx.reverse, lengths)
     with torch.no_grad():
-        out = torch.ops.mts_kernels.deep_transition_rnn_tangent_bwd(
-            grad_h.contiguous(), gains, weight_hh, keep, weight_shortcut, start, h, a, ctx.reverse, lengths)
+        if _transforms.transform_active():  # a vmap rule (jacrev batches this call), not the slow fallback
+            out = _TangentBwdFunction.apply(*args)
+        else:
+            out = torch.ops.mts_kernels.deep_transition_rnn_tangent_bwd(*args)
     has_keep, has_ws, has_start = ctx.has
     out = [o if use else None for o, use in zip(out, (True, True, True, has_keep, has_ws, has_start))]
     if torch.is_grad_enabled():
@@ -239,6 +243,75 @@ def _tangent_op_backward(ctx, grad_h, _grad_a):
             for i, o in zip(idx, _Refuse.apply(_OP, len(idx), *[out[i] for i in idx], *keys)):
                 out[i] = o
     return (*out, None, None)
+
+
+class _TangentBwdFunction(torch.autograd.Function):
+    """deep_transition_rnn_tangent_bwd under torch.func: one fused call per vmapped
+    sample (the weight gradients are per sample); not differentiable (it is only
+    called under no_grad, and _Refuse guards what it returns)."""
+
+    @staticmethod
+    def forward(*args):
+        return torch.ops.mts_kernels.deep_transition_rnn_tangent_bwd(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{_OP}: a third-order gradient of the fused kernels' backward is not implemented; "
+                           "use backend='reference'")
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _transforms.per_sample(lambda *x: _TangentBwdFunction.apply(*x), args, in_dims, info.batch_size)
+
+
+class _TangentFunction(torch.autograd.Function):
+    """deep_transition_rnn_tangent under torch.func transforms (the registered
+    op's generated autograd does not support them): the same op and fused adjoint,
+    a vmap rule folding the samples into the batch where the weights are shared,
+    and a jvp (forward over forward) that raises."""
+
+    @staticmethod
+    def forward(drive, gains, weight_hh, keep, weight_shortcut, start, reverse, lengths):
+        return torch.ops.mts_kernels.deep_transition_rnn_tangent(drive, gains, weight_hh, keep, weight_shortcut,
+                                                                 start, reverse, lengths)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _tangent_op_setup(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_a):
+        return _tangent_op_backward(ctx, grad_h, grad_a)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        _transforms.check_forward_over_forward(_OP)
+        raise RuntimeError(f"{_OP}: forward mode through the tangent's fused op is forward over forward; "
+                           "use torch.func.jacrev(torch.func.jacfwd(f)) or backend='reference'")
+
+    @staticmethod
+    def vmap(info, in_dims, drive, gains, weight_hh, keep, weight_shortcut, start, reverse, lengths):
+        n = info.batch_size
+        d_drive, d_gains, d_w, d_keep, d_ws, d_start, _, d_len = in_dims
+        args = (drive, gains, weight_hh, keep, weight_shortcut, start, reverse, lengths)
+        if d_w is None and d_ws is None and d_keep is None:
+            front = lambda t, d: _transforms.batch_to_front(t, d, n)  # noqa: E731
+            dr = front(drive, d_drive)
+            N, T, B, H = dr.shape
+            g = front(gains, d_gains)  # (N, L, T, B, H)
+            L = g.shape[1]
+            h, a = _TangentFunction.apply(
+                dr.transpose(0, 1).reshape(T, N * B, H),
+                g.permute(1, 2, 0, 3, 4).reshape(L, T, N * B, H), weight_hh, keep, weight_shortcut,
+                None if start is None else front(start, d_start).reshape(N * B, H), reverse,
+                None if lengths is None else front(lengths, d_len).reshape(N * B))
+            return ((h.reshape(T, N, B, H).transpose(0, 1), a.reshape(L, T, N, B, H).permute(2, 0, 1, 3, 4)),
+                    (0, 0))
+        return _transforms.per_sample(lambda *x: _TangentFunction.apply(*x), args, in_dims, n)
 
 
 if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "deep_transition_rnn_tangent"):

@@ -124,17 +124,29 @@ class _BackwardFunction(torch.autograd.Function):
 
 
 class _Refuse(torch.autograd.Function):
-    """Identity on the first n tensors; its derivative (a third order) raises."""
+    """Identity on the first n tensors; its derivative (a third order) raises, in
+    eager autograd and under torch.func transforms alike (setup_context style, a
+    generated vmap rule)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, op, n, *tensors):
-        ctx.op = op
+    def forward(op, n, *tensors):
         return tuple(t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.op = inputs[0]
 
     @staticmethod
     def backward(ctx, *grads):
         raise RuntimeError(_NO_HIGHER_ORDER.format(
             op=ctx.op, what="a third-order gradient (create_graph=True through a second-order one)"))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(_NO_HIGHER_ORDER.format(
+            op=ctx.op, what="forward-mode AD of a second-order gradient"))
 
 
 def _leaky_second_order(args, cots):
