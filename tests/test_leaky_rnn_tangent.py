@@ -291,7 +291,7 @@ def test_forward_over_forward_raises(op):
           "clockwork_rnn": lambda w_: mts_kernels.clockwork_rnn(p, w_, periods=[1, 2], module_sizes=[2, 1]),
           "deep_transition_rnn": lambda w_: mts_kernels.deep_transition_rnn(p, torch.stack([w_, 0.5 * w_]))}[op]
     torch.func.jvp(fn, (w,), (t,))  # one level: fine
-    with pytest.raises(RuntimeError, match=r"forward mode over forward mode.*jacrev\(torch.func.jacfwd"):
+    with pytest.raises(RuntimeError, match=rf"{op}: forward mode over forward mode.*jacrev\(torch.func.jacfwd"):
         torch.func.jvp(lambda w2: torch.func.jvp(fn, (w2,), (t,))[1], (w,), (t,))
     with pytest.raises(RuntimeError, match="forward mode over forward mode"):
         torch.func.jacfwd(torch.func.jacfwd(lambda w_: fn(w_).sum()))(w)

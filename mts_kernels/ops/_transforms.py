@@ -42,7 +42,7 @@ def nested_forward_mode() -> bool:
     jvp, jacfwd(jacfwd(f))). The RNN cells' jvp rules read their saved outputs,
     whose tangents of the outer level such a composition loses, so they refuse it
     (check_forward_over_forward) rather than return a silently wrong result."""
-    if torch._C._functorch.peek_interpreter_stack() is None:
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is None:
         return False
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
     jvp = torch._C._functorch.TransformType.Jvp

@@ -307,6 +307,8 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
         return reference.clockwork_rnn(p, weight_hh, h0, periods, module_sizes, alpha=alpha,
                                        nonlinearity=nonlinearity, t0=t0, batch_first=batch_first,
                                        lengths=lens)
+    # forward over forward is refused by the leaky_rnn pieces' jvp rule; say it here, by this op's name
+    _transforms.check_forward_over_forward("clockwork_rnn")
     x = p.transpose(0, 1) if batch_first else p
     T, B, H = x.shape
     if _use_fused(be, x, periods, module_sizes):
