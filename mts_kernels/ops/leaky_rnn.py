@@ -409,8 +409,6 @@ class _TangentFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         _tangent_setup(ctx, inputs, output)
-        _, gain, w, keep, ws, start, *_, lengths = inputs
-        ctx.save_for_forward(gain, w, keep, ws, start, output, lengths)
 
     @staticmethod
     def backward(ctx, grad):
