@@ -17,15 +17,6 @@ HIDDEN_NAMESPACE_BEGIN(mts)
 
 constexpr int64_t kSmallWork = int64_t(1) << 17;
 
-template <typename T>
-const T* ptr(const Tensor& t) {
-  return static_cast<const T*>(t.const_data_ptr());
-}
-template <typename T>
-T* mut(const Tensor& t) {
-  return static_cast<T*>(t.mutable_data_ptr());
-}
-
 // A (n,) tensor like `like` (dtype T) from per-unit sums kept in double.
 template <typename T>
 Tensor from_double(const std::vector<double>& v, const Tensor& like) {

@@ -17,15 +17,6 @@
 
 HIDDEN_NAMESPACE_BEGIN(mts, gpu_loop)
 
-template <typename T>
-const T* ptr(const Tensor& t) {
-  return static_cast<const T*>(t.const_data_ptr());
-}
-template <typename T>
-T* mut(const Tensor& t) {
-  return static_cast<T*>(t.mutable_data_ptr());
-}
-
 // (rows, cols) row-major view with leading dimension ld of `like`'s device and dtype.
 inline Tensor view(const Tensor& like, const void* data, int64_t rows, int64_t cols, int64_t ld) {
   return torch::stable::from_blob(const_cast<void*>(data), {rows, cols}, {ld, 1}, like.device(),
@@ -48,6 +39,24 @@ struct Opt {
     return static_cast<const T*>(p);
   }
 };
+
+// The lengths operand as the step kernels read it: contiguous int64 on the
+// device, or p == nullptr (every row runs every step); never read on the host.
+struct Lengths {
+  Tensor t;
+  const int64_t* p;
+  Lengths(const std::optional<Tensor>& in, const Tensor& stand_in)
+      : t(in ? as_contiguous(*in) : stand_in), p(in ? ptr<int64_t>(t) : nullptr) {}
+};
+
+// One step's pointwise work on the host: the CUDA kernel's per-element body
+// (step_elem, found beside the parameter struct Q) over its B * H elements, after
+// the parameter check its launcher makes (step_valid).
+template <class Q>
+void host_step(const Q& q, const char* op) {
+  MTS_CHECK(step_valid(q), op, ": invalid step parameters");
+  for (int64_t i = 0; i < q.B * q.H; ++i) step_elem(q, i);
+}
 
 HIDDEN_NAMESPACE_END(mts, gpu_loop)
 

@@ -193,6 +193,16 @@ inline Tensor as_contiguous(const Tensor& t) {
 
 // ---------------------------------------------------------------- argument checks
 
+// A tensor's data as T (the kernels' raw-pointer view of their operands).
+template <typename T>
+const T* ptr(const Tensor& t) {
+  return static_cast<const T*>(t.const_data_ptr());
+}
+template <typename T>
+T* mut(const Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
 // The leading (T, B, H) operand of a recurrence kernel: 3-D, floating point, on
 // a `device` device, with at least one step. Returns {T, B, H}.
 inline std::array<int64_t, 3> check_sequence(const char* op, const char* lead, const Tensor& x,

@@ -52,21 +52,9 @@ struct Shape {
 inline Shape check_args(const char* op, const char* lead, const Tensor& x, const Tensor& w,
                         const std::optional<Tensor>& h0, const std::optional<Tensor>& alpha,
                         torch::headeronly::DeviceType device) {
-  MTS_CHECK(x.dim() == 3, op, ": ", lead, " must be 3-D (T, B, H), got shape ", shape_str(x.sizes()));
-  MTS_CHECK(is_kernel_float(x.scalar_type()), op, ": ", lead, " must be floating point, got ",
-            torch::headeronly::toString(x.scalar_type()));
-  MTS_CHECK(x.device().type() == device, op, ": ", lead, " must be a ",
-            device == torch::headeronly::DeviceType::CPU ? "CPU" : "CUDA", " tensor, got ",
-            device_str(x.device()));
-  const int64_t T = x.size(0), B = x.size(1), H = x.size(2);
-  MTS_CHECK(T > 0, op, ": ", lead, " needs at least one time step");
+  const auto [T, B, H] = check_sequence(op, lead, x, device);
   auto same = [&](const Tensor& t, const char* name, std::initializer_list<int64_t> shape) {
-    MTS_CHECK(same_sizes(t.sizes(), IntRef(shape)), op, ": ", name, " must have shape ",
-              shape_str(IntRef(shape)), ", got ", shape_str(t.sizes()));
-    MTS_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device(), op, ": ", name,
-              " must be ", torch::headeronly::toString(x.scalar_type()), " on ",
-              device_str(x.device()), ", got ", torch::headeronly::toString(t.scalar_type()),
-              " on ", device_str(t.device()));
+    check_operand(op, name, t, IntRef(shape), x);
   };
   same(w, "weight_hh", {H, H});
   if (h0) same(*h0, "h0", {B, H});
@@ -77,16 +65,8 @@ inline Shape check_args(const char* op, const char* lead, const Tensor& x, const
 // The backward's grad_h (and u, with a leak) are read with h's dtype and layout.
 inline void check_like_h(const char* op, const Tensor& h, const Tensor& grad_h, const Tensor& u,
                          bool has_alpha) {
-  auto like_h = [&](const Tensor& t, const char* name, const char* when) {
-    MTS_CHECK(same_sizes(t.sizes(), h.sizes()) && t.scalar_type() == h.scalar_type() &&
-                  t.device() == h.device(),
-              op, ": ", name, " must be ", torch::headeronly::toString(h.scalar_type()),
-              " of shape ", shape_str(h.sizes()), " on ", device_str(h.device()), when,
-              ", got ", torch::headeronly::toString(t.scalar_type()), " of shape ",
-              shape_str(t.sizes()), " on ", device_str(t.device()));
-  };
-  like_h(grad_h, "grad_h", "");
-  if (has_alpha) like_h(u, "u", " when alpha is given");
+  check_like(op, "grad_h", grad_h, h.sizes(), h);
+  if (has_alpha) check_like(op, "u", u, h.sizes(), h, " when alpha is given");
 }
 
 inline bool parse_tanh(const std::string& s, const char* op) {

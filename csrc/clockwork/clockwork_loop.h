@@ -50,8 +50,6 @@ using ::mts::rnn::as_dtype;
 using ::mts::rnn::compute;
 using ::mts::rnn::dispatch_compute;
 
-using gpu_loop::mut;
-using gpu_loop::ptr;
 using gpu_loop::tr;
 using gpu_loop::view;
 
@@ -85,16 +83,13 @@ inline Clock cuda_clock(const Shape& s, const std::vector<int64_t>& sizes,
 }
 
 // The operands both directions share, in the compute dtype and contiguous
-// (like: p or h, already so). alpha and lengths as raw pointers (nullptr when
-// absent) beside plain Tensors rather than optionals, which GCC 12 misreads as
-// maybe-uninitialized inside the dispatch lambdas; an absent one's Tensor is W,
-// never read.
+// (like: p or h, already so).
 struct Operands {
   bool tanh;
   Clock clock;
-  Tensor w, h0, alpha, lens;
-  const void* alpha_p;
-  const int64_t* lens_p;
+  Tensor w, h0;
+  gpu_loop::Opt alpha;
+  gpu_loop::Lengths lens;
   Operands(const char* op, const Shape& s, const Tensor& like, const Tensor& w_in,
            const std::optional<Tensor>& h0_in, const std::optional<Tensor>& alpha_in,
            const std::vector<int64_t>& module_sizes, const std::vector<int64_t>& periods,
@@ -104,10 +99,8 @@ struct Operands {
         clock(cuda_clock(s, module_sizes, periods, first_steps, op)),
         w(compute(w_in)),
         h0(h0_in ? compute(*h0_in) : torch::stable::new_zeros(like, {s.B, s.H})),
-        alpha(alpha_in ? compute(*alpha_in) : w),
-        lens((check_lengths(op, lengths, s.B, like.device()), lengths ? as_contiguous(*lengths) : w)),
-        alpha_p(alpha_in ? alpha.const_data_ptr() : nullptr),
-        lens_p(lengths ? ptr<int64_t>(lens) : nullptr) {}
+        alpha(alpha_in, w),
+        lens((check_lengths(op, lengths, s.B, like.device()), lengths), w) {}
 };
 
 template <class Dev>
@@ -123,8 +116,8 @@ std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tens
   const bool tanh = o.tanh;
   const Clock& clock = o.clock;
   const Tensor &w = o.w, &h0 = o.h0;
-  const void* alpha_p = o.alpha_p;
-  const int64_t* lens_p = o.lens_p;
+  const void* alpha_p = o.alpha.p;
+  const int64_t* lens_p = o.lens.p;
   Tensor h = torch::stable::empty_like(p);
   const Tensor u = alpha_in ? torch::stable::empty_like(p) : h;
   if (s.B > 0) {
@@ -183,8 +176,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> loop_bwd(
   const bool tanh = o.tanh;
   const Clock& clock = o.clock;
   const Tensor &w = o.w, &h0 = o.h0;
-  const void* alpha_p = o.alpha_p;
-  const int64_t* lens_p = o.lens_p;
+  const void* alpha_p = o.alpha.p;
+  const int64_t* lens_p = o.lens.p;
   Tensor e = torch::stable::empty_like(h);
   Tensor dh0 = torch::stable::new_zeros(h, {s.B, s.H});
   Tensor dw = torch::stable::new_zeros(h, {s.H, s.H});

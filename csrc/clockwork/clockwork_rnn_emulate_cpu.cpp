@@ -22,8 +22,7 @@ struct HostDev : gpu_loop::HostGemm {
   }
   template <class Q>
   void step(const Q& q) {
-    MTS_CHECK(step_valid(q), kFwdName, ": invalid step parameters");
-    for (int64_t i = 0; i < q.B * q.H; ++i) step_elem(q, i);
+    gpu_loop::host_step(q, "_clockwork_rnn_gpu_loop_emulate");
   }
 };
 

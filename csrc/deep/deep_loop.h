@@ -38,9 +38,7 @@
 HIDDEN_NAMESPACE_BEGIN(mts, deep)
 namespace loop {
 
-using gpu_loop::mut;
 using gpu_loop::Opt;
-using gpu_loop::ptr;
 using gpu_loop::tr;
 using gpu_loop::view;
 using ::mts::rnn::as_dtype;
@@ -59,8 +57,7 @@ std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tens
   const Tensor p = compute(p_in), w = compute(w_in);
   const Tensor h0 = h0_in ? compute(*h0_in) : torch::stable::new_zeros(p, {s.B, s.H});
   const Opt bias(bias_in, w), ws(ws_in, w), alpha(alpha_in, w);
-  const Tensor lens = lengths ? as_contiguous(*lengths) : w;
-  const int64_t* lens_p = lengths ? ptr<int64_t>(lens) : nullptr;
+  const gpu_loop::Lengths lens(lengths, w);
   Tensor h = torch::stable::empty_like(p);
   Tensor st = torch::stable::new_empty(p, {s.L, s.T, s.B, s.H});
   if (s.B > 0 && s.H > 0) {
@@ -102,7 +99,7 @@ std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tens
           q.s_next = mut<T>(sbuf);
           q.h_all = mut<T>(h);
           q.h_next = next;
-          q.lengths = lens_p;
+          q.lengths = lens.p;
           dev.step(q);
         }
         prev = next;
@@ -128,8 +125,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loop_bwd(
   const Tensor h = compute(h_in), w = compute(w_in), sv = compute(s_in), g = compute(grad_h);
   const Tensor h0 = h0_in ? compute(*h0_in) : torch::stable::new_zeros(h, {s.B, s.H});
   const Opt ws(ws_in, w), alpha(alpha_in, w);
-  const Tensor lens = lengths ? as_contiguous(*lengths) : w;
-  const int64_t* lens_p = lengths ? ptr<int64_t>(lens) : nullptr;
+  const gpu_loop::Lengths lens(lengths, w);
   // e^1 = dp on its own, so dp is not a view keeping the other sub-layers' e alive
   Tensor dp = torch::stable::empty_like(h);
   const Tensor e_rest = torch::stable::new_empty(h, {std::max<int64_t>(s.L - 1, 1), s.T, s.B, s.H});
@@ -174,7 +170,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loop_bwd(
         q.carry_out = out;
         q.hprev_all = mut<T>(hprev);
         q.da = alpha.p ? mut<T>(da) : nullptr;
-        q.lengths = lens_p;
+        q.lengths = lens.p;
         dev.step(q);
         if (ws.p) dev.addmm(out_v, e_v, view(h, ws.get<T>(), H, H, H));  // carry += e^L U
         for (int64_t l = s.L - 2; l >= 0; --l) {
@@ -190,7 +186,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loop_bwd(
           r.s_all = ptr<T>(sv) + l * TBH;
           r.e_all = e_of(l);
           r.e_next = mut<T>(ebuf);
-          r.lengths = lens_p;
+          r.lengths = lens.p;
           dev.step(r);
         }
         dev.addmm(out_v, e_v, view(h, wp, H, H, H));  // carry += e^1 W_1

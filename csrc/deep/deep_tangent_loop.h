@@ -28,9 +28,7 @@
 HIDDEN_NAMESPACE_BEGIN(mts, deep)
 namespace tangent {
 
-using gpu_loop::mut;
 using gpu_loop::Opt;
-using gpu_loop::ptr;
 using gpu_loop::tr;
 using gpu_loop::view;
 using ::mts::rnn::as_dtype;
@@ -70,8 +68,7 @@ std::tuple<Tensor, Tensor> fwd(Tensor drive_in, Tensor gains_in, Tensor w_in, st
   const Tensor drive = compute(drive_in), gains = compute(gains_in), w = compute(w_in);
   const Tensor start = start_in ? compute(*start_in) : torch::stable::new_zeros(drive, {s.B, s.H});
   const Opt keep(keep_in, w), ws(ws_in, w);
-  const Tensor lens = lengths ? as_contiguous(*lengths) : w;
-  const int64_t* lens_p = lengths ? ptr<int64_t>(lens) : nullptr;
+  const gpu_loop::Lengths lens(lengths, w);
   Tensor h = torch::stable::empty_like(drive);
   Tensor a = torch::stable::new_empty(drive, {s.L, s.T, s.B, s.H});
   if (s.B > 0 && s.H > 0) {
@@ -108,7 +105,7 @@ std::tuple<Tensor, Tensor> fwd(Tensor drive_in, Tensor gains_in, Tensor w_in, st
           q.x_next = mut<T>(xbuf);
           q.h_all = mut<T>(h);
           q.h_next = next;
-          q.lengths = lens_p;
+          q.lengths = lens.p;
           dev.step(q);
         }
         prev = next;
@@ -132,8 +129,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd(
                a = compute(a_in);
   const Tensor start = start_in ? compute(*start_in) : torch::stable::new_zeros(h, {s.B, s.H});
   const Opt keep(keep_in, w), ws(ws_in, w);
-  const Tensor lens = lengths ? as_contiguous(*lengths) : w;
-  const int64_t* lens_p = lengths ? ptr<int64_t>(lens) : nullptr;
+  const gpu_loop::Lengths lens(lengths, w);
   Tensor ddrive = torch::stable::empty_like(h);
   Tensor dgains = torch::stable::new_empty(h, {s.L, s.T, s.B, s.H});
   const Tensor nu = torch::stable::new_empty(h, {s.L, s.T, s.B, s.H});
@@ -178,7 +174,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd(
         q.carry_out = out;
         q.hprev_all = mut<T>(hprev);
         q.dkeep = keep.p ? mut<T>(dkeep) : nullptr;
-        q.lengths = lens_p;
+        q.lengths = lens.p;
         dev.step(q);
         if (ws.p) dev.addmm(out_v, nu_v, view(h, ws.get<T>(), H, H, H));  // carry += nu^L U
         for (int64_t l = s.L - 2; l >= 0; --l) {
@@ -195,7 +191,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd(
           r.dgain_all = mut<T>(dgains) + l * TBH;
           r.nu_all = mut<T>(nu) + l * TBH;
           r.nu_next = mut<T>(nubuf);
-          r.lengths = lens_p;
+          r.lengths = lens.p;
           dev.step(r);
         }
         dev.addmm(out_v, nu_v, view(h, wp, H, H, H));  // carry += nu^1 W_1

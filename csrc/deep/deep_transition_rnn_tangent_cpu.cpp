@@ -12,8 +12,7 @@ struct TangentCpuDev : gpu_loop::HostGemm {
   using HostGemm::HostGemm;
   template <class Q>
   void step(const Q& q) {
-    MTS_CHECK(step_valid(q), "deep_transition_rnn_tangent: invalid step parameters");
-    for (int64_t i = 0; i < q.B * q.H; ++i) step_elem(q, i);
+    gpu_loop::host_step(q, "deep_transition_rnn_tangent");
   }
 };
 

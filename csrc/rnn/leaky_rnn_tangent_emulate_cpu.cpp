@@ -15,8 +15,7 @@ struct TangentHostDev : gpu_loop::HostGemm {
   using HostGemm::HostGemm;
   template <typename T>
   void step(const TangentStep<T>& q) {
-    MTS_CHECK(step_valid(q), kName, ": invalid step parameters");
-    for (int64_t i = 0; i < q.B * q.H; ++i) step_elem(q, i);
+    gpu_loop::host_step(q, kName);
   }
 };
 

@@ -25,8 +25,6 @@
 HIDDEN_NAMESPACE_BEGIN(mts, rnn)
 namespace tangent_loop {
 
-using gpu_loop::mut;
-using gpu_loop::ptr;
 using gpu_loop::tr;
 using gpu_loop::view;
 
@@ -40,18 +38,9 @@ Tensor loop(Tensor drive_in, Tensor gain_in, Tensor w_in, std::optional<Tensor> 
   const Tensor drive = compute(drive_in), gain = compute(gain_in), w = compute(w_in);
   // a delay of T or more reads the start state at every step, as T does
   const int64_t d = std::min(dilation, T_), sk = std::min(skip, T_);
-  // plain Tensors with raw pointers (nullptr when absent) instead of optionals,
-  // which GCC 12 misreads as maybe-uninitialized inside the dispatch lambda; an
-  // absent one's Tensor is W, never read
-  const Tensor keep = keep_in ? compute(*keep_in) : w;
-  const Tensor ws = w_skip_in ? compute(*w_skip_in) : w;
-  const Tensor start = start_in ? compute(*start_in) : w;
-  const Tensor lens = lengths ? as_contiguous(*lengths) : w;
-  const void* keep_p = keep_in ? keep.const_data_ptr() : nullptr;
+  const gpu_loop::Opt keep(keep_in, w), ws(w_skip_in, w), start(start_in, w);
   const bool keep_all = keep_in && keep_in->dim() == 3;
-  const void* ws_p = w_skip_in ? ws.const_data_ptr() : nullptr;
-  const void* start_p = start_in ? start.const_data_ptr() : nullptr;
-  const int64_t* lens_p = lengths ? ptr<int64_t>(lens) : nullptr;
+  const gpu_loop::Lengths lens(lengths, w);
   Tensor h = torch::stable::empty_like(drive);
   if (B > 0 && H > 0) {
     Dev dev(drive);
@@ -63,14 +52,14 @@ Tensor loop(Tensor drive_in, Tensor gain_in, Tensor w_in, std::optional<Tensor> 
       const int64_t BH = B * H;
       auto slot = [&](int64_t k) { return mut<T>(ring) + (k % R) * BH; };
       const Tensor wt = tr(view(drive, ptr<T>(w), H, H, H));
-      const Tensor wst = tr(view(drive, ptr<T>(ws), H, H, H));  // (W itself when absent, unused)
+      const Tensor wst = tr(view(drive, ptr<T>(ws.t), H, H, H));  // (W itself when absent, unused)
       for (int64_t k = 0; k < T_; ++k) {
         bool has_z = false;
         // one connection's product into z: the ring slot `delay` steps back, or
         // before that the start state (outside only; absent: 0, no product)
         auto product = [&](int64_t delay, const Tensor& mt) {
           const T* x = k >= delay ? slot(k - delay)
-                                  : (gain_inside ? nullptr : static_cast<const T*>(start_p));
+                                  : (gain_inside ? nullptr : start.get<T>());
           if (x == nullptr) return;
           const Tensor xv = view(drive, x, B, H, H);
           if (has_z)
@@ -80,7 +69,7 @@ Tensor loop(Tensor drive_in, Tensor gain_in, Tensor w_in, std::optional<Tensor> 
           has_z = true;
         };
         product(d, wt);
-        if (ws_p) product(sk, wst);
+        if (ws.p) product(sk, wst);
         TangentStep<T> q{};
         q.B = B;
         q.H = H;
@@ -93,12 +82,12 @@ Tensor loop(Tensor drive_in, Tensor gain_in, Tensor w_in, std::optional<Tensor> 
         q.z = ptr<T>(zbuf);
         q.drive = ptr<T>(drive);
         q.gain = ptr<T>(gain);
-        q.keep = keep_all ? nullptr : static_cast<const T*>(keep_p);
-        q.keep_all = keep_all ? static_cast<const T*>(keep_p) : nullptr;
-        q.start = static_cast<const T*>(start_p);
+        q.keep = keep_all ? nullptr : keep.get<T>();
+        q.keep_all = keep_all ? keep.get<T>() : nullptr;
+        q.start = start.get<T>();
         q.h = mut<T>(h);
         q.ring = slot(k);
-        q.lengths = lens_p;
+        q.lengths = lens.p;
         dev.step(q);
       }
     });
