@@ -49,6 +49,18 @@ def cpu_compiled(op: str) -> bool:
     return _extension.has_kernel(op, "CPU")
 
 
+def compiled_op_runs(op: str, tensors) -> bool:
+    """Whether the compiled op `op` (no Triton or reference alternative) can take
+    these tensors (None entries are absent operands): all of one dtype, on the CPU
+    (or meta) where its CPU kernel was compiled, or all on CUDA where its CUDA
+    kernel was."""
+    ts = [t for t in tensors if t is not None]
+    devices = {t.device.type for t in ts}
+    on_device = ((devices <= {"cpu", "meta"} and cpu_compiled(op))
+                 or (devices == {"cuda"} and cuda_compiled(op)))
+    return on_device and len({t.dtype for t in ts}) == 1
+
+
 def why_unavailable(backend: str, op: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """None when `backend` can run `op` on tensors of this device and dtype, else why not."""
     if backend == "reference":

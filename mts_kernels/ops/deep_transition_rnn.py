@@ -154,8 +154,8 @@ def _tangent(primals, tangents, nonlinearity, reverse, lengths):
     if dalpha is not None:
         drive = drive + dalpha * (h_prev - s[L - 1])
     # the sequential part: the fused op (one loop, a registered adjoint) where it can run
-    gains_t = torch.cat([gains[:L - 1], gain_top.expand(T, B, H).unsqueeze(0)])
-    if _fused_tangent(drive, gains_t, weight_hh, alpha, weight_shortcut, dh0):
+    if _fused_tangent(drive, gain_top, weight_hh, alpha, weight_shortcut, dh0):
+        gains_t = torch.cat([gains[:L - 1], gain_top.expand(T, B, H).unsqueeze(0)])
         args = (drive, gains_t, weight_hh, alpha, weight_shortcut, dh0, reverse, lengths)
         if _transforms.transform_active():
             return _TangentFunction.apply(*args)[0]
@@ -191,13 +191,9 @@ def _tangent(primals, tangents, nonlinearity, reverse, lengths):
 
 
 def _fused_tangent(*operands) -> bool:
-    """deep_transition_rnn_tangent for these operands: one dtype, on the CPU or on
-    CUDA where compiled (under torch.func through _TangentFunction)."""
-    ts = [t for t in operands if t is not None]
-    devices = {t.device.type for t in ts}
-    on_device = ((devices <= {"cpu", "meta"} and _backend.cpu_compiled("deep_transition_rnn_tangent"))
-                 or (devices == {"cuda"} and _backend.cuda_compiled("deep_transition_rnn_tangent")))
-    return on_device and len({t.dtype for t in ts}) == 1
+    """deep_transition_rnn_tangent for these operands (CPU, or CUDA where compiled;
+    under torch.func through _TangentFunction)."""
+    return _backend.compiled_op_runs("deep_transition_rnn_tangent", operands)
 
 
 def _tangent_op_fake(drive, gains, weight_hh, keep, weight_shortcut, start, reverse, lengths=None):

@@ -313,14 +313,10 @@ TANGENT_COMPILED = _extension.COMPILED and hasattr(torch.ops.mts_kernels, "leaky
 
 
 def _fused_tangent(*operands: Optional[Tensor]) -> bool:
-    """The fused leaky_rnn_tangent op for these operands: tensors of one dtype on
-    the CPU, or on CUDA where its CUDA loop was compiled (mixed dtypes, e.g. under
-    autocast, take the loop's type promotion). Under torch.func transforms it runs
-    through _TangentFunction (tangent_op)."""
-    ts = [t for t in operands if t is not None]
-    devices = {t.device.type for t in ts}
-    on_device = devices <= {"cpu", "meta"} or (devices == {"cuda"} and _backend.cuda_compiled("leaky_rnn_tangent"))
-    return TANGENT_COMPILED and on_device and len({t.dtype for t in ts}) == 1
+    """The fused leaky_rnn_tangent op for these operands (CPU, or CUDA where
+    compiled; mixed dtypes, e.g. under autocast, take the loop's type promotion).
+    Under torch.func transforms it runs through _TangentFunction (tangent_op)."""
+    return _backend.compiled_op_runs("leaky_rnn_tangent", operands)
 
 
 def tangent_op(*args: object) -> Tensor:
