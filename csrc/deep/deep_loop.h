@@ -24,6 +24,11 @@
 // dW_1 = e^1^T h_prev, dW_l = e^l^T s^{l-1}, dU = e^L^T h_prev (h_prev: the states
 // the backward stored, 0 at padded times), db_l = the column sums of e^l.
 // float16/bfloat16 run in float32, stored in the input dtype; float64 in float64.
+//
+// Before the step loop each direction offers the whole time loop to
+// dev.persistent(q) (deep_persistent.h: one launch, the weights on chip, the
+// same per-element bodies, the same buffers); it returns whether it ran it. The
+// weight-gradient GEMMs after the loop are the same either way.
 #include <optional>
 #include <string>
 #include <tuple>
@@ -33,6 +38,7 @@
 #include "../lengths.h"
 #include "../rnn/leaky_rnn_impl.h"
 #include "deep_args.h"
+#include "deep_persistent.h"
 #include "deep_step.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, deep)
@@ -75,6 +81,22 @@ std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tens
       T* next = mut<T>(state_a);
       T* spare = mut<T>(state_b);
       const Tensor z = zbuf;
+      DeepPersistFwd<T> pq{};
+      static_cast<PersistShape&>(pq) = PersistShape{B, H, s.L, s.T, !tanh, reverse};
+      pq.p_all = ptr<T>(p);
+      pq.w = wp;
+      pq.bias = bias.get<T>();
+      pq.ws = ws.get<T>();
+      pq.alpha = alpha.get<T>();
+      pq.h0 = prev;
+      pq.h_all = mut<T>(h);
+      pq.s_all = mut<T>(st);
+      pq.state[0] = next;
+      pq.state[1] = spare;
+      pq.sbuf[0] = mut<T>(sbuf);
+      pq.sbuf[1] = mut<T>(zbuf);
+      pq.lengths = lens.p;
+      if (dev.persistent(pq)) return;
       for (int64_t k = 0; k < s.T; ++k) {
         for (int64_t l = 0; l < s.L; ++l) {
           const bool top = l == s.L - 1;
@@ -82,12 +104,7 @@ std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tens
           dev.mm(z, view(p, in, B, H, H), tr(view(p, wp + l * HH, H, H, H)));
           if (top && ws.p) dev.addmm(z, view(p, prev, B, H, H), tr(view(p, ws.get<T>(), H, H, H)));
           DeepStepFwd<T> q{};
-          q.B = B;
-          q.H = H;
-          q.k = k;
-          q.Tn = s.T;
-          q.relu = !tanh;
-          q.reverse = reverse;
+          static_cast<StepAt&>(q) = StepAt{B, H, k, s.T, !tanh, reverse};
           q.first = l == 0;
           q.top = top;
           q.z = ptr<T>(z);
@@ -148,17 +165,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loop_bwd(
       auto e_of = [&](int64_t l) { return l == 0 ? mut<T>(dp) : mut<T>(e_rest) + (l - 1) * TBH; };
       T* in = mut<T>(carry_a);
       T* spare = mut<T>(carry_b);
-      for (int64_t k = s.T - 1; k >= 0; --k) {
+      DeepPersistBwd<T> pq{};
+      static_cast<PersistShape&>(pq) = PersistShape{B, H, s.L, s.T, !tanh, reverse};
+      pq.g_all = ptr<T>(g);
+      pq.w = wp;
+      pq.ws = ws.get<T>();
+      pq.alpha = alpha.get<T>();
+      pq.h_all = ptr<T>(h);
+      pq.s_all = ptr<T>(sv);
+      pq.h0 = ptr<T>(h0);
+      pq.dp = mut<T>(dp);
+      pq.e_rest = mut<T>(e_rest);
+      pq.hprev_all = mut<T>(hprev);
+      pq.dh0 = mut<T>(dh0);
+      pq.da = alpha.p ? mut<T>(da) : nullptr;
+      pq.carry[0] = in;
+      pq.carry[1] = spare;
+      pq.ebuf[0] = mut<T>(ebuf);
+      pq.ebuf[1] = mut<T>(dsbuf);
+      pq.lengths = lens.p;
+      const bool ran = dev.persistent(pq);
+      for (int64_t k = s.T - 1; k >= 0 && !ran; --k) {
         T* out = k > 0 ? spare : mut<T>(dh0);
         const Tensor out_v = view(h, out, B, H, H);
         const Tensor e_v = view(h, ptr<T>(ebuf), B, H, H);
         DeepStepBwdTop<T> q{};
-        q.B = B;
-        q.H = H;
-        q.k = k;
-        q.Tn = s.T;
-        q.relu = !tanh;
-        q.reverse = reverse;
+        static_cast<StepAt&>(q) = StepAt{B, H, k, s.T, !tanh, reverse};
         q.g_all = ptr<T>(g);
         q.carry_in = in;
         q.s_all = ptr<T>(sv) + (s.L - 1) * TBH;
@@ -176,12 +208,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loop_bwd(
         for (int64_t l = s.L - 2; l >= 0; --l) {
           dev.mm(view(h, ptr<T>(dsbuf), B, H, H), e_v, view(h, wp + (l + 1) * HH, H, H, H));
           DeepStepBwdLower<T> r{};
-          r.B = B;
-          r.H = H;
-          r.k = k;
-          r.Tn = s.T;
-          r.relu = !tanh;
-          r.reverse = reverse;
+          static_cast<StepAt&>(r) = StepAt{B, H, k, s.T, !tanh, reverse};
           r.ds = ptr<T>(dsbuf);
           r.s_all = ptr<T>(sv) + l * TBH;
           r.e_all = e_of(l);

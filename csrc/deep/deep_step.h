@@ -21,14 +21,20 @@
 namespace mts {
 namespace deep {
 
+// Where a step is (the fields every step struct below starts with): the sizes,
+// the processing step k of Tn, the nonlinearity and the direction.
+struct StepAt {
+  int64_t B, H, k, Tn;
+  bool relu, reverse;
+};
+
 // Forward, sub-layer l of step k, element i = b * H + j:
 //   s = phi(z[i] + bias[j] (+ p_all[t_b] with first)), stored to s_all[t_b] and,
 //   below the top, to s_next (the next product's input); top: h = alpha ?
 //   alpha_j hprev + (1 - alpha_j) s : s to h_all[t_b] and h_next.
 template <typename T>
-struct DeepStepFwd {
-  int64_t B, H, k, Tn;
-  bool relu, reverse, first, top;
+struct DeepStepFwd : StepAt {
+  bool first, top;
   const T* z;              // (B, H) this sub-layer's product
   const T* bias;           // (H) b_l; nullptr: none
   const T* p_all;          // (T, B, H); read with first
@@ -47,9 +53,7 @@ struct DeepStepFwd {
 //   step read (h_all at the row's previous time, h0 at its first step);
 //   da[i] += delta (hprev - s^L) with alpha.
 template <typename T>
-struct DeepStepBwdTop {
-  int64_t B, H, k, Tn;
-  bool relu, reverse;
+struct DeepStepBwdTop : StepAt {
   const T* g_all;          // (T, B, H) grad_h
   const T* carry_in;       // (B, H) what later steps sent to this step's h
   const T* s_all;          // (T, B, H) s^L
@@ -67,9 +71,7 @@ struct DeepStepBwdTop {
 // Backward, sub-layer l < L: e = phi'(s^l) ds[i] (ds = e^{l+1} W_{l+1}) to
 // e_all[t_b] and e_next.
 template <typename T>
-struct DeepStepBwdLower {
-  int64_t B, H, k, Tn;
-  bool relu, reverse;
+struct DeepStepBwdLower : StepAt {
   const T* ds;             // (B, H)
   const T* s_all;          // (T, B, H) s^l
   T* e_all;                // (T, B, H) e^l
@@ -98,14 +100,15 @@ MTS_HD int64_t time_at(int64_t k, int64_t L, bool reverse, bool* runs) {
   return (*runs && reverse) ? L - 1 - k : k;
 }
 
+// The forward body with the product z of element i given (q.z unread): the
+// persistent kernel (deep_persistent.h) computes it on chip.
 template <typename T>
-MTS_HD void step_elem(const DeepStepFwd<T>& q, int64_t i) {
+MTS_HD void fwd_elem(const DeepStepFwd<T>& q, int64_t i, T z) {
   const int64_t b = i / q.H, j = i - b * q.H;
   bool runs = false;
   const int64_t o = time_at(q.k, row_len(q.lengths, b, q.Tn), q.reverse, &runs) * q.B * q.H + i;
   T sv = T(0);
   if (runs) {
-    T z = q.z[i];
     if (q.bias != nullptr) z += q.bias[j];
     if (q.first) z += q.p_all[o];
     sv = q.relu ? rnn::relu_of(z) : tanh_of(z);
@@ -118,6 +121,11 @@ MTS_HD void step_elem(const DeepStepFwd<T>& q, int64_t i) {
   const T hv = (runs && q.alpha != nullptr) ? rnn::leak_mix(q.alpha[j], q.hprev[i], sv) : sv;
   q.h_all[o] = hv;
   q.h_next[i] = hv;
+}
+
+template <typename T>
+MTS_HD void step_elem(const DeepStepFwd<T>& q, int64_t i) {
+  fwd_elem(q, i, q.z[i]);
 }
 
 template <typename T>
@@ -148,14 +156,20 @@ MTS_HD void step_elem(const DeepStepBwdTop<T>& q, int64_t i) {
   q.hprev_all[o] = hp;
 }
 
+// With ds of element i given (q.ds unread), as fwd_elem.
 template <typename T>
-MTS_HD void step_elem(const DeepStepBwdLower<T>& q, int64_t i) {
+MTS_HD void lower_elem(const DeepStepBwdLower<T>& q, int64_t i, T ds) {
   const int64_t b = i / q.H;
   bool runs = false;
   const int64_t o = time_at(q.k, row_len(q.lengths, b, q.Tn), q.reverse, &runs) * q.B * q.H + i;
-  const T ev = runs ? rnn::dphi_times(q.ds[i], q.s_all[o], q.relu) : T(0);
+  const T ev = runs ? rnn::dphi_times(ds, q.s_all[o], q.relu) : T(0);
   q.e_all[o] = ev;
   q.e_next[i] = ev;
+}
+
+template <typename T>
+MTS_HD void step_elem(const DeepStepBwdLower<T>& q, int64_t i) {
+  lower_elem(q, i, q.ds[i]);
 }
 
 template <class Q>

@@ -486,9 +486,10 @@ def deep_transition_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = Non
     runs its first L_b steps (reverse: t = L_b-1..0) and h is 0 beyond.
 
     Backends: 'cpu' (the fused C++ loop) for CPU tensors; for CUDA tensors 'triton'
-    (the persistent kernel, H <= 128) and 'cuda' (csrc/deep/deep_loop.h: per step
-    L cuBLAS GEMMs and L pointwise kernels, any H); 'auto' picks Triton up to
-    H = 128 and CUDA beyond; 'reference' is the plain PyTorch loop. Forward mode (jvp, jacfwd, forward_ad)
+    (the persistent kernel, H <= 128) and 'cuda' (the persistent CUDA kernel of
+    csrc/deep/deep_persistent.h where its plan fits the device, else
+    csrc/deep/deep_loop.h: per step L cuBLAS GEMMs and L pointwise kernels, any H);
+    'auto' picks Triton up to H = 128 and CUDA beyond; 'reference' is the plain PyTorch loop. Forward mode (jvp, jacfwd, forward_ad)
     and a second order (create_graph=True, then backward; jacrev(jacfwd)) work
     through the linearised recurrence; a third order raises (backend='reference').
     Returns h shaped like p.
