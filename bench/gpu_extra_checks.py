@@ -13,11 +13,12 @@ linear_scan and leaky_integrate, with and without lengths, forward and backward;
 leaky_rnn in each CUDA time loop (MTS_KERNELS_RNN_PERSISTENT unset: the persistent
 batch plan; grid: the cooperative grid plan; 0: the cuBLAS loop), with leak and skip,
 forward and backward; clockwork_rnn's fused op on the CUDA and Triton backends, with
-leak and lengths, and deep_transition_rnn's CUDA loop, forward and backward. Every result is compared with mts_kernels.reference in float64.
+leak and lengths, and deep_transition_rnn's CUDA time loops (the same three modes:
+its persistent kernel in one block per batch block, on the grid, and the cuBLAS loop),
+forward and backward. Every result is compared with mts_kernels.reference in float64.
 
 graphs: scan, leaky_rnn (each time loop), clockwork_rnn (CUDA, Triton) and
-deep_transition_rnn (CUDA) forward
-and backward captured in one
+deep_transition_rnn (CUDA, each time loop) forward and backward captured in one
 torch.cuda.CUDAGraph, replayed on new inputs copied into the static ones, compared with
 eager calls on those inputs (bit for bit: the same kernels on the same data).
 
@@ -190,10 +191,10 @@ def clockwork_workload(device, backends):
                   f"(max rel err {err:.1e})")
 
 
-def deep_workload(device, backend):
-    """deep_transition_rnn's CUDA loop (per step L cuBLAS GEMMs and L pointwise
-    kernels), depth 2 with shortcut and leak, reverse with lengths, forward and
-    backward."""
+def deep_workload(device, backend, mode=None):
+    """deep_transition_rnn's CUDA time loop of `mode` (RNN_MODES: the persistent
+    kernel's batch or grid plan, or the cuBLAS loop), depth 2 with shortcut and
+    leak, reverse with lengths, forward and backward."""
     gen = torch.Generator().manual_seed(4)
     T, B, H, L = 9, 3, 16, 2
     r = lambda *s, scale=1.0: torch.randn(*s, generator=gen, dtype=torch.float64) * scale  # noqa: E731
@@ -207,10 +208,15 @@ def deep_workload(device, backend):
         h = fn(p, w, h0, bias_hh=b, weight_shortcut=u, alpha=a, reverse=True, lengths=[9, 0, 4], **kw)
         return [h] + list(torch.autograd.grad(h, ts, c["g"].to(dev, dt)))
 
-    ours = run(device, torch.float32, backend=backend)
+    if mode is not None:
+        set_rnn_mode(mode)
+    try:
+        ours = run(device, torch.float32, backend=backend)
+    finally:
+        os.environ.pop("MTS_KERNELS_RNN_PERSISTENT", None)
     ref = run("cpu", torch.float64)
     err = max(rel(o, r_) for o, r_ in zip(ours, ref))
-    check(f"deep_transition_rnn {backend} depth 2 shortcut leak reverse lengths", err < 1e-4,
+    check(f"deep_transition_rnn {backend} {mode or ''} depth 2 shortcut leak reverse lengths", err < 1e-4,
           f"(max rel err {err:.1e})")
 
 
@@ -221,7 +227,8 @@ def workload(dry, core=False):
     scan_workload(device, backend, core)
     rnn_workload(device, backend)
     clockwork_workload(device, ["cpu"] if dry else ["cuda", "triton"])
-    deep_workload(device, backend)
+    for mode in [None] if dry else list(RNN_MODES):
+        deep_workload(device, backend, mode)
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -310,10 +317,13 @@ def graphs():
         h = mts_kernels.deep_transition_rnn(p, w, h0, weight_shortcut=u, backend="cuda")
         return [h.detach()] + list(torch.autograd.grad(h, (p, w, h0, u), go))
 
-    try:
-        graph_check("deep_transition_rnn cuda", make_deep, step_deep)
-    except Exception as e:  # noqa: BLE001
-        check("graph deep_transition_rnn cuda", False, f"{type(e).__name__}: {e}")
+    for mode in RNN_MODES:
+        set_rnn_mode(mode)
+        try:
+            graph_check(f"deep_transition_rnn cuda {mode}", make_deep, step_deep)
+        except Exception as e:  # noqa: BLE001
+            check(f"graph deep_transition_rnn cuda {mode}", False, f"{type(e).__name__}: {e}")
+    os.environ.pop("MTS_KERNELS_RNN_PERSISTENT", None)
 
 
 # ----------------------------------------------------------------------------- concurrency

@@ -32,7 +32,7 @@ CPU_SMALL = dict(B=4, T=2048, I=32, H=64, depth=2, shortcut=True)
 CPU_LARGE = dict(B=32, T=1024, I=256, H=256, depth=2, shortcut=False)
 
 
-def _bench(measure, cfg, kind, targets=None, device="cpu"):
+def _bench(measure, cfg, kind, targets=None, device="cpu", label=None):
     B, T, I, H, L, sc = cfg["B"], cfg["T"], cfg["I"], cfg["H"], cfg["depth"], cfg["shortcut"]
     torch.manual_seed(0)
     if kind == "torch":
@@ -55,7 +55,7 @@ def _bench(measure, cfg, kind, targets=None, device="cpu"):
     slow = kind == "reference"
     rounds = dict(min_rounds=1, max_rounds=3, warmup_rounds=1) if slow else dict(min_rounds=3, max_rounds=50)
     info = dict(op=OP, shape=(B, T, H), dtype=torch.float32, direction="fwd+bwd",
-                backend={"torch": "torch.nn.RNN"}.get(kind, kind),
+                backend=label or {"torch": "torch.nn.RNN"}.get(kind, kind),
                 role={"torch": "torch", "reference": "reference"}.get(kind, "kernel"),
                 variant=f"I={I}, depth {L}{' + shortcut' if sc else ''}", targets=targets or {})
     measure(step, device=device, flops=3 * 2 * T * B * H * (I + products * H), info=info, **rounds)
@@ -71,16 +71,26 @@ def test_cpu_large(measure, kind):
     _bench(measure, CPU_LARGE, kind, targets={"speedup_vs_torch": 1 / 1.2} if kind == "fused" else None)
 
 
-# GPU rows (bench/gpu_check.sh): "triton" the persistent kernel (H <= 128),
-# "cuda" the loop of csrc/deep/deep_loop.h (per step L cuBLAS GEMMs and L
-# pointwise kernels), against cuDNN's nn.RNN of the same size.
-@pytest.mark.cuda
-@pytest.mark.parametrize("kind", ["triton", "cuda", "torch"])
-def test_cuda_small(measure, kind):
-    _bench(measure, CPU_SMALL, kind, device="cuda")
+# GPU rows (bench/gpu_check.sh): "triton" the persistent Triton kernel (H <= 128),
+# "cuda" the persistent CUDA kernel of csrc/deep/deep_persistent.h (one block per
+# batch block at H=64, the grid-synchronised plan at H=256), "cuda-loop" the
+# cuBLAS loop of csrc/deep/deep_loop.h (per step L GEMMs and L pointwise
+# kernels: MTS_KERNELS_RNN_PERSISTENT=0), against cuDNN's nn.RNN of the same size.
+def _cuda_bench(measure, monkeypatch, cfg, kind):
+    if kind == "cuda-loop":
+        monkeypatch.setenv("MTS_KERNELS_RNN_PERSISTENT", "0")
+    else:
+        monkeypatch.delenv("MTS_KERNELS_RNN_PERSISTENT", raising=False)
+    _bench(measure, cfg, "cuda" if kind == "cuda-loop" else kind, device="cuda", label=kind)
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("kind", ["cuda", "torch"])
-def test_cuda_large(measure, kind):
-    _bench(measure, CPU_LARGE, kind, device="cuda")
+@pytest.mark.parametrize("kind", ["triton", "cuda", "cuda-loop", "torch"])
+def test_cuda_small(measure, monkeypatch, kind):
+    _cuda_bench(measure, monkeypatch, CPU_SMALL, kind)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["cuda", "cuda-loop", "torch"])
+def test_cuda_large(measure, monkeypatch, kind):
+    _cuda_bench(measure, monkeypatch, CPU_LARGE, kind)
