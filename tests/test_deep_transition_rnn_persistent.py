@@ -16,14 +16,15 @@ from test_deep_transition_rnn import GPU_LOOP_CASES, _both_ways, _op_args
 OPS = torch.ops.mts_kernels
 EMU_FWD = getattr(OPS, "_deep_transition_rnn_persistent_emulate_fwd", None)
 EMU_BWD = getattr(OPS, "_deep_transition_rnn_persistent_emulate_bwd", None)
-PLAN = getattr(OPS, "_deep_transition_rnn_persistent_plan", None)
+PLAN = getattr(OPS, "_persistent_plan", None)
 needs_hook = pytest.mark.skipif(EMU_FWD is None, reason="needs the compiled test hook")
 
 NAMES = ["h", "s", "dp", "dweight_hh", "dbias_hh", "dh0", "dweight_shortcut", "dalpha"]
 
 
 def _plan(B, H, L, shortcut, *, force_grid=False, elem=8, sms=1, smem=1 << 20, cooperative=True, threads=5):
-    out = PLAN(B, H, L, shortcut, force_grid, elem, sms, smem, cooperative, threads).tolist()
+    # the forward's plan: L matrices (+ U), the shortcut's partials
+    out = PLAN(B, H, L + shortcut, shortcut, force_grid, elem, sms, smem, cooperative, threads).tolist()
     return dict(zip(["units", "unit_blocks", "rows", "batch_blocks", "grid_sync", "smem", "fits"], out))
 
 

@@ -16,61 +16,17 @@ namespace {
 constexpr int kThreads = 256;
 
 template <bool kGrid>
-__global__ void __launch_bounds__(kThreads) persist_fwd_kernel(const DeepPersistFwd<float> q, const PersistGeo g) {
+__global__ void __launch_bounds__(kThreads) persist_fwd_kernel(const DeepPersistFwd<float> q, const persist::Geo g) {
   extern __shared__ float smem[];
   persist::DeviceGrid<float, kGrid> grid{smem};
   deep_persist_fwd(q, g, grid);
 }
 
 template <bool kGrid>
-__global__ void __launch_bounds__(kThreads) persist_bwd_kernel(const DeepPersistBwd<float> q, const PersistGeo g) {
+__global__ void __launch_bounds__(kThreads) persist_bwd_kernel(const DeepPersistBwd<float> q, const persist::Geo g) {
   extern __shared__ float smem[];
   persist::DeviceGrid<float, kGrid> grid{smem};
   deep_persist_bwd(q, g, grid);
-}
-
-// Plans, checks the occupancy a grid-synchronised launch needs, and launches
-// (cooperatively when the blocks wait on each other). *launched false with
-// cudaSuccess: the problem or the device does not fit, the caller's loop runs.
-template <class Params>
-cudaError_t launch(void (*grid_fn)(Params, PersistGeo), void (*block_fn)(Params, PersistGeo), const Params& q,
-                   bool force_grid, cudaStream_t stream, bool* launched) {
-  using persist::clear_error;
-  *launched = false;
-  persist::DeviceInfo dev{};
-  cudaError_t err = persist::device_info(&dev);
-  if (err != cudaSuccess) return err;
-  PersistGeo g{};
-  if (!persist_plan(q.B, q.H, q.L, q.ws != nullptr, force_grid, sizeof(float), dev.sms, dev.smem_optin,
-                    dev.cooperative, kThreads, &g))
-    return cudaSuccess;
-  const int64_t blocks = static_cast<int64_t>(g.unit_blocks) * g.batch_blocks;
-  if (blocks < 1 || blocks > INT32_MAX) return cudaSuccess;
-  const size_t smem = static_cast<size_t>(g.smem_elems) * sizeof(float);
-  void (*fn)(Params, PersistGeo) = g.grid_sync ? grid_fn : block_fn;
-  // Always the device maximum, so concurrent launches of other sizes never see
-  // a smaller limit set in between.
-  err = clear_error(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_optin));
-  if (err != cudaSuccess) return err;
-  if (g.grid_sync) {
-    int per_sm = 0;
-    err = clear_error(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kThreads, smem));
-    if (err != cudaSuccess) return err;
-    if (static_cast<int64_t>(per_sm) * dev.sms < blocks) return cudaSuccess;
-    Params p = q;
-    PersistGeo pg = g;
-    void* args[] = {&p, &pg};
-    err = clear_error(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn),
-                                                  dim3(static_cast<unsigned>(blocks)), dim3(kThreads), args,
-                                                  smem, stream));
-    *launched = err == cudaSuccess;
-    if (!*launched && persist::cooperative_fallback(err, stream)) return cudaSuccess;
-    return err;
-  }
-  fn<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(q, g);
-  err = clear_error(cudaGetLastError());
-  *launched = err == cudaSuccess;
-  return err;
 }
 
 bool valid(int64_t B, int64_t H, int64_t L, int64_t Tn) { return B >= 1 && H >= 1 && L >= 1 && Tn >= 1; }
@@ -85,7 +41,8 @@ cudaError_t deep_persist_fwd_cuda(const DeepPersistFwd<float>& q, bool force_gri
       q.h_all == nullptr || q.s_all == nullptr || q.state[0] == nullptr || q.state[1] == nullptr ||
       q.sbuf[0] == nullptr || q.sbuf[1] == nullptr)
     return cudaErrorInvalidValue;
-  return launch(persist_fwd_kernel<true>, persist_fwd_kernel<false>, q, force_grid, stream, launched);
+  return persist::launch_program(persist_fwd_kernel<true>, persist_fwd_kernel<false>, q, q.B, q.H, q.n_mats(),
+                                 q.partials(), force_grid, kThreads, stream, launched);
 }
 
 cudaError_t deep_persist_bwd_cuda(const DeepPersistBwd<float>& q, bool force_grid, cudaStream_t stream,
@@ -97,7 +54,8 @@ cudaError_t deep_persist_bwd_cuda(const DeepPersistBwd<float>& q, bool force_gri
       q.hprev_all == nullptr || q.dh0 == nullptr || (q.alpha != nullptr && q.da == nullptr) ||
       q.carry[0] == nullptr || q.carry[1] == nullptr || q.ebuf[0] == nullptr || q.ebuf[1] == nullptr)
     return cudaErrorInvalidValue;
-  return launch(persist_bwd_kernel<true>, persist_bwd_kernel<false>, q, force_grid, stream, launched);
+  return persist::launch_program(persist_bwd_kernel<true>, persist_bwd_kernel<false>, q, q.B, q.H, q.n_mats(),
+                                 q.partials(), force_grid, kThreads, stream, launched);
 }
 
 }  // namespace deep

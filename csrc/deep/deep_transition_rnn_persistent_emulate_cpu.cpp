@@ -10,46 +10,31 @@
 //   MTS_KERNELS_RNN_PERSISTENT=grid), reverse_order (blocks and threads run
 //   last-first, see csrc/persistent_grid.h) and threads per block. A problem
 //   the plan refuses raises.
-//   _deep_transition_rnn_persistent_plan(B, H, L, shortcut, force_grid, elem, sms,
-//   smem_bytes, cooperative, threads) -> int64 (7,): units, unit_blocks, rows,
-//   batch_blocks, grid_sync, shared-memory bytes per block, fits (0/1).
+//   _persistent_plan(B, H, n_mats, partials, force_grid, elem, sms, smem_bytes,
+//   cooperative, threads) -> int64 (7,): persist::plan's geometry (units,
+//   unit_blocks, rows, batch_blocks, grid_sync, shared-memory bytes per block)
+//   and whether it fits (0/1), for every persistent program.
+#include "../persistent_emulate.h"
 #include "deep_loop.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, deep)
 namespace {
 
-struct FakeDevice {
-  int64_t sms, smem_bytes;
-  bool force_grid, reverse_order;
-  int64_t threads;
-};
-thread_local FakeDevice fake{};
-
 constexpr const char* kHook = "_deep_transition_rnn_persistent_emulate";
 
 template <typename T, class G>
-void program(const DeepPersistFwd<T>& q, const PersistGeo& g, G& grid) {
+void program(const DeepPersistFwd<T>& q, const persist::Geo& g, G& grid) {
   deep_persist_fwd(q, g, grid);
 }
 template <typename T, class G>
-void program(const DeepPersistBwd<T>& q, const PersistGeo& g, G& grid) {
+void program(const DeepPersistBwd<T>& q, const persist::Geo& g, G& grid) {
   deep_persist_bwd(q, g, grid);
 }
 
-template <class Q>
+template <typename T, class Q>
 bool run_emulated(const Q& q) {
-  MTS_CHECK(fake.threads >= 1 && fake.threads <= 1024, kHook, ": threads must be in [1, 1024], got ",
-            fake.threads);
-  using T = std::remove_const_t<std::remove_pointer_t<decltype(q.w)>>;
-  PersistGeo g{};
-  MTS_CHECK(persist_plan(q.B, q.H, q.L, q.ws != nullptr, fake.force_grid, sizeof(T), fake.sms, fake.smem_bytes,
-                         true, static_cast<int>(fake.threads), &g),
-            kHook, ": the plan does not fit B=", q.B, " H=", q.H, " L=", q.L, " on ", fake.sms, " SMs with ",
-            fake.smem_bytes, " bytes");
-  const int blocks = g.unit_blocks * g.batch_blocks;
-  MTS_CHECK(!g.grid_sync || blocks <= fake.sms, kHook, ": plan with ", blocks, " blocks on ", fake.sms, " SMs");
-  persist::host_run<T>(blocks, static_cast<int>(fake.threads), g.smem_elems, g.grid_sync, fake.reverse_order,
-                       [&](auto& grid) { program(q, g, grid); });
+  persist::emulate<T>(kHook, q.B, q.H, q.n_mats(), q.partials(),
+                      [&](const persist::Geo& g, auto& grid) { program(q, g, grid); });
   return true;
 }
 
@@ -63,17 +48,12 @@ struct PersistHostDev : gpu_loop::HostGemm {
   }
   template <typename T>
   bool persistent(const DeepPersistFwd<T>& q) {
-    return q.Tn > 0 && run_emulated(q);
+    return q.Tn > 0 && run_emulated<T>(q);
   }
   template <typename T>
   bool persistent(const DeepPersistBwd<T>& q) {
-    return q.Tn > 0 && run_emulated(q);
+    return q.Tn > 0 && run_emulated<T>(q);
   }
-};
-
-struct Scope {
-  explicit Scope(const FakeDevice& d) { fake = d; }
-  ~Scope() { fake = FakeDevice{}; }
 };
 
 std::tuple<Tensor, Tensor> emulate_fwd(Tensor p, Tensor w, std::optional<Tensor> h0, std::optional<Tensor> bias,
@@ -81,7 +61,7 @@ std::tuple<Tensor, Tensor> emulate_fwd(Tensor p, Tensor w, std::optional<Tensor>
                                        std::string nonlinearity, bool reverse, std::optional<Tensor> lengths,
                                        int64_t sms, int64_t smem_bytes, bool force_grid, bool reverse_order,
                                        int64_t threads) {
-  const Scope scope({sms, smem_bytes, force_grid, reverse_order, threads});
+  const persist::FakeScope scope({sms, smem_bytes, force_grid, reverse_order, threads});
   return loop::loop_fwd<PersistHostDev>(p, w, h0, bias, ws, alpha, nonlinearity, reverse, lengths);
 }
 
@@ -89,16 +69,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> emulate_bwd(
     Tensor grad_h, Tensor w, Tensor h, Tensor s, std::optional<Tensor> h0, std::optional<Tensor> ws,
     std::optional<Tensor> alpha, std::string nonlinearity, bool reverse, std::optional<Tensor> lengths, int64_t sms,
     int64_t smem_bytes, bool force_grid, bool reverse_order, int64_t threads) {
-  const Scope scope({sms, smem_bytes, force_grid, reverse_order, threads});
+  const persist::FakeScope scope({sms, smem_bytes, force_grid, reverse_order, threads});
   return loop::loop_bwd<PersistHostDev>(grad_h, w, h, s, h0, ws, alpha, nonlinearity, reverse, lengths);
 }
 
-Tensor plan(int64_t B, int64_t H, int64_t L, bool shortcut, bool force_grid, int64_t elem, int64_t sms,
+Tensor plan(int64_t B, int64_t H, int64_t n_mats, bool partials, bool force_grid, int64_t elem, int64_t sms,
             int64_t smem_bytes, bool cooperative, int64_t threads) {
-  MTS_CHECK(elem == 4 || elem == 8, "_deep_transition_rnn_persistent_plan: elem must be 4 or 8, got ", elem);
-  MTS_CHECK(threads >= 1 && threads <= 1024, "_deep_transition_rnn_persistent_plan: threads must be in [1, 1024]");
-  PersistGeo g{};
-  const bool fits = persist_plan(B, H, L, shortcut, force_grid, elem, sms, smem_bytes, cooperative,
+  MTS_CHECK(elem == 4 || elem == 8, "_persistent_plan: elem must be 4 or 8, got ", elem);
+  MTS_CHECK(threads >= 1 && threads <= 1024, "_persistent_plan: threads must be in [1, 1024]");
+  persist::Geo g{};
+  const bool fits = persist::plan(B, H, n_mats, partials, force_grid, elem, sms, smem_bytes, cooperative,
                                  static_cast<int>(threads), &g);
   Tensor out = torch::stable::empty({7}, ScalarType::Long);
   int64_t* o = mut<int64_t>(out);
@@ -124,7 +104,7 @@ STABLE_TORCH_LIBRARY_FRAGMENT(mts_kernels, m) {
         " Tensor? h0, Tensor? weight_shortcut, Tensor? alpha, str nonlinearity, bool reverse, Tensor? lengths,"
         " int sms, int smem_bytes, bool force_grid, bool reverse_order, int threads)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("_deep_transition_rnn_persistent_plan(int B, int H, int L, bool shortcut, bool force_grid, int elem,"
+  m.def("_persistent_plan(int B, int H, int n_mats, bool partials, bool force_grid, int elem,"
         " int sms, int smem_bytes, bool cooperative, int threads) -> Tensor");
 }
 
@@ -134,5 +114,5 @@ STABLE_TORCH_LIBRARY_IMPL(mts_kernels, CPU, m) {
 }
 
 STABLE_TORCH_LIBRARY_IMPL(mts_kernels, CompositeExplicitAutograd, m) {
-  m.impl("_deep_transition_rnn_persistent_plan", TORCH_BOX(&mts::deep::plan));
+  m.impl("_persistent_plan", TORCH_BOX(&mts::deep::plan));
 }
