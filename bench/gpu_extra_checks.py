@@ -12,12 +12,12 @@ chunks), forward and reverse, per-channel and per-step decay, float32 and bfloat
 linear_scan and leaky_integrate, with and without lengths, forward and backward; and
 leaky_rnn in each CUDA time loop (MTS_KERNELS_RNN_PERSISTENT unset: the persistent
 batch plan; grid: the cooperative grid plan; 0: the cuBLAS loop), with leak and skip,
-forward and backward; clockwork_rnn's fused op on the CUDA and Triton backends, with
-leak and lengths, and deep_transition_rnn's CUDA time loops (the same three modes:
+forward and backward; clockwork_rnn's fused op on the CUDA backend (each of those
+three modes: its persistent kernel or its cuBLAS loop) and on Triton, with leak and lengths, and deep_transition_rnn's CUDA time loops (the same three modes:
 its persistent kernel in one block per batch block, on the grid, and the cuBLAS loop),
 forward and backward. Every result is compared with mts_kernels.reference in float64.
 
-graphs: scan, leaky_rnn (each time loop), clockwork_rnn (CUDA, Triton) and
+graphs: scan, leaky_rnn (each time loop), clockwork_rnn (CUDA in each time loop, Triton) and
 deep_transition_rnn (CUDA, each time loop) forward and backward captured in one
 torch.cuda.CUDAGraph, replayed on new inputs copied into the static ones, compared with
 eager calls on those inputs (bit for bit: the same kernels on the same data).
@@ -174,20 +174,26 @@ def clockwork_run(c, dev, dt, fn, *, alpha_on, lengths, **kw):
 
 
 def clockwork_workload(device, backends):
-    """clockwork_rnn's fused op on each backend (CUDA: per-step cuBLAS GEMMs and
+    """clockwork_rnn's fused op on each (backend, RNN_MODES mode) (CUDA: the
+    persistent kernel's batch or grid plan, or the per-step cuBLAS GEMMs and
     pointwise kernels; Triton: the persistent loop), with and without leak and
     lengths, forward and backward."""
     gen = torch.Generator().manual_seed(2)
     ref_fn = lambda p, w, h0, periods, module_sizes, **k: reference.clockwork_rnn(  # noqa: E731
         p, w, h0, periods, module_sizes, **k)
-    for backend in backends:
+    for backend, mode in backends:
         for alpha_on, lengths in [(False, None), (True, [13, 0, 6])]:
             c = clockwork_case(gen)
-            ours = clockwork_run(c, device, torch.float32, mts_kernels.clockwork_rnn, alpha_on=alpha_on,
-                                 lengths=lengths, backend=backend)
+            if mode is not None:
+                set_rnn_mode(mode)
+            try:
+                ours = clockwork_run(c, device, torch.float32, mts_kernels.clockwork_rnn, alpha_on=alpha_on,
+                                     lengths=lengths, backend=backend)
+            finally:
+                os.environ.pop("MTS_KERNELS_RNN_PERSISTENT", None)
             ref = clockwork_run(c, "cpu", torch.float64, ref_fn, alpha_on=alpha_on, lengths=lengths)
             err = max(rel(o, r) for o, r in zip(ours, ref))
-            check(f"clockwork_rnn {backend} alpha={alpha_on} lengths={lengths}", err < 1e-4,
+            check(f"clockwork_rnn {backend} {mode or ''} alpha={alpha_on} lengths={lengths}", err < 1e-4,
                   f"(max rel err {err:.1e})")
 
 
@@ -226,7 +232,8 @@ def workload(dry, core=False):
         torch.backends.cuda.matmul.allow_tf32 = False
     scan_workload(device, backend, core)
     rnn_workload(device, backend)
-    clockwork_workload(device, ["cpu"] if dry else ["cuda", "triton"])
+    clockwork_workload(device, [("cpu", None)] if dry else
+                       [("cuda", mode) for mode in RNN_MODES] + [("triton", None)])
     for mode in [None] if dry else list(RNN_MODES):
         deep_workload(device, backend, mode)
 
@@ -292,7 +299,9 @@ def graphs():
         except Exception as e:  # noqa: BLE001
             check(f"graph leaky_rnn {mode}", False, f"{type(e).__name__}: {e}")
     os.environ.pop("MTS_KERNELS_RNN_PERSISTENT", None)
-    for backend in ("cuda", "triton"):
+    for backend, mode in [("cuda", mode) for mode in RNN_MODES] + [("triton", "persistent-batch")]:
+        set_rnn_mode(mode)
+
         def make(seed):
             c = clockwork_case(torch.Generator().manual_seed(seed))
             return [c[k].float().cuda().requires_grad_() for k in ("p", "w", "h0", "a")] + [c["g"].float().cuda()]
@@ -301,10 +310,12 @@ def graphs():
             h = mts_kernels.clockwork_rnn(p, w, h0, alpha=a, backend=backend, **CLOCK)
             return [h.detach()] + list(torch.autograd.grad(h, (p, w, h0, a), go))
 
+        name = f"clockwork_rnn {backend}" + (f" {mode}" if backend == "cuda" else "")
         try:
-            graph_check(f"clockwork_rnn {backend}", make, step)
+            graph_check(name, make, step)
         except Exception as e:  # noqa: BLE001
-            check(f"graph clockwork_rnn {backend}", False, f"{type(e).__name__}: {e}")
+            check(f"graph {name}", False, f"{type(e).__name__}: {e}")
+    os.environ.pop("MTS_KERNELS_RNN_PERSISTENT", None)
 
     def make_deep(seed):
         g = torch.Generator().manual_seed(seed)

@@ -95,21 +95,31 @@ def test_cpu_small(measure, monkeypatch, kind):
     _bench(measure, SMALL, kind, targets={"speedup_vs_reference": 100.0} if kind == "fused" else None)
 
 
-# On the GPU "fused" is the CUDA op (backend "cuda": per-step cuBLAS GEMMs of the
-# active modules plus one pointwise kernel), "triton" the persistent Triton loop
-# (H <= 128 only), "decomposed" the per-module decomposition over the CUDA
-# leaky_rnn kernels.
+# On the GPU "fused" is the CUDA op (backend "cuda": the persistent kernel of
+# csrc/clockwork/clockwork_persistent.h where it fits, one block per batch block
+# at H=64, the grid-synchronised plan at H=512), "fused-loop" the same op's
+# cuBLAS loop (per-step GEMMs of the active modules plus one pointwise kernel:
+# MTS_KERNELS_RNN_PERSISTENT=0), "triton" the persistent Triton loop (H <= 128
+# only), "decomposed" the per-module decomposition over the CUDA leaky_rnn kernels.
+def _cuda_path(monkeypatch, kind):
+    _path(monkeypatch, kind)
+    if kind == "fused-loop":
+        monkeypatch.setenv("MTS_KERNELS_RNN_PERSISTENT", "0")
+    else:
+        monkeypatch.delenv("MTS_KERNELS_RNN_PERSISTENT", raising=False)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("kind", ["fused", "decomposed", "torch"])
+@pytest.mark.parametrize("kind", ["fused", "fused-loop", "decomposed", "torch"])
 def test_cuda_large(measure, monkeypatch, dtype, kind):
-    _path(monkeypatch, kind)
+    _cuda_path(monkeypatch, kind)
     _bench(measure, LARGE, kind, device="cuda", dtype=DTYPES[dtype],
            targets={"speedup_vs_torch": 2.0} if kind == "fused" else None)
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("kind", ["fused", "triton", "decomposed", "torch"])
+@pytest.mark.parametrize("kind", ["fused", "fused-loop", "triton", "decomposed", "torch"])
 def test_cuda_small(measure, monkeypatch, kind):
-    _path(monkeypatch, kind)
+    _cuda_path(monkeypatch, kind)
     _bench(measure, SMALL, kind, device="cuda")

@@ -81,12 +81,31 @@ HIDDEN_NAMESPACE_END(mts, gpu_loop)
 #ifdef MTS_GPU_LOOP_CUDA
 #include <cuda_runtime_api.h>
 #include <torch/csrc/inductor/aoti_torch/generated/c_shim_cuda.h>
+
+#include <cstdlib>
+#include <string>
 #include <torch/csrc/stable/accelerator.h>
 
 HIDDEN_NAMESPACE_BEGIN(mts, gpu_loop)
 
 inline void check_cuda(cudaError_t err, const char* what) {
   MTS_CHECK(err == cudaSuccess, "mts_kernels: ", what, " failed: ", cudaGetErrorString(err));
+}
+
+// The persistent kernels (deep_transition_rnn, clockwork_rnn), under
+// MTS_KERNELS_RNN_PERSISTENT as leaky_rnn's (read at every call, so an A/B
+// comparison can flip it between calls): "0" never (the cuBLAS loop), "grid"
+// (testing) with the units split over grid-synchronised blocks whenever H > 1,
+// anything else where the plan fits. launch(force_grid, &launched) returns the
+// launcher's error; true when the kernel ran the time loop.
+template <class Launch>
+bool try_persistent(Launch&& launch, const char* what) {
+  const char* v = std::getenv("MTS_KERNELS_RNN_PERSISTENT");
+  const std::string mode = v == nullptr ? "" : v;
+  if (mode == "0") return false;
+  bool launched = false;
+  check_cuda(launch(mode == "grid", &launched), what);
+  return launched;
 }
 
 struct CudaGemm {

@@ -4,6 +4,8 @@
 // program block by block and thread by thread. The device is the hook call's
 // arguments (thread-local for its duration, FakeScope), so the ops' own loops
 // (deep_loop.h, clockwork_loop.h) run unchanged around the program.
+#include <type_traits>
+
 #include "persistent_grid.h"
 #include "stable_util.h"
 
@@ -28,21 +30,26 @@ struct FakeScope {
   FakeScope& operator=(const FakeScope&) = delete;
 };
 
-// Plans (B, H, n_mats, partials) for the hook's device and runs
-// program(geo, grid) on the host; a plan the device refuses raises.
-template <typename T, class Program>
-void emulate(const char* hook, int64_t B, int64_t H, int64_t n_mats, bool partials, Program&& program) {
+// Plans q's problem (q.B, q.H, q.n_mats(), q.partials()) for the hook's device
+// and runs its program, run_program(q, geo, grid) (found beside Q), on the host;
+// a plan the device refuses raises. T: q's compute dtype (that of q.w). Returns
+// whether it ran (a loop policy's persistent(q)): false without steps.
+template <class Q>
+bool emulate(const char* hook, const Q& q) {
+  if (q.Tn < 1) return false;
+  using T = std::remove_cv_t<std::remove_pointer_t<decltype(q.w)>>;
   const FakeDevice& d = fake_device();
   MTS_CHECK(d.threads >= 1 && d.threads <= 1024, hook, ": threads must be in [1, 1024], got ", d.threads);
   Geo g{};
-  MTS_CHECK(plan(B, H, n_mats, partials, d.force_grid, sizeof(T), d.sms, d.smem_bytes, true,
+  MTS_CHECK(plan(q.B, q.H, q.n_mats(), q.partials(), d.force_grid, sizeof(T), d.sms, d.smem_bytes, true,
                  static_cast<int>(d.threads), &g),
-            hook, ": the plan does not fit B=", B, " H=", H, " with ", n_mats, " matrices on ", d.sms,
+            hook, ": the plan does not fit B=", q.B, " H=", q.H, " with ", q.n_mats(), " matrices on ", d.sms,
             " SMs with ", d.smem_bytes, " bytes");
   const int blocks = g.unit_blocks * g.batch_blocks;
   MTS_CHECK(!g.grid_sync || blocks <= d.sms, hook, ": plan with ", blocks, " blocks on ", d.sms, " SMs");
   host_run<T>(blocks, static_cast<int>(d.threads), g.smem_elems, g.grid_sync, d.reverse_order,
-              [&](auto& grid) { program(g, grid); });
+              [&](auto& grid) { run_program(q, g, grid); });
+  return true;
 }
 
 HIDDEN_NAMESPACE_END(mts, persist)

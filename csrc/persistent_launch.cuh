@@ -55,46 +55,58 @@ inline bool cooperative_fallback(cudaError_t err, cudaStream_t stream) {
   return status != cudaStreamCaptureStatusInvalidated;
 }
 
-// The launch of a persistent program's kernel: plans the geometry for
-// (B, H, n_mats, partials), checks the occupancy a grid-synchronised launch needs, and launches
-// (cooperatively when the blocks wait on each other). *launched false with
-// cudaSuccess: the problem or the device does not fit, the caller's loop runs.
+constexpr int kProgramThreads = 256;
+
+// The kernel of a phase program: every thread runs run_program(q, g, grid)
+// (found beside Params, a float parameter struct with B, H, n_mats() and
+// partials()). At least one block per multiprocessor is all the plan assumes;
+// stating it lets ptxas take the registers a program needs (clockwork's
+// backward spilled at the 48 it chose without).
+template <class Params, bool kGrid>
+__global__ void __launch_bounds__(kProgramThreads, 1) program_kernel(const Params q, const Geo g) {
+  extern __shared__ float program_smem[];
+  DeviceGrid<float, kGrid> grid{program_smem};
+  run_program(q, g, grid);
+}
+
+// The launch of a program's kernel: plans the geometry, checks the occupancy a
+// grid-synchronised launch needs, and launches (cooperatively when the blocks
+// wait on each other). *launched false with cudaSuccess: the problem or the
+// device does not fit, the caller's loop runs.
 template <class Params>
-cudaError_t launch_program(void (*grid_fn)(Params, Geo), void (*block_fn)(Params, Geo), const Params& q,
-                           int64_t B, int64_t H, int64_t n_mats, bool partials, bool force_grid, int threads,
-                           cudaStream_t stream, bool* launched) {
+cudaError_t launch_program(const Params& q, bool force_grid, cudaStream_t stream, bool* launched) {
   *launched = false;
   DeviceInfo dev{};
   cudaError_t err = device_info(&dev);
   if (err != cudaSuccess) return err;
   Geo g{};
-  if (!plan(B, H, n_mats, partials, force_grid, sizeof(float), dev.sms, dev.smem_optin, dev.cooperative, threads,
-            &g))
+  if (!plan(q.B, q.H, q.n_mats(), q.partials(), force_grid, sizeof(float), dev.sms, dev.smem_optin,
+            dev.cooperative, kProgramThreads, &g))
     return cudaSuccess;
   const int64_t blocks = static_cast<int64_t>(g.unit_blocks) * g.batch_blocks;
   if (blocks < 1 || blocks > INT32_MAX) return cudaSuccess;
   const size_t smem = static_cast<size_t>(g.smem_elems) * sizeof(float);
-  void (*fn)(Params, Geo) = g.grid_sync ? grid_fn : block_fn;
+  void (*fn)(Params, Geo) = g.grid_sync ? program_kernel<Params, true> : program_kernel<Params, false>;
   // Always the device maximum, so concurrent launches of other sizes never see
   // a smaller limit set in between.
   err = clear_error(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_optin));
   if (err != cudaSuccess) return err;
   if (g.grid_sync) {
     int per_sm = 0;
-    err = clear_error(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, threads, smem));
+    err = clear_error(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kProgramThreads, smem));
     if (err != cudaSuccess) return err;
     if (static_cast<int64_t>(per_sm) * dev.sms < blocks) return cudaSuccess;
     Params p = q;
     Geo pg = g;
     void* args[] = {&p, &pg};
     err = clear_error(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn),
-                                                  dim3(static_cast<unsigned>(blocks)), dim3(threads), args,
-                                                  smem, stream));
+                                                  dim3(static_cast<unsigned>(blocks)), dim3(kProgramThreads),
+                                                  args, smem, stream));
     *launched = err == cudaSuccess;
     if (!*launched && cooperative_fallback(err, stream)) return cudaSuccess;
     return err;
   }
-  fn<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(q, g);
+  fn<<<static_cast<unsigned>(blocks), kProgramThreads, smem, stream>>>(q, g);
   err = clear_error(cudaGetLastError());
   *launched = err == cudaSuccess;
   return err;

@@ -11,6 +11,8 @@ path, and with the cuBLAS loop, against the CPU op."""
 import pytest
 import torch
 
+from _rnn_util import (assert_low_precision_close, assert_outputs_close, check_persistent_ran, cuda_kernel_names,
+                       set_persistent_mode)
 from test_deep_transition_rnn import GPU_LOOP_CASES, _both_ways, _op_args
 
 OPS = torch.ops.mts_kernels
@@ -60,10 +62,7 @@ def test_kernel_program_matches_cpu_op(geometry, L, shortcut, leak, bias, revers
     for reverse_order in (False, True):
         extra = (dev["sms"], dev["smem"], dev["force_grid"], reverse_order, 5)
         got = _both_ways(args, lambda *a: EMU_FWD(*a, *extra), lambda *a: EMU_BWD(*a, *extra))
-        for name, a, b in zip(NAMES, got, want):
-            assert a.shape == b.shape, name
-            torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11,
-                                       msg=lambda m, name=name: f"{name} ({reverse_order=}): {m}")
+        assert_outputs_close(got, want, NAMES, f" ({reverse_order=})")
 
 
 @needs_hook
@@ -73,11 +72,7 @@ def test_kernel_program_low_precision_runs_in_float32(dtype):
     want = _both_ways(args, OPS.deep_transition_rnn_fwd, OPS.deep_transition_rnn_bwd)
     extra = (3, 1 << 20, True, True, 32)  # float32 compute: elements of 4 bytes
     got = _both_ways(args, lambda *a: EMU_FWD(*a, *extra), lambda *a: EMU_BWD(*a, *extra))
-    for name, a, b in zip(NAMES, got, want):
-        assert a.dtype == dtype, name
-        scale = b.double().abs().max().item()
-        err = (a.double() - b.double()).abs().max().item()
-        assert err <= 1e-4 * scale + 4 * torch.finfo(dtype).eps * scale, f"{name}: {err:.3g} of {scale:.3g}"
+    assert_low_precision_close(got, want, NAMES, dtype)
 
 
 @needs_hook
@@ -88,8 +83,7 @@ def test_kernel_program_edge_sizes(T, B, H):
     for force in (False, True):
         extra = (4, 1 << 20, force, True, 3)
         got = _both_ways(args, lambda *a: EMU_FWD(*a, *extra), lambda *a: EMU_BWD(*a, *extra))
-        for name, a, b in zip(NAMES, got, want):
-            torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
+        assert_outputs_close(got, want, NAMES)
 
 
 @needs_hook
@@ -147,31 +141,16 @@ def test_plan_limits():
 
 # --- on a GPU -----------------------------------------------------------------------------
 
-def _kernel_names(fn):
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return {e.name for e in prof.events()}
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", [None, "grid", "0"])
 @pytest.mark.parametrize("L,shortcut,leak,bias,reverse,lengths,nl", GPU_LOOP_CASES)
 def test_cuda_persistent_matches_cpu_op(monkeypatch, mode, L, shortcut, leak, bias, reverse, lengths, nl):
-    if mode is None:
-        monkeypatch.delenv("MTS_KERNELS_RNN_PERSISTENT", raising=False)
-    else:
-        monkeypatch.setenv("MTS_KERNELS_RNN_PERSISTENT", mode)
+    set_persistent_mode(monkeypatch, mode)
     args = _op_args(55, 9, 4, 33, L, shortcut, leak, bias, reverse, lengths, nl, dtype=torch.float32)
     want = _both_ways(args, OPS.deep_transition_rnn_fwd, OPS.deep_transition_rnn_bwd)
     dev = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
     got = []
-    names = _kernel_names(lambda: got.extend(_both_ways(dev, OPS.deep_transition_rnn_fwd,
+    names = cuda_kernel_names(lambda: got.extend(_both_ways(dev, OPS.deep_transition_rnn_fwd,
                                                         OPS.deep_transition_rnn_bwd)))
-    persistent = any("persist_fwd_kernel" in n for n in names) and any("persist_bwd_kernel" in n for n in names)
-    assert persistent == (mode != "0"), sorted(names)
-    if mode == "grid":
-        assert any("persist_fwd_kernel<true>" in n for n in names), sorted(names)
-    for name, a, b in zip(NAMES, got, want):
-        torch.testing.assert_close(a.cpu(), b, rtol=2e-5, atol=2e-5, msg=lambda m, name=name: f"{name}: {m}")
+    check_persistent_ran(names, mode)
+    assert_outputs_close(got, want, NAMES, rtol=2e-5, atol=2e-5)

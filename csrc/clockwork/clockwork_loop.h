@@ -32,6 +32,11 @@
 // (the per-step active mask is one 64-bit word); the Python API takes the
 // decomposition beyond that. Lengths stay on the device: ended rows run through
 // the GEMMs and the pointwise kernels write their zeros.
+//
+// Before the step loop each direction offers the whole time loop to
+// dev.persistent(q) (clockwork_persistent.h: one launch, W on chip, the clock
+// evaluated on the device, the same per-element bodies and buffers); it
+// returns whether it ran it. The weight-gradient GEMMs are the same either way.
 #include <optional>
 #include <string>
 #include <tuple>
@@ -41,6 +46,7 @@
 #include "../lengths.h"
 #include "../rnn/leaky_rnn_impl.h"
 #include "clockwork_args.h"
+#include "clockwork_persistent.h"
 #include "clockwork_step.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, clockwork)
@@ -59,6 +65,19 @@ inline uint64_t mask_at(const Clock& c, int64_t t) {
   for (int64_t m = 0; m < c.g; ++m)
     if (t >= c.first[m] && (t - c.first[m]) % c.period[m] == 0) mask |= uint64_t{1} << m;
   return mask;
+}
+
+// The schedule as the persistent kernel reads it (by value).
+inline ClockworkClock device_clock(const Clock& c, int64_t H) {
+  ClockworkClock d{};
+  d.g = c.g;
+  for (int64_t m = 0; m < c.g; ++m) {
+    d.lo[m] = c.lo[m];
+    d.period[m] = c.period[m];
+    d.first[m] = c.first[m];
+  }
+  d.lo[c.g] = H;
+  return d;
 }
 
 // The per-unit module index on the device (once per call).
@@ -103,6 +122,21 @@ struct Operands {
         lens((check_lengths(op, lengths, s.B, like.device()), lengths), w) {}
 };
 
+template <typename T>
+CwPersistCommon<T> persist_common(const Shape& s, const Operands& o, const Tensor& mod) {
+  CwPersistCommon<T> c{};
+  c.B = s.B;
+  c.H = s.H;
+  c.Tn = s.T;
+  c.relu = !o.tanh;
+  c.mod = ptr<int32_t>(mod);
+  c.w = ptr<T>(o.w);
+  c.alpha = o.alpha.get<T>();
+  c.lengths = o.lens.p;
+  c.clock = device_clock(o.clock, s.H);
+  return c;
+}
+
 template <class Dev>
 std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tensor> h0_in,
                                     std::optional<Tensor> alpha_in, std::vector<int64_t> module_sizes,
@@ -129,6 +163,13 @@ std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tens
       const int64_t B = s.B, H = s.H, BH = B * H;
       const T* wp = ptr<T>(w);
       T* hp = mut<T>(h);
+      CwPersistFwd<T> pq{};
+      static_cast<CwPersistCommon<T>&>(pq) = persist_common<T>(s, o, mod);
+      pq.h0 = ptr<T>(h0);
+      pq.p_all = ptr<T>(p);
+      pq.h_all = hp;
+      pq.u_all = alpha_in ? mut<T>(u) : nullptr;
+      if (dev.persistent(pq)) return;
       for (int64_t t = 0; t < s.T; ++t) {
         const T* prev = t > 0 ? hp + (t - 1) * BH : ptr<T>(h0);
         const uint64_t active = mask_at(clock, t);
@@ -197,7 +238,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> loop_bwd(
       T* ep = mut<T>(e);
       T* in = mut<T>(carry_a);
       T* spare = mut<T>(carry_b);
-      for (int64_t t = s.T - 1; t >= 0; --t) {
+      CwPersistBwd<T> pq{};
+      static_cast<CwPersistCommon<T>&>(pq) = persist_common<T>(s, o, mod);
+      pq.g_all = ptr<T>(g);
+      pq.u_all = ptr<T>(u);
+      pq.h_all = hp;
+      pq.h0 = ptr<T>(h0);
+      pq.e_all = ep;
+      pq.dh0 = mut<T>(dh0);
+      pq.da = alpha_in ? mut<T>(da) : nullptr;
+      pq.carry[0] = in;
+      pq.carry[1] = spare;
+      const bool ran = dev.persistent(pq);
+      for (int64_t t = s.T - 1; t >= 0 && !ran; --t) {
         T* out = t > 0 ? spare : mut<T>(dh0);
         const uint64_t active = mask_at(clock, t);
         ClockworkStepBwd<T> q{};

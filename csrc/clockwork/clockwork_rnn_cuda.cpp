@@ -1,7 +1,12 @@
 // CUDA registration of the clockwork recurrence in one fused time loop (schemas
 // in csrc/registration.cpp): the loop of clockwork_loop.h (design there) with
 // cuBLAS GEMMs on the current stream and the pointwise kernels of
-// clockwork_rnn_cuda_step.cu; nothing synchronises with the host.
+// clockwork_rnn_cuda_step.cu, or the whole time loop in the persistent kernel
+// of clockwork_rnn_persistent.cu (float32 compute, where its plan fits the
+// device); nothing synchronises with the host.
+//
+// MTS_KERNELS_RNN_PERSISTENT: 0 the cuBLAS loop, grid the persistent kernel's
+// grid plan (gpu_loop::try_persistent).
 #define MTS_GPU_LOOP_CUDA
 #include "clockwork_loop.h"
 #include "clockwork_rnn_launch.h"
@@ -25,6 +30,21 @@ struct CudaDev : gpu_loop::CudaGemm {
   template <typename T>
   void step(const ClockworkStepBwd<T>& q) {
     check_cuda(clockwork_step_bwd_cuda(q, stream), "clockwork_rnn backward step launch");
+  }
+  bool persistent(const CwPersistFwd<float>& q) {
+    return gpu_loop::try_persistent(
+        [&](bool grid, bool* ran) { return clockwork_persist_fwd_cuda(q, grid, stream, ran); },
+        "clockwork_rnn persistent forward launch");
+  }
+  bool persistent(const CwPersistBwd<float>& q) {
+    return gpu_loop::try_persistent(
+        [&](bool grid, bool* ran) { return clockwork_persist_bwd_cuda(q, grid, stream, ran); },
+        "clockwork_rnn persistent backward launch");
+  }
+  // float64: the cuBLAS loop
+  template <class Q>
+  bool persistent(const Q&) {
+    return false;
   }
 };
 

@@ -24,6 +24,10 @@ struct HostDev : gpu_loop::HostGemm {
   void step(const Q& q) {
     gpu_loop::host_step(q, "_clockwork_rnn_gpu_loop_emulate");
   }
+  template <class Q>
+  bool persistent(const Q&) {
+    return false;  // the cuBLAS loop's schedule (the persistent one: ..._persistent_emulate_cpu.cpp)
+  }
 };
 
 }  // namespace

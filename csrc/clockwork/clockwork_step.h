@@ -96,13 +96,15 @@ MTS_HD bool unit_active(uint64_t active, const int32_t* mod, int64_t j) {
   return (active >> mod[j]) & 1u;
 }
 
+// The forward body with the product zr of element i given (q.zrow unread): the
+// persistent kernel (clockwork_persistent.h) computes it on chip.
 template <typename T>
-MTS_HD void step_elem(const ClockworkStepFwd<T>& q, int64_t i) {
+MTS_HD void fwd_elem(const ClockworkStepFwd<T>& q, int64_t i, T zr) {
   const int64_t b = i / q.H, j = i - b * q.H;
   T hv = T(0), uv = T(0);
   if (row_runs(q.lengths, b, q.t, q.Tn)) {
     if (unit_active(q.active, q.mod, j)) {
-      const T z = q.zrow[i] + q.p[i];
+      const T z = zr + q.p[i];
       uv = q.relu ? rnn::relu_of(z) : tanh_of(z);
       hv = q.alpha != nullptr ? rnn::leak_mix(q.alpha[j], q.prev[i], uv) : uv;
     } else {
@@ -111,6 +113,14 @@ MTS_HD void step_elem(const ClockworkStepFwd<T>& q, int64_t i) {
   }
   q.h[i] = hv;
   if (q.u != nullptr) q.u[i] = uv;
+}
+
+// zrow holds products at the active units only: read nowhere else.
+template <typename T>
+MTS_HD void step_elem(const ClockworkStepFwd<T>& q, int64_t i) {
+  const int64_t b = i / q.H, j = i - b * q.H;
+  const bool reads = row_runs(q.lengths, b, q.t, q.Tn) && unit_active(q.active, q.mod, j);
+  fwd_elem(q, i, reads ? q.zrow[i] : T(0));
 }
 
 template <typename T>

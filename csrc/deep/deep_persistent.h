@@ -96,7 +96,7 @@ MTS_HD bool persist_runs(const int64_t* lengths, int64_t b, int64_t k, int64_t T
 }
 
 template <typename T, class Grid>
-MTS_HD void deep_persist_fwd(const DeepPersistFwd<T>& q, const Geo& g, Grid& grid) {
+MTS_HD void run_program(const DeepPersistFwd<T>& q, const Geo& g, Grid& grid) {
   const int64_t B = q.B, H = q.H, TBH = q.Tn * B * H;
   const bool sc = q.ws != nullptr;
   for (int64_t k = 0; k < q.Tn; ++k) {
@@ -156,7 +156,7 @@ MTS_HD void deep_persist_fwd(const DeepPersistFwd<T>& q, const Geo& g, Grid& gri
 }
 
 template <typename T, class Grid>
-MTS_HD void deep_persist_bwd(const DeepPersistBwd<T>& q, const Geo& g, Grid& grid) {
+MTS_HD void run_program(const DeepPersistBwd<T>& q, const Geo& g, Grid& grid) {
   const int64_t B = q.B, H = q.H, TBH = q.Tn * B * H;
   const bool sc = q.ws != nullptr;
   T* const dp = q.dp;

@@ -5,16 +5,9 @@
 // kernel of deep_transition_rnn_persistent.cu (float32 compute, where the plan
 // fits the device); nothing synchronises with the host.
 //
-// Environment, MTS_KERNELS_RNN_PERSISTENT (as leaky_rnn's, read at every call):
-//   0      the cuBLAS loop always
-//   grid   testing: the persistent kernel with the units split over
-//          grid-synchronised blocks whenever H > 1 (otherwise only when W_1..W_L
-//          and U do not fit one block's shared memory)
-//   other values, or unset: the persistent kernel where it fits.
+// MTS_KERNELS_RNN_PERSISTENT: 0 the cuBLAS loop, grid the persistent kernel's
+// grid plan (gpu_loop::try_persistent).
 #define MTS_GPU_LOOP_CUDA
-#include <cstdlib>
-#include <cstring>
-
 #include "deep_loop.h"
 #include "deep_transition_rnn_launch.h"
 
@@ -29,23 +22,13 @@ struct CudaDev : gpu_loop::CudaGemm {
   void step(const Q& q) {
     gpu_loop::check_cuda(deep_step_cuda(q, stream), "deep_transition_rnn step launch");
   }
-  static const char* mode() {
-    const char* v = std::getenv("MTS_KERNELS_RNN_PERSISTENT");
-    return v == nullptr ? "" : v;
-  }
   bool persistent(const DeepPersistFwd<float>& q) {
-    if (std::strcmp(mode(), "0") == 0) return false;
-    bool launched = false;
-    gpu_loop::check_cuda(deep_persist_fwd_cuda(q, std::strcmp(mode(), "grid") == 0, stream, &launched),
-                         "deep_transition_rnn persistent forward launch");
-    return launched;
+    return gpu_loop::try_persistent([&](bool grid, bool* ran) { return deep_persist_fwd_cuda(q, grid, stream, ran); },
+                                    "deep_transition_rnn persistent forward launch");
   }
   bool persistent(const DeepPersistBwd<float>& q) {
-    if (std::strcmp(mode(), "0") == 0) return false;
-    bool launched = false;
-    gpu_loop::check_cuda(deep_persist_bwd_cuda(q, std::strcmp(mode(), "grid") == 0, stream, &launched),
-                         "deep_transition_rnn persistent backward launch");
-    return launched;
+    return gpu_loop::try_persistent([&](bool grid, bool* ran) { return deep_persist_bwd_cuda(q, grid, stream, ran); },
+                                    "deep_transition_rnn persistent backward launch");
   }
   // float64: the cuBLAS loop
   template <class Q>

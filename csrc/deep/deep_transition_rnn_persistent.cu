@@ -13,22 +13,6 @@ namespace mts {
 namespace deep {
 namespace {
 
-constexpr int kThreads = 256;
-
-template <bool kGrid>
-__global__ void __launch_bounds__(kThreads) persist_fwd_kernel(const DeepPersistFwd<float> q, const persist::Geo g) {
-  extern __shared__ float smem[];
-  persist::DeviceGrid<float, kGrid> grid{smem};
-  deep_persist_fwd(q, g, grid);
-}
-
-template <bool kGrid>
-__global__ void __launch_bounds__(kThreads) persist_bwd_kernel(const DeepPersistBwd<float> q, const persist::Geo g) {
-  extern __shared__ float smem[];
-  persist::DeviceGrid<float, kGrid> grid{smem};
-  deep_persist_bwd(q, g, grid);
-}
-
 bool valid(int64_t B, int64_t H, int64_t L, int64_t Tn) { return B >= 1 && H >= 1 && L >= 1 && Tn >= 1; }
 
 }  // namespace
@@ -41,8 +25,7 @@ cudaError_t deep_persist_fwd_cuda(const DeepPersistFwd<float>& q, bool force_gri
       q.h_all == nullptr || q.s_all == nullptr || q.state[0] == nullptr || q.state[1] == nullptr ||
       q.sbuf[0] == nullptr || q.sbuf[1] == nullptr)
     return cudaErrorInvalidValue;
-  return persist::launch_program(persist_fwd_kernel<true>, persist_fwd_kernel<false>, q, q.B, q.H, q.n_mats(),
-                                 q.partials(), force_grid, kThreads, stream, launched);
+  return persist::launch_program(q, force_grid, stream, launched);
 }
 
 cudaError_t deep_persist_bwd_cuda(const DeepPersistBwd<float>& q, bool force_grid, cudaStream_t stream,
@@ -54,8 +37,7 @@ cudaError_t deep_persist_bwd_cuda(const DeepPersistBwd<float>& q, bool force_gri
       q.hprev_all == nullptr || q.dh0 == nullptr || (q.alpha != nullptr && q.da == nullptr) ||
       q.carry[0] == nullptr || q.carry[1] == nullptr || q.ebuf[0] == nullptr || q.ebuf[1] == nullptr)
     return cudaErrorInvalidValue;
-  return persist::launch_program(persist_bwd_kernel<true>, persist_bwd_kernel<false>, q, q.B, q.H, q.n_mats(),
-                                 q.partials(), force_grid, kThreads, stream, launched);
+  return persist::launch_program(q, force_grid, stream, launched);
 }
 
 }  // namespace deep

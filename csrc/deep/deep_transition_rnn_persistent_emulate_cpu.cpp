@@ -22,22 +22,6 @@ namespace {
 
 constexpr const char* kHook = "_deep_transition_rnn_persistent_emulate";
 
-template <typename T, class G>
-void program(const DeepPersistFwd<T>& q, const persist::Geo& g, G& grid) {
-  deep_persist_fwd(q, g, grid);
-}
-template <typename T, class G>
-void program(const DeepPersistBwd<T>& q, const persist::Geo& g, G& grid) {
-  deep_persist_bwd(q, g, grid);
-}
-
-template <typename T, class Q>
-bool run_emulated(const Q& q) {
-  persist::emulate<T>(kHook, q.B, q.H, q.n_mats(), q.partials(),
-                      [&](const persist::Geo& g, auto& grid) { program(q, g, grid); });
-  return true;
-}
-
 struct PersistHostDev : gpu_loop::HostGemm {
   static constexpr const char* kFwdName = "_deep_transition_rnn_persistent_emulate_fwd";
   static constexpr const char* kBwdName = "_deep_transition_rnn_persistent_emulate_bwd";
@@ -46,13 +30,9 @@ struct PersistHostDev : gpu_loop::HostGemm {
   void step(const Q& q) {
     gpu_loop::host_step(q, kHook);
   }
-  template <typename T>
-  bool persistent(const DeepPersistFwd<T>& q) {
-    return q.Tn > 0 && run_emulated<T>(q);
-  }
-  template <typename T>
-  bool persistent(const DeepPersistBwd<T>& q) {
-    return q.Tn > 0 && run_emulated<T>(q);
+  template <class Q>
+  bool persistent(const Q& q) {
+    return persist::emulate(kHook, q);
   }
 };
 

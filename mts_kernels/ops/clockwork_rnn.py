@@ -24,9 +24,11 @@ j >= i only, inactive modules hold (forward) and pass their gradient straight
 through (backward); dW's block rows come from GEMMs after the loop.
 - CPU: torch.ops.mts_kernels.clockwork_rnn_fwd / _bwd (csrc/clockwork/), products
   restricted to the active modules' rows, register-tiled or BLAS;
-- CUDA: the same ops' CUDA kernels (csrc/clockwork/clockwork_loop.h): per step
-  one cuBLAS GEMM per active module on strided views and one pointwise kernel,
-  no host synchronisation; at most CUDA_MAX_MODULES modules;
+- CUDA: the same ops' CUDA kernels, at most CUDA_MAX_MODULES modules: the
+  persistent kernel (csrc/clockwork/clockwork_persistent.h: W_hh on chip, one
+  launch per direction) where its plan fits the device, else a loop
+  (csrc/clockwork/clockwork_loop.h) of one cuBLAS GEMM per active module on
+  strided views and one pointwise kernel per step; no host synchronisation;
 - Triton (H <= TRITON_MAX_HIDDEN): clockwork_rnn_fwd_triton / _bwd_triton
   (mts_kernels/triton/clockwork_rnn.py), a persistent per-batch-block loop with
   the block-upper part of W_hh in registers and the clock as per-unit masks.
