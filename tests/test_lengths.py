@@ -233,6 +233,28 @@ def test_leaky_rnn_each_sequence_alone(reverse):
         assert (h[n:, b] == 0).all()
 
 
+def test_leaky_rnn_lengths_gathered_delays():
+    # A skip so long that the CPU forward's processing-order state ring would pass
+    # its size limit (csrc/rnn/leaky_rnn_cpu.cpp, kRingElems = 2^22 elements): the
+    # delayed rows are gathered instead. Each sequence equals the op run alone.
+    B, H, skip = 2, 8, (1 << 18) + 1
+    T = skip + 6
+    assert (skip + 1) * B * H > 1 << 22
+    gen = torch.Generator().manual_seed(11)
+    p = torch.randn(T, B, H, generator=gen, dtype=torch.float64)
+    w, ws = (torch.randn(H, H, generator=gen, dtype=torch.float64) * H ** -0.5 for _ in range(2))
+    h0 = torch.randn(B, H, generator=gen, dtype=torch.float64)
+    L = torch.tensor([T, T - 3])
+    kw = dict(weight_skip=ws, skip=skip, dilation=2)
+    h = mts_kernels.leaky_rnn(p, w, h0, lengths=L, **kw)
+    for b in range(B):
+        n = int(L[b])
+        alone = mts_kernels.leaky_rnn(p[:n, b:b + 1], w, h0[b:b + 1], **kw)
+        torch.testing.assert_close(h[:n, b], alone[:, 0], rtol=1e-12, atol=1e-12)
+        assert (h[n:, b] == 0).all()
+    assert h[skip:, 0].ne(mts_kernels.leaky_rnn(p, w, h0, lengths=L, dilation=2)[skip:, 0]).any()  # skip counted
+
+
 # --------------------------------------------------------------------------- clockwork_rnn
 
 @pytest.mark.parametrize("device", DEVICES)

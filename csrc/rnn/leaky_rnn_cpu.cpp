@@ -35,9 +35,14 @@ using namespace ::mts::cpu;
 //
 // With lengths the loop walks the rows in order of decreasing length (`order`,
 // a permutation of indices, not of data), so the rows still running at step k
-// are the first n_k and the others leave the per-step product; their delayed
-// states, which sit at different times per row, are gathered into a (n_k, H)
-// buffer (B*H copies next to B*H*H multiply-adds).
+// are the first n_k and the others leave the per-step product. Their delayed
+// states sit at different places per row; the forward's product needs them as
+// contiguous (n_k, H) rows, so the forward also keeps the states of the last
+// max(d, s) + 1 steps in processing order (a ring, written by the pointwise pass
+// beside h; rows running at step k ran at k - d too, as the first n_k of them),
+// or, where that ring would be large, gathers them (a separate copy pass, about
+// a fifth of a ragged forward's time at B=32, H=256). The backward reads them
+// per row where it needs them (the leak) and never gathers.
 template <typename T>
 struct Raw {
   int64_t Tn, B, H, Np, dilation, skip;
@@ -102,39 +107,59 @@ AlignedVec<T> padded(const T* m, int64_t H, int64_t Np) {
   return out;
 }
 
+// Slots of the forward's processing-order state ring (see Raw), 0: gather
+// instead (no lengths, or a ring above kRingElems elements).
+constexpr int64_t kRingElems = int64_t(1) << 22;
+template <typename T>
+int64_t ring_slots(const Raw<T>& r) {
+  if (!r.ragged()) return 0;
+  const int64_t slots = std::min(std::max(r.dilation, r.skip), r.Tn) + 1;
+  return slots * r.B * r.H <= kRingElems ? slots : 0;
+}
+
 template <typename T>
 inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
-  const int64_t B = r.B, H = r.H, Np = r.Np;
-  AlignedVec<T> zbuf(B * Np), gathered(r.ragged() ? 2 * B * H : 0);
+  const int64_t B = r.B, H = r.H, Np = r.Np, BH = B * H;
+  const int64_t R = ring_slots(r);
+  AlignedVec<T> zbuf(B * Np), gathered(r.ragged() ? 2 * BH : 0), ring(R * BH);
   T* z = zbuf.data();
   for (int64_t k = 0; k < r.Tn; ++k) {
     const int64_t n = r.rows_at(k);
     if (n == 0) break;
-    const T* hd = delayed_rows(r, k, r.dilation, n, h, gathered.data());
+    // the (n, H) states `delay` steps back: from the ring once it holds them
+    auto delayed = [&](int64_t delay, T* buf) -> const T* {
+      return R > 0 && k >= delay ? ring.data() + ((k - delay) % R) * BH : delayed_rows(r, k, delay, n, h, buf);
+    };
+    const T* hd = delayed(r.dilation, gathered.data());
+    T* rs = R > 0 ? ring.data() + (k % R) * BH : nullptr;  // this step's states, processing order
     for (int64_t i = 0; i < n; ++i) {
       const T* pt = p + r.row_offset(k, i);
       std::copy(pt, pt + H, z + i * Np);
     }
     product(r, n, hd, r.w, z);
-    if (r.ws) product(r, n, delayed_rows(r, k, r.skip, n, h, gathered.data() + B * H), r.ws, z);
+    if (r.ws) product(r, n, delayed(r.skip, gathered.data() + BH), r.ws, z);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t off = r.row_offset(k, i);
       const T* zb = z + i * Np;
       const T* hb = hd + i * H;
       T* ub = u + off;  // == h's row without leak
       T* htb = h + off;
+      T* rb = rs ? rs + i * H : nullptr;
       for_lanes<T>(H, [&](int64_t j, auto v) {
         using V = decltype(v);
         V zv, uv;
         ld(zv, zb + j);
         uv = r.tanh ? tanh_of(zv) : relu_of(zv);
         st(ub + j, uv);
+        V hn = uv;
         if (r.alpha) {
           V a, hv;
           ld(a, r.alpha + j);
           ld(hv, hb + j);
-          st(htb + j, leak_mix(a, hv, uv));
+          hn = leak_mix(a, hv, uv);
+          st(htb + j, hn);
         }
+        if (rb) st(rb + j, hn);
       });
     }
   }
@@ -155,20 +180,22 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
   const int64_t B = r.B, H = r.H, Np = r.Np, BN = B * Np;
   const int64_t L = std::max(r.dilation, r.skip) + 1;  // ring slots
   AlignedVec<T> ring(L * BN, T(0)), dh0_acc(BN, T(0)), da_step(r.alpha ? Np : 0);
-  AlignedVec<T> gathered(r.ragged() ? 2 * B * H : 0);
+  AlignedVec<T> gathered(r.ragged() ? B * H : 0);  // e_t's rows for the product
   auto slot = [&](int64_t k) { return k >= 0 ? ring.data() + (k % L) * BN : dh0_acc.data(); };
   for (int64_t k = r.Tn - 1; k >= 0; --k) {
     const int64_t n = r.rows_at(k);
     if (n == 0) continue;
     T* carry = slot(k);
     T* target = slot(k - r.dilation);
-    const T* hd = delayed_rows(r, k, r.dilation, n, h, gathered.data());
-    T* e = r.ragged() ? gathered.data() + B * H : e_all + r.offset(k);
+    T* e = r.ragged() ? gathered.data() : e_all + r.offset(k);
     std::fill(da_step.begin(), da_step.end(), T(0));
     for (int64_t i = 0; i < n; ++i) {
       const int64_t off = r.row_offset(k, i);
-      const T *gb = g + off, *ub = u + off, *hb = hd + i * H;
+      // h_{t-d} of this row (read with the leak only)
+      const T* hb = k >= r.dilation ? h + r.row_offset(k - r.dilation, i) : r.h0 + r.row(i) * H;
+      const T *gb = g + off, *ub = u + off;
       T *eb = e + i * H, *cb = carry + i * Np, *tb = target + i * Np;
+      T* eo = r.ragged() ? e_all + off : nullptr;  // e's row in e_all, beside the product's copy
       for_lanes<T>(H, [&](int64_t j, auto v) {
         using V = decltype(v);
         V gv, cv, uv;
@@ -189,10 +216,11 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
           st(tb + j, tv + a * d);
           du = (T(1) - a) * d;
         }
-        st(eb + j, dphi_times(du, uv, !r.tanh));
+        const V ev = dphi_times(du, uv, !r.tanh);
+        st(eb + j, ev);
+        if (eo) st(eo + j, ev);
       });
       std::fill(cb, cb + Np, T(0));  // the slot is step k - L's next
-      if (r.ragged()) std::copy(eb, eb + H, e_all + off);
     }
     for (int64_t j = 0; j < (r.alpha ? H : 0); ++j) dalpha[j] += double(da_step[j]);
     // dL/dh_{t-d} += e_t W (and through the skip weights)
