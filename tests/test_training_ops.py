@@ -406,3 +406,33 @@ def test_modules_autocast_cuda_gradscaler(kind, dtype):
         scaler.step(opt)
         scaler.update()
     assert any(not torch.equal(b, p) for b, p in zip(before, ours.parameters()))
+
+
+@pytest.mark.parametrize("op", ["leaky_rnn", "clockwork_rnn", "deep_transition_rnn"])
+def test_backward_materializes_no_zero_grads_for_saved_outputs(op):
+    # The cells' ops return a second, non-differentiable (T, B, H)-sized output (u,
+    # or DeepTransitionRNN's sub-layer states s) that the backward reads; autograd
+    # must not build a zero gradient for it (a fill of 64 MiB per step at B=32,
+    # T=1024, H=256, 2 layers), nor for an unused h.
+    T, B, H = 6, 3, 8
+    gen = torch.Generator().manual_seed(3)
+    p = torch.randn(T, B, H, generator=gen, requires_grad=True)
+    w = (torch.randn(H, H, generator=gen) * H ** -0.5).requires_grad_()
+    alpha = torch.full((H,), 0.5)
+    if op == "leaky_rnn":
+        run = lambda: mk.leaky_rnn(p, w, alpha=alpha)  # noqa: E731
+    elif op == "clockwork_rnn":
+        run = lambda: mk.clockwork_rnn(p, w, periods=[1, 2], module_sizes=[4, 4], alpha=alpha)  # noqa: E731
+    else:
+        w2 = (torch.randn(2, H, H, generator=gen) * H ** -0.5).requires_grad_()
+        run = lambda: mk.deep_transition_rnn(p, w2, alpha=alpha)  # noqa: E731
+    h = run()
+    g = torch.randn(h.shape, generator=gen)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        torch.autograd.grad(h, p, g)
+    big = [e for e in prof.events() if e.name in ("aten::fill_", "aten::zero_", "aten::zeros_like")
+           and any(s and torch.Size(s).numel() >= T * B * H for s in e.input_shapes)]
+    assert not big, [(e.name, e.input_shapes) for e in big]
+    # and the gradient is still right
+    torch.testing.assert_close(torch.autograd.grad(run(), p, g)[0],
+                               torch.autograd.grad(run(), p, g)[0], rtol=0, atol=0)

@@ -49,6 +49,7 @@ def _setup_context(ctx, inputs, output):
     p, weight_hh, h0, bias_hh, weight_shortcut, alpha, nonlinearity, reverse, lengths = inputs
     h, s = output
     ctx.mark_non_differentiable(s)
+    ctx.set_materialize_grads(False)  # no zeros for the grad of s (nor of an unused h): None is handled
     ctx.config = (nonlinearity, reverse)
     ctx.has = (h0 is not None, bias_hh is not None, weight_shortcut is not None, alpha is not None)
     # p and bias_hh only for a second order, which recomputes s from them (_moving_s)
@@ -211,6 +212,7 @@ def _tangent_op_setup(ctx, inputs, output):
     drive, gains, weight_hh, keep, weight_shortcut, start, reverse, lengths = inputs
     h, a = output
     ctx.mark_non_differentiable(a)
+    ctx.set_materialize_grads(False)  # no zeros for the grad of a (nor of an unused h): None is handled
     ctx.reverse = reverse
     ctx.has = (keep is not None, weight_shortcut is not None, start is not None)
     ctx.save_for_backward(gains, weight_hh, keep, weight_shortcut, start, h, a, lengths)

@@ -179,6 +179,7 @@ def _setup_context(ctx, inputs, output):
     p, weight_hh, h0, alpha, weight_skip, skip, dilation, nonlinearity, reverse, lengths = inputs
     h, u = output
     ctx.mark_non_differentiable(u)
+    ctx.set_materialize_grads(False)  # no zeros for the grad of u (nor of an unused h): None is handled
     ctx.config = (skip, dilation, nonlinearity, reverse)
     ctx.has = (h0 is not None, alpha is not None, weight_skip is not None)
     ctx.save_for_backward(weight_hh, h, u, h0, alpha, weight_skip, lengths)
