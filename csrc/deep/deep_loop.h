@@ -39,6 +39,7 @@
 #include "../rnn/leaky_rnn_impl.h"
 #include "deep_args.h"
 #include "deep_persistent.h"
+#include "deep_schedule.h"
 #include "deep_step.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, deep)
@@ -75,12 +76,8 @@ std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tens
     const Tensor sbuf = torch::stable::new_empty(p, {s.B, s.H});
     dispatch_compute(p.scalar_type(), op, [&](auto tag) {
       using T = typename decltype(tag)::type;
-      const int64_t B = s.B, H = s.H, HH = H * H, TBH = s.T * B * H;
+      const int64_t B = s.B, H = s.H, TBH = s.T * B * H;
       const T* wp = ptr<T>(w);
-      const T* prev = ptr<T>(h0);
-      T* next = mut<T>(state_a);
-      T* spare = mut<T>(state_b);
-      const Tensor z = zbuf;
       DeepPersistFwd<T> pq{};
       static_cast<PersistShape&>(pq) = PersistShape{B, H, s.L, s.T, !tanh, reverse};
       pq.p_all = ptr<T>(p);
@@ -88,40 +85,33 @@ std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tens
       pq.bias = bias.get<T>();
       pq.ws = ws.get<T>();
       pq.alpha = alpha.get<T>();
-      pq.h0 = prev;
+      pq.h0 = ptr<T>(h0);
       pq.h_all = mut<T>(h);
       pq.s_all = mut<T>(st);
-      pq.state[0] = next;
-      pq.state[1] = spare;
+      pq.state[0] = mut<T>(state_a);
+      pq.state[1] = mut<T>(state_b);
       pq.sbuf[0] = mut<T>(sbuf);
       pq.sbuf[1] = mut<T>(zbuf);
       pq.lengths = lens.p;
       if (dev.persistent(pq)) return;
-      for (int64_t k = 0; k < s.T; ++k) {
-        for (int64_t l = 0; l < s.L; ++l) {
-          const bool top = l == s.L - 1;
-          const T* in = l == 0 ? prev : ptr<T>(sbuf);
-          dev.mm(z, view(p, in, B, H, H), tr(view(p, wp + l * HH, H, H, H)));
-          if (top && ws.p) dev.addmm(z, view(p, prev, B, H, H), tr(view(p, ws.get<T>(), H, H, H)));
-          DeepStepFwd<T> q{};
-          static_cast<StepAt&>(q) = StepAt{B, H, k, s.T, !tanh, reverse};
-          q.first = l == 0;
-          q.top = top;
-          q.z = ptr<T>(z);
-          q.bias = bias.p ? bias.get<T>() + l * H : nullptr;
-          q.p_all = ptr<T>(p);
-          q.alpha = alpha.get<T>();
-          q.hprev = prev;
-          q.s_all = mut<T>(st) + l * TBH;
-          q.s_next = mut<T>(sbuf);
-          q.h_all = mut<T>(h);
-          q.h_next = next;
-          q.lengths = lens.p;
-          dev.step(q);
-        }
-        prev = next;
-        std::swap(next, spare);
-      }
+      schedule::forward<T>(dev, p, s.T, s.L, B, H, wp, ws.get<T>(), ptr<T>(h0), mut<T>(state_a), mut<T>(state_b),
+                           zbuf, ptr<T>(sbuf), [&](int64_t k, int64_t l, const T* prev, T* next) {
+                             DeepStepFwd<T> q{};
+                             static_cast<StepAt&>(q) = StepAt{B, H, k, s.T, !tanh, reverse};
+                             q.first = l == 0;
+                             q.top = l == s.L - 1;
+                             q.z = ptr<T>(zbuf);
+                             q.bias = bias.p ? bias.get<T>() + l * H : nullptr;
+                             q.p_all = ptr<T>(p);
+                             q.alpha = alpha.get<T>();
+                             q.hprev = prev;
+                             q.s_all = mut<T>(st) + l * TBH;
+                             q.s_next = mut<T>(sbuf);
+                             q.h_all = mut<T>(h);
+                             q.h_next = next;
+                             q.lengths = lens.p;
+                             dev.step(q);
+                           });
     });
   }
   const ScalarType dtype = p_in.scalar_type();
@@ -163,8 +153,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loop_bwd(
       const int64_t B = s.B, H = s.H, HH = H * H, TBH = s.T * B * H, TB = s.T * B;
       const T* wp = ptr<T>(w);
       auto e_of = [&](int64_t l) { return l == 0 ? mut<T>(dp) : mut<T>(e_rest) + (l - 1) * TBH; };
-      T* in = mut<T>(carry_a);
-      T* spare = mut<T>(carry_b);
       DeepPersistBwd<T> pq{};
       static_cast<PersistShape&>(pq) = PersistShape{B, H, s.L, s.T, !tanh, reverse};
       pq.g_all = ptr<T>(g);
@@ -179,46 +167,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> loop_bwd(
       pq.hprev_all = mut<T>(hprev);
       pq.dh0 = mut<T>(dh0);
       pq.da = alpha.p ? mut<T>(da) : nullptr;
-      pq.carry[0] = in;
-      pq.carry[1] = spare;
+      pq.carry[0] = mut<T>(carry_a);
+      pq.carry[1] = mut<T>(carry_b);
       pq.ebuf[0] = mut<T>(ebuf);
       pq.ebuf[1] = mut<T>(dsbuf);
       pq.lengths = lens.p;
-      const bool ran = dev.persistent(pq);
-      for (int64_t k = s.T - 1; k >= 0 && !ran; --k) {
-        T* out = k > 0 ? spare : mut<T>(dh0);
-        const Tensor out_v = view(h, out, B, H, H);
-        const Tensor e_v = view(h, ptr<T>(ebuf), B, H, H);
-        DeepStepBwdTop<T> q{};
-        static_cast<StepAt&>(q) = StepAt{B, H, k, s.T, !tanh, reverse};
-        q.g_all = ptr<T>(g);
-        q.carry_in = in;
-        q.s_all = ptr<T>(sv) + (s.L - 1) * TBH;
-        q.h_all = ptr<T>(h);
-        q.h0 = ptr<T>(h0);
-        q.alpha = alpha.get<T>();
-        q.e_all = e_of(s.L - 1);
-        q.e_next = mut<T>(ebuf);
-        q.carry_out = out;
-        q.hprev_all = mut<T>(hprev);
-        q.da = alpha.p ? mut<T>(da) : nullptr;
-        q.lengths = lens.p;
-        dev.step(q);
-        if (ws.p) dev.addmm(out_v, e_v, view(h, ws.get<T>(), H, H, H));  // carry += e^L U
-        for (int64_t l = s.L - 2; l >= 0; --l) {
-          dev.mm(view(h, ptr<T>(dsbuf), B, H, H), e_v, view(h, wp + (l + 1) * HH, H, H, H));
+      if (!dev.persistent(pq)) {
+        auto top_step = [&](int64_t k, const T* in, T* out) {
+          DeepStepBwdTop<T> q{};
+          static_cast<StepAt&>(q) = StepAt{B, H, k, s.T, !tanh, reverse};
+          q.g_all = ptr<T>(g);
+          q.carry_in = in;
+          q.s_all = ptr<T>(sv) + (s.L - 1) * TBH;
+          q.h_all = ptr<T>(h);
+          q.h0 = ptr<T>(h0);
+          q.alpha = alpha.get<T>();
+          q.e_all = e_of(s.L - 1);
+          q.e_next = mut<T>(ebuf);
+          q.carry_out = out;
+          q.hprev_all = mut<T>(hprev);
+          q.da = alpha.p ? mut<T>(da) : nullptr;
+          q.lengths = lens.p;
+          dev.step(q);
+        };
+        auto lower_step = [&](int64_t k, int64_t l, const T* ds) {
           DeepStepBwdLower<T> r{};
           static_cast<StepAt&>(r) = StepAt{B, H, k, s.T, !tanh, reverse};
-          r.ds = ptr<T>(dsbuf);
+          r.ds = ds;
           r.s_all = ptr<T>(sv) + l * TBH;
           r.e_all = e_of(l);
           r.e_next = mut<T>(ebuf);
           r.lengths = lens.p;
           dev.step(r);
-        }
-        dev.addmm(out_v, e_v, view(h, wp, H, H, H));  // carry += e^1 W_1
-        spare = in;
-        in = out;
+        };
+        schedule::backward<T>(dev, h, s.T, s.L, B, H, wp, ws.get<T>(), mut<T>(carry_a), mut<T>(carry_b),
+                              mut<T>(dh0), ptr<T>(ebuf), mut<T>(dsbuf), top_step, lower_step);
       }
       // weight and bias gradients: one GEMM / column sum each over all (T, B) rows
       auto rows = [&](const T* base) { return view(h, base, TB, H, H); };

@@ -10,8 +10,8 @@
 // loop) and deep_transition_rnn_tangent_cuda.cpp (cuBLAS and the kernels of
 // deep_transition_rnn_tangent_cuda_step.cu) register it.
 //
-// Per step L GEMMs (plus the shortcut's) and L pointwise passes, each row at its
-// own time (reverse with lengths needs no repacking), no host synchronisation;
+// Per step L GEMMs (plus the shortcut's) and L pointwise passes (the schedule
+// of deep_schedule.h, shared with deep_loop.h), each row at its own time (reverse with lengths needs no repacking), no host synchronisation;
 // the adjoint's weight gradients are single GEMMs over all (T, B) rows after its
 // loop. Outputs: h (T, B, H) and a (L, T, B, H), the pre-gain products the
 // adjoint reads (0 at padded times).
@@ -23,6 +23,7 @@
 #include "../gpu_loop.h"
 #include "../lengths.h"
 #include "../rnn/leaky_rnn_impl.h"
+#include "deep_schedule.h"
 #include "deep_tangent_step.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, deep)
@@ -79,38 +80,24 @@ std::tuple<Tensor, Tensor> fwd(Tensor drive_in, Tensor gains_in, Tensor w_in, st
     const Tensor xbuf = torch::stable::new_empty(drive, {s.B, s.H});
     dispatch_compute(drive.scalar_type(), op, [&](auto tag) {
       using T = typename decltype(tag)::type;
-      const int64_t B = s.B, H = s.H, HH = H * H, TBH = s.T * B * H;
-      const T* prev = ptr<T>(start);
-      T* next = mut<T>(state_a);
-      T* spare = mut<T>(state_b);
-      for (int64_t k = 0; k < s.T; ++k) {
-        for (int64_t l = 0; l < s.L; ++l) {
-          const bool top = l == s.L - 1;
-          const T* in = l == 0 ? prev : ptr<T>(xbuf);
-          dev.mm(zbuf, view(drive, in, B, H, H), tr(view(drive, ptr<T>(w) + l * HH, H, H, H)));
-          if (top && ws.p) dev.addmm(zbuf, view(drive, prev, B, H, H), tr(view(drive, ws.get<T>(), H, H, H)));
-          TanStepFwd<T> q{};
-          q.B = B;
-          q.H = H;
-          q.k = k;
-          q.Tn = s.T;
-          q.reverse = reverse;
-          q.top = top;
-          q.z = ptr<T>(zbuf);
-          q.gain_all = ptr<T>(gains) + l * TBH;
-          q.drive_all = ptr<T>(drive);
-          q.keep = keep.get<T>();
-          q.hprev = prev;
-          q.a_all = mut<T>(a) + l * TBH;
-          q.x_next = mut<T>(xbuf);
-          q.h_all = mut<T>(h);
-          q.h_next = next;
-          q.lengths = lens.p;
-          dev.step(q);
-        }
-        prev = next;
-        std::swap(next, spare);
-      }
+      const int64_t B = s.B, H = s.H, TBH = s.T * B * H;
+      schedule::forward<T>(dev, drive, s.T, s.L, B, H, ptr<T>(w), ws.get<T>(), ptr<T>(start), mut<T>(state_a),
+                           mut<T>(state_b), zbuf, ptr<T>(xbuf), [&](int64_t k, int64_t l, const T* prev, T* next) {
+                             TanStepFwd<T> q{};
+                             static_cast<StepAt&>(q) = StepAt{B, H, k, s.T, false, reverse};
+                             q.top = l == s.L - 1;
+                             q.z = ptr<T>(zbuf);
+                             q.gain_all = ptr<T>(gains) + l * TBH;
+                             q.drive_all = ptr<T>(drive);
+                             q.keep = keep.get<T>();
+                             q.hprev = prev;
+                             q.a_all = mut<T>(a) + l * TBH;
+                             q.x_next = mut<T>(xbuf);
+                             q.h_all = mut<T>(h);
+                             q.h_next = next;
+                             q.lengths = lens.p;
+                             dev.step(q);
+                           });
     });
   }
   const ScalarType dtype = drive_in.scalar_type();
@@ -147,19 +134,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd(
     dispatch_compute(h.scalar_type(), op, [&](auto tag) {
       using T = typename decltype(tag)::type;
       const int64_t B = s.B, H = s.H, HH = H * H, TBH = s.T * B * H, TB = s.T * B;
-      const T* wp = ptr<T>(w);
-      T* in = mut<T>(carry_a);
-      T* spare = mut<T>(carry_b);
-      const Tensor nu_v = view(h, ptr<T>(nubuf), B, H, H);
-      for (int64_t k = s.T - 1; k >= 0; --k) {
-        T* out = k > 0 ? spare : mut<T>(dstart);
-        const Tensor out_v = view(h, out, B, H, H);
+      auto top_step = [&](int64_t k, const T* in, T* out) {
         TanStepBwdTop<T> q{};
-        q.B = B;
-        q.H = H;
-        q.k = k;
-        q.Tn = s.T;
-        q.reverse = reverse;
+        static_cast<StepAt&>(q) = StepAt{B, H, k, s.T, false, reverse};
         q.g_all = ptr<T>(g);
         q.carry_in = in;
         q.gain_all = ptr<T>(gains) + (s.L - 1) * TBH;
@@ -176,28 +153,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bwd(
         q.dkeep = keep.p ? mut<T>(dkeep) : nullptr;
         q.lengths = lens.p;
         dev.step(q);
-        if (ws.p) dev.addmm(out_v, nu_v, view(h, ws.get<T>(), H, H, H));  // carry += nu^L U
-        for (int64_t l = s.L - 2; l >= 0; --l) {
-          dev.mm(view(h, ptr<T>(dsbuf), B, H, H), nu_v, view(h, wp + (l + 1) * HH, H, H, H));
-          TanStepBwdLower<T> r{};
-          r.B = B;
-          r.H = H;
-          r.k = k;
-          r.Tn = s.T;
-          r.reverse = reverse;
-          r.ds = ptr<T>(dsbuf);
-          r.gain_all = ptr<T>(gains) + l * TBH;
-          r.a_all = ptr<T>(a) + l * TBH;
-          r.dgain_all = mut<T>(dgains) + l * TBH;
-          r.nu_all = mut<T>(nu) + l * TBH;
-          r.nu_next = mut<T>(nubuf);
-          r.lengths = lens.p;
-          dev.step(r);
-        }
-        dev.addmm(out_v, nu_v, view(h, wp, H, H, H));  // carry += nu^1 W_1
-        spare = in;
-        in = out;
-      }
+      };
+      auto lower_step = [&](int64_t k, int64_t l, const T* ds) {
+        TanStepBwdLower<T> r{};
+        static_cast<StepAt&>(r) = StepAt{B, H, k, s.T, false, reverse};
+        r.ds = ds;
+        r.gain_all = ptr<T>(gains) + l * TBH;
+        r.a_all = ptr<T>(a) + l * TBH;
+        r.dgain_all = mut<T>(dgains) + l * TBH;
+        r.nu_all = mut<T>(nu) + l * TBH;
+        r.nu_next = mut<T>(nubuf);
+        r.lengths = lens.p;
+        dev.step(r);
+      };
+      schedule::backward<T>(dev, h, s.T, s.L, B, H, ptr<T>(w), ws.get<T>(), mut<T>(carry_a), mut<T>(carry_b),
+                            mut<T>(dstart), ptr<T>(nubuf), mut<T>(dsbuf), top_step, lower_step);
       // dW_1 = nu^1^T h_prev, dW_l = nu^l^T x^{l-1} (x = gain a), dU = nu^L^T h_prev:
       // one GEMM each over all (T, B) rows (everything is 0 at padded times)
       auto rows = [&](const T* base) { return view(h, base, TB, H, H); };

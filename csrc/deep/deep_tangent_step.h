@@ -26,9 +26,8 @@ namespace deep {
 // Forward, sub-layer l: a = z, stored to a_all[t_b]; x = gain_all[t_b] a to
 // x_next, or (top) h = x + drive + keep hprev to h_all[t_b] and h_next.
 template <typename T>
-struct TanStepFwd {
-  int64_t B, H, k, Tn;
-  bool reverse, top;
+struct TanStepFwd : StepAt {  // relu unused
+  bool top;
   const T* z;              // (B, H)
   const T* gain_all;       // (T, B, H) gain^l
   const T* drive_all;      // (T, B, H); with top
@@ -43,9 +42,7 @@ struct TanStepFwd {
 
 // Backward, top sub-layer (see the file comment).
 template <typename T>
-struct TanStepBwdTop {
-  int64_t B, H, k, Tn;
-  bool reverse;
+struct TanStepBwdTop : StepAt {
   const T* g_all;          // (T, B, H) grad_h
   const T* carry_in;       // (B, H)
   const T* gain_all;       // (T, B, H) gain^L
@@ -65,9 +62,7 @@ struct TanStepBwdTop {
 
 // Backward, sub-layer l < L: mu = ds[i] (= nu^{l+1} W_{l+1}).
 template <typename T>
-struct TanStepBwdLower {
-  int64_t B, H, k, Tn;
-  bool reverse;
+struct TanStepBwdLower : StepAt {
   const T* ds;             // (B, H)
   const T* gain_all;       // (T, B, H) gain^l
   const T* a_all;          // (T, B, H) a^l
