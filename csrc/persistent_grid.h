@@ -1,6 +1,6 @@
 #pragma once
 // The execution model of the persistent kernels written as phase programs
-// (csrc/deep/deep_persistent.h). A program is a sequence of grid.segment(f)
+// (csrc/deep/deep_persistent.h, csrc/clockwork/clockwork_persistent.h). A program is a sequence of grid.segment(f)
 // calls, each ending in a barrier of the whole grid (or of the block, when the
 // blocks never read each other's rows); inside a segment, f(blk) runs phases
 // blk.run(g), each g(tid) over the block's threads and ending in a block
@@ -23,6 +23,7 @@
 // the launch plan the programs (and their host runs) share.
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "common.h"
@@ -236,11 +237,14 @@ inline bool plan(int64_t B, int64_t H, int64_t n_mats, bool partials, bool force
 }
 
 // Runs program(grid) on the host: once with every block (grid sync) or once per
-// block (without). storage: zero-filled shared memory of every block.
+// block (without). Every block's shared memory starts as NaN (on the device it
+// starts as whatever was there), so a read of an element no phase wrote shows
+// in the results.
 template <typename S, class Program>
 void host_run(int blocks, int threads, int64_t smem_elems, bool grid_sync, bool reverse,
               Program&& program) {
-  std::vector<S> storage(static_cast<size_t>(blocks) * static_cast<size_t>(smem_elems));
+  std::vector<S> storage(static_cast<size_t>(blocks) * static_cast<size_t>(smem_elems),
+                         std::numeric_limits<S>::quiet_NaN());
   if (grid_sync) {
     HostGrid<S> grid{blocks, threads, reverse, -1, storage.data(), smem_elems};
     program(grid);
