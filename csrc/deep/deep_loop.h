@@ -5,10 +5,12 @@
 // deep_transition_rnn_cuda_step.cu) registers it for CUDA;
 // deep_transition_rnn_emulate_cpu.cpp's (CPU GEMMs, the same per-element bodies
 // in a loop) runs this very loop on the host, so the CPU test suite checks it.
-// Dev: a csrc/gpu_loop.h GEMM policy with kFwdName, kBwdName and step(q) for the
-// three parameter structs of deep_step.h.
+// Dev: a csrc/gpu_loop.h GEMM policy with kFwdName, kBwdName, step(q) for the
+// three parameter structs of deep_step.h and persistent(q) for the two of
+// deep_persistent.h.
 //
-// Per step, on the current stream and with no host synchronisation:
+// Per step (the schedule of deep_schedule.h, shared with the tangent's loop), on
+// the current stream and with no host synchronisation:
 //  * forward: for l = 1..L one GEMM z = s^{l-1} W_l^T into a (B, H) scratch (s^0:
 //    the state; the top one also + h_{t-1} U^T), then one pointwise kernel (bias,
 //    p for l = 1, phi; the top one also the leak) that stores s^l at each row's
