@@ -28,14 +28,15 @@ def _rows(batch_sizes: Tensor) -> Tensor:
 
 def unpack(seq: PackedSequence) -> Tuple[Tensor, Tensor]:
     """(padded (T, B, *) in the packed (sorted) order, lengths (B,) int64 on the CPU).
-    One index_copy (its backward one index_select), not a copy per step."""
+    One in-place index_copy_ (its backward one index_select), not a copy per step."""
     bs = seq.batch_sizes
     if bs.numel() == 0:
         raise ValueError("PackedSequence input has no time steps")
     T, B = bs.numel(), int(bs[0])
     rows = _rows(bs).to(seq.data.device)
+    # in place into the fresh zeros: the out-of-place index_copy copied them first
     flat = seq.data.new_zeros((T * B,) + tuple(seq.data.shape[1:]))
-    padded = flat.index_copy(0, rows, seq.data).view((T, B) + tuple(seq.data.shape[1:]))
+    padded = flat.index_copy_(0, rows, seq.data).view((T, B) + tuple(seq.data.shape[1:]))
     lengths = (torch.arange(B).unsqueeze(0) < bs.unsqueeze(1)).sum(0)
     return padded, lengths
 
