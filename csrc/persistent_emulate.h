@@ -6,6 +6,7 @@
 // (deep_loop.h, clockwork_loop.h) run unchanged around the program.
 #include <type_traits>
 
+#include "gpu_loop.h"
 #include "persistent_grid.h"
 #include "stable_util.h"
 
@@ -51,5 +52,22 @@ bool emulate(const char* hook, const Q& q) {
               [&](auto& grid) { run_program(q, g, grid); });
   return true;
 }
+
+// A loop's host test policy that runs its persistent programs here: the loop's
+// steps through gpu_loop::host_step (unused once a program ran) and
+// persistent(q) through emulate. Names: kFwdName, kBwdName (the hooks' op names)
+// and kHook (their messages' prefix).
+template <class Names>
+struct HostProgramDev : gpu_loop::HostGemm, Names {
+  using HostGemm::HostGemm;
+  template <class Q>
+  void step(const Q& q) {
+    gpu_loop::host_step(q, Names::kHook);
+  }
+  template <class Q>
+  bool persistent(const Q& q) {
+    return emulate(Names::kHook, q);
+  }
+};
 
 HIDDEN_NAMESPACE_END(mts, persist)

@@ -59,15 +59,8 @@ using ::mts::rnn::dispatch_compute;
 using gpu_loop::tr;
 using gpu_loop::view;
 
-// The bit mask of the modules active at step t (g <= kMaxCudaModules).
-inline uint64_t mask_at(const Clock& c, int64_t t) {
-  uint64_t mask = 0;
-  for (int64_t m = 0; m < c.g; ++m)
-    if (t >= c.first[m] && (t - c.first[m]) % c.period[m] == 0) mask |= uint64_t{1} << m;
-  return mask;
-}
-
-// The schedule as the persistent kernel reads it (by value).
+// The schedule as the loops and the persistent kernel read it (by value; the
+// per-step active masks: active_at).
 inline ClockworkClock device_clock(const Clock& c, int64_t H) {
   ClockworkClock d{};
   d.g = c.g;
@@ -80,13 +73,16 @@ inline ClockworkClock device_clock(const Clock& c, int64_t H) {
   return d;
 }
 
+// mod[j] on the host, for the test hooks' policies (what
+// clockwork_unit_modules_cuda computes on the device).
+inline void host_unit_modules(const ClockworkCudaModules& mods, int64_t H, int32_t* mod, const char* op) {
+  MTS_CHECK(modules_valid(mods, H), op, ": invalid module boundaries");
+  for (int64_t j = 0; j < H; ++j) mod[j] = module_of(mods, j);
+}
+
 // The per-unit module index on the device (once per call).
 template <class Dev>
-Tensor unit_modules(Dev& dev, const Clock& c, const Tensor& like, int64_t H) {
-  ClockworkCudaModules mods{};
-  mods.g = c.g;
-  for (int64_t m = 0; m < c.g; ++m) mods.lo[m] = c.lo[m];
-  mods.lo[c.g] = H;
+Tensor unit_modules(Dev& dev, const ClockworkCudaModules& mods, const Tensor& like, int64_t H) {
   Tensor mod = torch::stable::new_empty(like, {H}, ScalarType::Int);
   dev.unit_modules(mods, H, mut<int32_t>(mod));
   return mod;
@@ -106,6 +102,7 @@ inline Clock cuda_clock(const Shape& s, const std::vector<int64_t>& sizes,
 struct Operands {
   bool tanh;
   Clock clock;
+  ClockworkClock dclock;  // the same, as the device reads it
   Tensor w, h0;
   gpu_loop::Opt alpha;
   gpu_loop::Lengths lens;
@@ -116,6 +113,7 @@ struct Operands {
            const std::optional<Tensor>& lengths)
       : tanh(parse_tanh(nonlinearity, op)),
         clock(cuda_clock(s, module_sizes, periods, first_steps, op)),
+        dclock(device_clock(clock, s.H)),
         w(compute(w_in)),
         h0(h0_in ? compute(*h0_in) : torch::stable::new_zeros(like, {s.B, s.H})),
         alpha(alpha_in, w),
@@ -133,7 +131,7 @@ CwPersistCommon<T> persist_common(const Shape& s, const Operands& o, const Tenso
   c.w = ptr<T>(o.w);
   c.alpha = o.alpha.get<T>();
   c.lengths = o.lens.p;
-  c.clock = device_clock(o.clock, s.H);
+  c.clock = o.dclock;
   return c;
 }
 
@@ -156,7 +154,7 @@ std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tens
   const Tensor u = alpha_in ? torch::stable::empty_like(p) : h;
   if (s.B > 0) {
     Dev dev(p);
-    const Tensor mod = unit_modules(dev, clock, p, s.H);
+    const Tensor mod = unit_modules(dev, o.dclock, p, s.H);
     const Tensor zbuf = torch::stable::new_empty(p, {s.B, s.H});
     dispatch_compute(p.scalar_type(), op, [&](auto tag) {
       using T = typename decltype(tag)::type;
@@ -172,7 +170,7 @@ std::tuple<Tensor, Tensor> loop_fwd(Tensor p_in, Tensor w_in, std::optional<Tens
       if (dev.persistent(pq)) return;
       for (int64_t t = 0; t < s.T; ++t) {
         const T* prev = t > 0 ? hp + (t - 1) * BH : ptr<T>(h0);
-        const uint64_t active = mask_at(clock, t);
+        const uint64_t active = active_at(o.dclock, t);
         for (int64_t m = 0; m < clock.g; ++m) {
           if (!((active >> m) & 1u)) continue;
           const int64_t lo = clock.lo[m], k = clock.k[m], K = H - lo;
@@ -225,7 +223,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> loop_bwd(
   const Tensor da = alpha_in ? torch::stable::new_zeros(h, {s.B, s.H}) : dh0;
   if (s.B > 0) {
     Dev dev(h);
-    const Tensor mod = unit_modules(dev, clock, h, s.H);
+    const Tensor mod = unit_modules(dev, o.dclock, h, s.H);
     // the carry into h(t) (from step t + 1) and out of step t, ping-ponged; the
     // last one out (step 0's) is dh0
     const Tensor carry_a = torch::stable::new_zeros(h, {s.B, s.H});
@@ -252,7 +250,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> loop_bwd(
       const bool ran = dev.persistent(pq);
       for (int64_t t = s.T - 1; t >= 0 && !ran; --t) {
         T* out = t > 0 ? spare : mut<T>(dh0);
-        const uint64_t active = mask_at(clock, t);
+        const uint64_t active = active_at(o.dclock, t);
         ClockworkStepBwd<T> q{};
         q.B = B;
         q.H = H;

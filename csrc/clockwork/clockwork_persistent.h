@@ -33,12 +33,11 @@
 namespace mts {
 namespace clockwork {
 
-// The schedule, by value in the kernel parameters: module m covers units
-// [lo[m], lo[m + 1]) and is active at step t iff t >= first[m] and
-// (t - first[m]) % period[m] == 0.
-struct ClockworkClock {
-  int64_t g;
-  int64_t lo[kMaxCudaModules + 1];
+// The schedule, by value in the kernel parameters: the module boundaries (module
+// m covers units [lo[m], lo[m + 1])), and module m is active at step t iff
+// t >= first[m] and (t - first[m]) % period[m] == 0. The host loop of
+// clockwork_loop.h reads its per-step masks from it too (active_at).
+struct ClockworkClock : ClockworkCudaModules {
   int64_t period[kMaxCudaModules];
   int64_t first[kMaxCudaModules];
 };

@@ -17,8 +17,7 @@ struct HostDev : gpu_loop::HostGemm {
   static constexpr const char* kBwdName = "_clockwork_rnn_gpu_loop_emulate_bwd";
   using HostGemm::HostGemm;
   void unit_modules(const ClockworkCudaModules& mods, int64_t H, int32_t* mod) {
-    MTS_CHECK(modules_valid(mods, H), kFwdName, ": invalid module boundaries");
-    for (int64_t j = 0; j < H; ++j) mod[j] = module_of(mods, j);
+    loop::host_unit_modules(mods, H, mod, kFwdName);
   }
   template <class Q>
   void step(const Q& q) {

@@ -14,7 +14,7 @@ namespace clockwork {
 namespace {
 
 bool clock_valid(const ClockworkClock& c, int64_t H) {
-  if (c.g < 1 || c.g > kMaxCudaModules || c.lo[0] != 0 || c.lo[c.g] != H) return false;
+  if (!modules_valid(c, H)) return false;
   for (int64_t m = 0; m < c.g; ++m)
     if (c.lo[m + 1] <= c.lo[m] || c.period[m] < 1 || c.first[m] < 0) return false;
   return true;

@@ -14,23 +14,16 @@
 HIDDEN_NAMESPACE_BEGIN(mts, clockwork)
 namespace {
 
-constexpr const char* kHook = "_clockwork_rnn_persistent_emulate";
-
-struct PersistHostDev : gpu_loop::HostGemm {
+struct Names {
   static constexpr const char* kFwdName = "_clockwork_rnn_persistent_emulate_fwd";
   static constexpr const char* kBwdName = "_clockwork_rnn_persistent_emulate_bwd";
-  using HostGemm::HostGemm;
+  static constexpr const char* kHook = "_clockwork_rnn_persistent_emulate";
+};
+
+struct PersistHostDev : persist::HostProgramDev<Names> {
+  using HostProgramDev::HostProgramDev;
   void unit_modules(const ClockworkCudaModules& mods, int64_t H, int32_t* mod) {
-    MTS_CHECK(modules_valid(mods, H), kHook, ": invalid module boundaries");
-    for (int64_t j = 0; j < H; ++j) mod[j] = module_of(mods, j);
-  }
-  template <class Q>
-  void step(const Q& q) {
-    gpu_loop::host_step(q, kHook);
-  }
-  template <class Q>
-  bool persistent(const Q& q) {
-    return persist::emulate(kHook, q);
+    loop::host_unit_modules(mods, H, mod, kHook);
   }
 };
 

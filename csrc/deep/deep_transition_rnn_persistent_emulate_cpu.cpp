@@ -20,21 +20,12 @@
 HIDDEN_NAMESPACE_BEGIN(mts, deep)
 namespace {
 
-constexpr const char* kHook = "_deep_transition_rnn_persistent_emulate";
-
-struct PersistHostDev : gpu_loop::HostGemm {
+struct Names {
   static constexpr const char* kFwdName = "_deep_transition_rnn_persistent_emulate_fwd";
   static constexpr const char* kBwdName = "_deep_transition_rnn_persistent_emulate_bwd";
-  using HostGemm::HostGemm;
-  template <class Q>
-  void step(const Q& q) {
-    gpu_loop::host_step(q, kHook);
-  }
-  template <class Q>
-  bool persistent(const Q& q) {
-    return persist::emulate(kHook, q);
-  }
+  static constexpr const char* kHook = "_deep_transition_rnn_persistent_emulate";
 };
+using PersistHostDev = persist::HostProgramDev<Names>;
 
 std::tuple<Tensor, Tensor> emulate_fwd(Tensor p, Tensor w, std::optional<Tensor> h0, std::optional<Tensor> bias,
                                        std::optional<Tensor> ws, std::optional<Tensor> alpha,
