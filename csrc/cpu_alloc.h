@@ -22,18 +22,20 @@
 
 HIDDEN_NAMESPACE_BEGIN(mts)
 
-// An uninitialised CPU tensor of t's sizes and dtype, large ones from the block
-// cache, with the given strides: contiguous ones or empty_like_strides(t).
-inline Tensor empty_strided_cpu(const Tensor& t, const std::vector<int64_t>& strides) {
+// An uninitialised CPU tensor of `sizes` and t's dtype, large ones from the
+// block cache, with the given strides (dense: contiguous ones or a permutation's).
+inline Tensor empty_sized_cpu(const Tensor& t, IntRef sizes, const std::vector<int64_t>& strides) {
 #if defined(MTS_HUGE_PAGE_CACHE)
-  const size_t n = static_cast<size_t>(t.numel()) * t.element_size();
+  int64_t numel = 1;
+  for (const int64_t s : sizes) numel *= s;
+  const size_t n = static_cast<size_t>(numel) * t.element_size();
   if (n >= huge_page::kThreshold) {
     const size_t bytes = huge_page::rounded(n);
     void* ptr = huge_page::allocate(bytes);
     MTS_CHECK(ptr != nullptr, "mts_kernels: out of CPU memory allocating ", bytes,
               " bytes");
     try {
-      return torch::stable::from_blob(ptr, t.sizes(), strides,
+      return torch::stable::from_blob(ptr, sizes, strides,
                                       Device(torch::headeronly::DeviceType::CPU),
                                       t.scalar_type(),
                                       [bytes](void* p) { huge_page::release(p, bytes); });
@@ -43,8 +45,22 @@ inline Tensor empty_strided_cpu(const Tensor& t, const std::vector<int64_t>& str
     }
   }
 #endif
-  if (strides == contiguous_strides(t.sizes())) return torch::stable::new_empty(t, t.sizes());
+  if (strides == contiguous_strides(sizes)) return torch::stable::new_empty(t, sizes);
+  MTS_CHECK(same_sizes(sizes, t.sizes()), "mts_kernels: empty_sized_cpu: non-contiguous strides "
+            "need t's sizes");
   return torch::stable::empty_like(t);
+}
+
+// An uninitialised CPU tensor of t's sizes and dtype, large ones from the block
+// cache, with the given strides: contiguous ones or empty_like_strides(t).
+inline Tensor empty_strided_cpu(const Tensor& t, const std::vector<int64_t>& strides) {
+  return empty_sized_cpu(t, t.sizes(), strides);
+}
+
+// A contiguous uninitialised CPU tensor of `sizes` and t's dtype (the block cache
+// as above).
+inline Tensor empty_cpu(const Tensor& t, const std::vector<int64_t>& sizes) {
+  return empty_sized_cpu(t, sizes, contiguous_strides(sizes));
 }
 
 // torch::stable::empty_like(t) (same sizes and dtype; t's strides when t is

@@ -46,6 +46,43 @@ inline void st(T* p, const V& v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// A store that bypasses the caches (x86 movntps / movntpd on 16-byte-aligned
+// addresses: SSE2, so every clone has it; a plain store elsewhere), for rows a
+// loop writes once and does not read back: an ordinary store first reads the line
+// it writes (read for ownership). A ragged backward's scattered e rows (B=32,
+// H=256, T=1024) went from 45.9 to 40.7 ms with it. The writing thread calls
+// stream_fence() before others read them.
+template <typename V, typename T>
+inline void st_stream(T* p, const V& v) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if constexpr (sizeof(V) % 16 == 0) {
+    if ((reinterpret_cast<uintptr_t>(p) & 15) == 0) {
+      typedef float f4 __attribute__((vector_size(16)));
+      typedef double d2 __attribute__((vector_size(16)));
+      for (size_t o = 0; o < sizeof(V); o += 16) {
+        char* dst = reinterpret_cast<char*>(p) + o;
+        if constexpr (sizeof(T) == 4) {
+          f4 w;
+          std::memcpy(&w, reinterpret_cast<const char*>(&v) + o, 16);
+          __builtin_ia32_movntps(reinterpret_cast<float*>(dst), w);
+        } else {
+          d2 w;
+          std::memcpy(&w, reinterpret_cast<const char*>(&v) + o, 16);
+          __builtin_ia32_movntpd(reinterpret_cast<double*>(dst), w);
+        }
+      }
+      return;
+    }
+  }
+#endif
+  st(p, v);
+}
+inline void stream_fence() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_ia32_sfence();
+#endif
+}
+
 // c[r, 0:C*L] += sum_k a[r, k] m[k, 0:C*L] for r < R: an R x C register tile of
 // accumulators lives across the whole k loop, each m row segment is loaded once
 // for R rows, each a[r, k] broadcast once for C vectors. R*C = 6-8 independent FMA

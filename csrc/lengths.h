@@ -45,9 +45,10 @@ inline std::vector<int64_t> lengths_on_host(const char* op, const Tensor& l, int
 // The processing order of a ragged batch in the CPU loops: rows by decreasing
 // length (stable, so equal lengths keep the batch order; a permutation of
 // indices, not of data), so the rows still running at step k are the first
-// active[k] and the others leave the per-step products. Empty without lengths.
+// active[k] and the others leave the per-step products; pos is order's inverse
+// (row b's place in it). Empty without lengths.
 struct RowOrder {
-  std::vector<int64_t> len, order, active;
+  std::vector<int64_t> len, order, active, pos;
 };
 
 inline RowOrder row_order(const std::optional<Tensor>& lengths, int64_t B, int64_t T, const char* op) {
@@ -58,6 +59,8 @@ inline RowOrder row_order(const std::optional<Tensor>& lengths, int64_t B, int64
   std::iota(o.order.begin(), o.order.end(), int64_t(0));
   std::stable_sort(o.order.begin(), o.order.end(),
                    [&](int64_t a, int64_t b) { return o.len[a] > o.len[b]; });
+  o.pos.resize(B);
+  for (int64_t i = 0; i < B; ++i) o.pos[o.order[i]] = i;
   o.active.resize(T);
   int64_t n = B;
   for (int64_t t = 0; t < T; ++t) {

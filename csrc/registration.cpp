@@ -34,6 +34,17 @@ STABLE_TORCH_LIBRARY(mts_kernels, m) {
       "leaky_integrate_bwd(Tensor grad_h, Tensor v, Tensor alpha, Tensor h, Tensor? h0,"
       " bool reverse, Tensor? lengths=None) -> (Tensor, Tensor, Tensor)");
 
+  // The input projection of a recurrent layer over the valid steps of a
+  // time-major batch (csrc/projection/): x (T, B, K), weight (N, K), biases (N,),
+  //   out[t, b] = x[t, b] W^T + bias_ih + bias_hh   for t < L_b (every t without
+  //   lengths), 0 at padded steps;
+  // and its weight gradients over the same steps: (sum g[t, b]^T x[t, b] (N, K),
+  // sum g[t, b] (N,); an empty tensor when with_bias is false).
+  m.def("input_projection(Tensor x, Tensor weight, Tensor? bias_ih, Tensor? bias_hh,"
+        " Tensor? lengths=None) -> Tensor");
+  m.def("input_projection_grads(Tensor grad, Tensor x, Tensor? lengths, bool with_bias)"
+        " -> (Tensor, Tensor)");
+
   // One layer and direction of the dense leaky recurrence (csrc/rnn/):
   //   z_t = p_t + W_hh h_{t-d} [+ W_skip h_{t-s}],  u_t = phi(z_t),
   //   h_t = alpha * h_{t-d} + (1 - alpha) * u_t       (alpha None: h_t = u_t)

@@ -57,6 +57,7 @@ struct Raw {
   const int64_t* len;     // (B,) sequence lengths; nullptr: every row runs Tn steps
   const int64_t* order;   // rows by decreasing length (with len)
   const int64_t* active;  // (Tn,) rows still running at step k (with len)
+  const int64_t* pos;     // (B,) row b's place in order (with len)
   bool ragged() const { return len != nullptr; }
   int64_t offset(int64_t k) const { return (reverse ? Tn - 1 - k : k) * B * H; }
   int64_t rows_at(int64_t k) const { return len ? active[k] : B; }
@@ -68,6 +69,21 @@ struct Raw {
     return ((reverse ? len[b] - 1 - k : k) * B + b) * H;
   }
 };
+
+// f(i) for each of the n rows of the processing order running at step k, in the
+// order of their rows in the (T, B, H) tensors (ascending batch index), not in
+// the processing order: the prefetcher follows an ascending stream of rows, and
+// the scattered 1 KiB rows of the processing order took the backward's pointwise
+// pass 2.2x its time without lengths (B=32, H=256, T=1024).
+template <typename T, typename F>
+inline void for_rows(const Raw<T>& r, int64_t k, int64_t n, F&& f) {
+  if (!r.ragged()) {
+    for (int64_t i = 0; i < n; ++i) f(i);
+    return;
+  }
+  for (int64_t b = 0; b < r.B; ++b)
+    if (r.len[b] > k) f(r.pos[b]);
+}
 
 template <typename T>
 inline void product(const Raw<T>& r, int64_t n, const T* a, const T* m, T* c) {
@@ -132,13 +148,13 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
     };
     const T* hd = delayed(r.dilation, gathered.data());
     T* rs = R > 0 ? ring.data() + (k % R) * BH : nullptr;  // this step's states, processing order
-    for (int64_t i = 0; i < n; ++i) {
+    for_rows(r, k, n, [&](int64_t i) {
       const T* pt = p + r.row_offset(k, i);
       std::copy(pt, pt + H, z + i * Np);
-    }
+    });
     product(r, n, hd, r.w, z);
     if (r.ws) product(r, n, delayed(r.skip, gathered.data() + BH), r.ws, z);
-    for (int64_t i = 0; i < n; ++i) {
+    for_rows(r, k, n, [&](int64_t i) {
       const int64_t off = r.row_offset(k, i);
       const T* zb = z + i * Np;
       const T* hb = hd + i * H;
@@ -150,21 +166,25 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
         V zv, uv;
         ld(zv, zb + j);
         uv = r.tanh ? tanh_of(zv) : relu_of(zv);
-        st(ub + j, uv);
+        // with the ring nothing reads h back in this loop: stored past the caches
+        if (rb) st_stream(ub + j, uv);
+        else st(ub + j, uv);
         V hn = uv;
         if (r.alpha) {
           V a, hv;
           ld(a, r.alpha + j);
           ld(hv, hb + j);
           hn = leak_mix(a, hv, uv);
-          st(htb + j, hn);
+          if (rb) st_stream(htb + j, hn);
+          else st(htb + j, hn);
         }
         if (rb) st(rb + j, hn);
       });
-    }
+    });
   }
   zero_padded(r, h);
   if (u != h) zero_padded(r, u);
+  stream_fence();
 }
 
 // Backward without a (T, B, H) delta: delta_t = grad_t + carry_t, where the carry
@@ -189,7 +209,7 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
     T* target = slot(k - r.dilation);
     T* e = r.ragged() ? gathered.data() : e_all + r.offset(k);
     std::fill(da_step.begin(), da_step.end(), T(0));
-    for (int64_t i = 0; i < n; ++i) {
+    for_rows(r, k, n, [&](int64_t i) {
       const int64_t off = r.row_offset(k, i);
       // h_{t-d} of this row (read with the leak only)
       const T* hb = k >= r.dilation ? h + r.row_offset(k - r.dilation, i) : r.h0 + r.row(i) * H;
@@ -218,10 +238,10 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
         }
         const V ev = dphi_times(du, uv, !r.tanh);
         st(eb + j, ev);
-        if (eo) st(eo + j, ev);
+        if (eo) st_stream(eo + j, ev);  // the product reads e
       });
       std::fill(cb, cb + Np, T(0));  // the slot is step k - L's next
-    }
+    });
     for (int64_t j = 0; j < (r.alpha ? H : 0); ++j) dalpha[j] += double(da_step[j]);
     // dL/dh_{t-d} += e_t W (and through the skip weights)
     product(r, n, e, r.w, target);
@@ -230,6 +250,7 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
   for (int64_t i = 0; i < B; ++i)
     std::copy(dh0_acc.data() + i * Np, dh0_acc.data() + i * Np + H, dh0 + r.row(i) * H);
   zero_padded(r, e_all);
+  stream_fence();
 }
 
 
@@ -371,7 +392,7 @@ Raw<T> raw_of(const Problem& pr, const AlignedVec<T>& w, const AlignedVec<T>& ws
                 w.data(), pr.w_skip ? ws.data() : nullptr, ptr<T>(pr.h0),
                 small ? nullptr : &blas_product<T>,
                 ragged ? o.len.data() : nullptr, ragged ? o.order.data() : nullptr,
-                ragged ? o.active.data() : nullptr};
+                ragged ? o.active.data() : nullptr, ragged ? o.pos.data() : nullptr};
 }
 
 inline int64_t padded_width(int64_t H, int64_t lanes) { return (H + lanes - 1) / lanes * lanes; }

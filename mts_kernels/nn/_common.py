@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mts_kernels.ops import _transforms
+from mts_kernels.ops import input_projection as _projection
 from mts_kernels.ops.leaky_rnn import NONLINEARITIES
 
 
@@ -95,8 +96,12 @@ def check_factory(where: str, device, dtype) -> None:
 
 
 def input_projection(x: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor],
-                     bias_hh: Optional[Tensor]) -> Tensor:
-    """W_ih x + b_ih + b_hh for all steps: one GEMM, then b_hh added.
+                     bias_hh: Optional[Tensor], lengths=None, batch_first: bool = False) -> Tensor:
+    """W_ih x + b_ih + b_hh for all steps: one GEMM, then b_hh added. With
+    lengths, on the CPU, the valid steps only (ops/input_projection.py: p is 0 at
+    padded steps, which the recurrences ignore). x and the result are (T, B, I)
+    / (T, B, H), or (B, T, .) when batch_first (then the op's time-major result
+    is returned as a transposed view).
 
     Not F.linear(x, W_ih, b_ih + b_hh): the sum's backward hands both biases one
     tensor, which a compiled graph (and torch.func) returns as both gradients, so
@@ -112,6 +117,11 @@ def input_projection(x: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor],
     gradient): a second fresh (T, B, H) tensor costs its page faults, 16 ms of
     ClockworkRNN's 194 ms fwd+bwd at B=32, T=1024, H=512. Under torch.func
     transforms (where bias_hh alone may be batched) the add stays out of place."""
+    if _projection.fused_applies(x, weight_ih, lengths):
+        if batch_first:
+            return _projection.fused_projection(x.transpose(0, 1), weight_ih, bias_ih, bias_hh,
+                                                lengths).transpose(0, 1)
+        return _projection.fused_projection(x, weight_ih, bias_ih, bias_hh, lengths)
     if bias_ih is None:
         return F.linear(x, weight_ih)
     if _transforms.transform_active():

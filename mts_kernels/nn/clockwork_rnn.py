@@ -201,7 +201,8 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
         def run_direction(layer, direction, x, h0):
             s = _suffix(layer, direction)
             p = _common.input_projection(x, getattr(self, "weight_ih" + s), getattr(self, "bias_ih" + s, None),
-                                         getattr(self, "bias_hh" + s, None))  # all steps: one GEMM
+                                         getattr(self, "bias_hh" + s, None), lens,
+                                         batch_first=layer == 0 and batch_first)
             if layer == 0 and batch_first:  # a view: the op takes any strides
                 p = p.transpose(0, 1)
             if direction == 1:

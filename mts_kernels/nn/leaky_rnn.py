@@ -152,7 +152,7 @@ class LeakyRNN(_common.RNNCompat, nn.Module):
             name = f"l{layer}{self._suffixes()[direction]}"
             p = _common.input_projection(  # all steps: one GEMM
                 x, getattr(self, f"weight_ih_{name}"), getattr(self, f"bias_ih_{name}", None),
-                getattr(self, f"bias_hh_{name}", None))
+                getattr(self, f"bias_hh_{name}", None), lengths)
             h = _export.leaky_rnn(  # the scan form while exporting to ONNX
                 p, getattr(self, f"weight_hh_{name}"), h0,
                 alpha=alpha_of(self.leak, getattr(self, f"log_tau_{name}", None), self.hidden_size, p),

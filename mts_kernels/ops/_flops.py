@@ -168,3 +168,21 @@ if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "deep_transition_rnn_t
     register_flop_formula(torch.ops.mts_kernels.deep_transition_rnn_tangent)(deep_transition_rnn_tangent_flop)
     register_flop_formula(torch.ops.mts_kernels.deep_transition_rnn_tangent_bwd)(
         deep_transition_rnn_tangent_bwd_flop)
+
+
+def input_projection_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """The projection's GEMM, 2 * T * B * K * N over all (T, B) rows (with lengths
+    too, as torch's addmm of the same projection counts them)."""
+    T, B, K = x_shape
+    return 2 * T * B * K * weight_shape[0]
+
+
+def input_projection_grads_flop(grad_shape, x_shape, *args, out_shape=None, **kwargs) -> int:
+    """The weight gradient's GEMM over all (T, B) rows: 2 * T * B * N * K."""
+    T, B, N = grad_shape
+    return 2 * T * B * N * x_shape[2]
+
+
+if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "input_projection"):
+    register_flop_formula(torch.ops.mts_kernels.input_projection)(input_projection_flop)
+    register_flop_formula(torch.ops.mts_kernels.input_projection_grads)(input_projection_grads_flop)
