@@ -16,6 +16,7 @@
 #include "../blas_blocked.h"
 #include "../cpu_alloc.h"
 #include "../cpu_blas.h"
+#include "../projection/ragged_rows.h"
 #include "leaky_rnn_impl.h"
 #include "tangent_args.h"
 
@@ -452,6 +453,19 @@ struct CpuLoop : LoopDefaults {
     return dispatch_compute(a.scalar_type(), "leaky_rnn_bwd_cpu", [&](auto tag) {
       return blocked_gram<typename decltype(tag)::type>(a, b);
     });
+  }
+  // with lengths over the valid pairs only (csrc/projection/ragged_rows.h: a
+  // quarter of the GEMM at lengths U[T/2, T])
+  static Tensor step_gram(const Problem& pr, const Tensor& e, const Tensor& h, int64_t delay) {
+    if (!pr.lengths) return gram(flat_rows(e), flat_rows(h));
+    projection::Rows rows{e.size(0), e.size(1), lengths_on_host("leaky_rnn_bwd", *pr.lengths, pr.s.T),
+                          true, {}};
+    for (int64_t& l : rows.len) l = std::clamp<int64_t>(l - delay, 0, rows.T);
+    Tensor out = torch::stable::new_zeros(e, {e.size(2), h.size(2)});
+    dispatch_compute(e.scalar_type(), "leaky_rnn_bwd_cpu", [&](auto tag) {
+      projection::ragged_gram<typename decltype(tag)::type>(e, h, rows, out, nullptr);
+    });
+    return out;
   }
   static Tensor window_sum(const Problem& pr, const Tensor& x, int64_t delay) {
     return dispatch_compute(x.scalar_type(), "leaky_rnn_window_sum", [&](auto tag) {

@@ -95,35 +95,6 @@ inline Tensor rows(Tensor t, int64_t start, int64_t n) {
 // (subtract: a - alpha * b).
 inline Tensor add(const Tensor& a, const Tensor& b) { return torch::stable::subtract(a, b, -1.0); }
 
-// sum_t e_t^T h_{t-delay} (h0 before the start) without materialising the
-// delayed copy of h: one GEMM over the steps that read h, plus (sum of the
-// remaining e_t)^T h0. e_start, when given, is that sum per row (B, H) (with
-// reverse and lengths the steps that read h0 differ per row: the Loop's
-// window_sum); the GEMM's pairs with a padded h are 0 because padded h is.
-template <class Loop>
-Tensor delayed_gram(const Tensor& e, const Tensor& h, const Tensor& h0, bool has_h0,
-                           int64_t delay, bool reverse,
-                           const std::optional<Tensor>& e_start = std::nullopt) {
-  const int64_t T = h.size(0), B = h.size(1), H = h.size(2);
-  const int64_t n = std::max<int64_t>(T - delay, 0), n0 = T - n;
-  auto main_steps = [&] {
-    const Tensor e2 = torch::stable::reshape(reverse ? rows(e, 0, n) : rows(e, n0, n), {n * B, H});
-    const Tensor h2 = torch::stable::reshape(reverse ? rows(h, delay, n) : rows(h, 0, n), {n * B, H});
-    return Loop::gram(e2, h2);
-  };
-  Tensor out = n > 0 ? main_steps() : torch::stable::new_zeros(e, {H, H});
-  if (has_h0) {  // else h0 = 0 and the start steps add nothing
-    if (e_start) {  // sum_b e_start[b]^T h0[b]
-      out = add(out, Loop::gram(*e_start, h0));
-      return out;
-    }
-    const Tensor first = reverse ? rows(e, n, n0) : rows(e, 0, n0);
-    const Tensor s = torch::stable::sum(first, std::vector<int64_t>{0});
-    out = add(out, Loop::gram(s, h0));
-  }
-  return out;
-}
-
 // Operands of one call, in the compute dtype (float32 for float16/bfloat16),
 // contiguous (T, B, H) / (B, H) / (H, H), with the time loop left to a Loop policy.
 struct Problem {
@@ -159,10 +130,17 @@ inline Problem make_problem(const Shape& s, const std::string& nonlinearity, con
   return pr;
 }
 
+// (n, B, H) -> (n * B, H)
+inline Tensor flat_rows(const Tensor& t) { return torch::stable::reshape(t, {t.size(0) * t.size(1), t.size(2)}); }
+
 // What a Loop policy may leave out (it inherits these defaults):
 //   empty_like(t)  allocates the (T, B, H) outputs;
 //   contiguous(t)  t.contiguous() (grad_h, which a loss like y.sum() expands);
 //   gram(a, b)     a^T b of (K, M) and (K, N) matrices (the weight gradients);
+//   step_gram(pr, e, h, delay)  sum_{t, b} e[t, b]^T h[t, b] of (n, B, H) views
+//                  whose rows pair up (delayed_gram's steps that read h, h
+//                  `delay` steps behind e; with lengths, pairs with a padded e
+//                  are 0 and may be skipped: the valid ones are t < L_b - delay);
 //   window_sum(pr, x, d)  (B, H): sum over row b's first d processing steps of
 //                  x[t, b] (needed with lengths and reverse only);
 //   kDirectBwd     false: the caller copies grad_h into delta, which
@@ -176,10 +154,40 @@ struct LoopDefaults {
   static Tensor gram(const Tensor& a, const Tensor& b) {
     return torch::stable::matmul(torch::stable::transpose(a, 0, 1), b);
   }
+  static Tensor step_gram(const Problem&, const Tensor& e, const Tensor& h, int64_t) {
+    return gram(flat_rows(e), flat_rows(h));
+  }
   static Tensor window_sum(const Problem&, const Tensor&, int64_t) {
     throw std::runtime_error("leaky_rnn: this backend does not take lengths");
   }
 };
+
+// sum_t e_t^T h_{t-delay} (h0 before the start) without materialising the
+// delayed copy of h: one GEMM over the steps that read h, plus (sum of the
+// remaining e_t)^T h0. e_start, when given, is that sum per row (B, H) (with
+// reverse and lengths the steps that read h0 differ per row: the Loop's
+// window_sum); the GEMM's pairs with a padded h are 0 because padded h is.
+template <class Loop>
+Tensor delayed_gram(const Problem& pr, const Tensor& e, const Tensor& h, const Tensor& h0, bool has_h0,
+                    int64_t delay, bool reverse, const std::optional<Tensor>& e_start = std::nullopt) {
+  const int64_t T = h.size(0), H = h.size(2);
+  const int64_t n = std::max<int64_t>(T - delay, 0), n0 = T - n;
+  auto main_steps = [&] {
+    return Loop::step_gram(pr, reverse ? rows(e, 0, n) : rows(e, n0, n), reverse ? rows(h, delay, n) : rows(h, 0, n),
+                           delay);
+  };
+  Tensor out = n > 0 ? main_steps() : torch::stable::new_zeros(e, {H, H});
+  if (has_h0) {  // else h0 = 0 and the start steps add nothing
+    if (e_start) {  // sum_b e_start[b]^T h0[b]
+      out = add(out, Loop::gram(*e_start, h0));
+      return out;
+    }
+    const Tensor first = reverse ? rows(e, n, n0) : rows(e, 0, n0);
+    const Tensor s = torch::stable::sum(first, std::vector<int64_t>{0});
+    out = add(out, Loop::gram(s, h0));
+  }
+  return out;
+}
 
 // sum_{t,b} delta_t * (h_{t-d} - u_t) (h0 before the start), for loops that
 // complete delta in place; through the dispatcher, since the stable ops have no
@@ -279,12 +287,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> leaky_rnn_bwd(
     if (!has_h0 || !pr.ragged_start()) return std::nullopt;
     return Loop::window_sum(pr, e_all, delay);
   };
-  const Tensor dw = delayed_gram<Loop>(e_all, h, pr.h0, has_h0, pr.dilation, reverse, start(pr.dilation));
+  const Tensor dw = delayed_gram<Loop>(pr, e_all, h, pr.h0, has_h0, pr.dilation, reverse, start(pr.dilation));
   const ScalarType dtype = h_in.scalar_type();
   auto out = [&](const Tensor& t) { return as_dtype(t, dtype); };
   return {out(e_all), out(dw), out(dh0),
           dalpha ? out(*dalpha) : torch::stable::new_empty(w_in, {0}),
-          skip > 0 ? out(delayed_gram<Loop>(e_all, h, pr.h0, has_h0, pr.skip, reverse, start(pr.skip)))
+          skip > 0 ? out(delayed_gram<Loop>(pr, e_all, h, pr.h0, has_h0, pr.skip, reverse, start(pr.skip)))
                    : torch::stable::new_empty(w_in, {0})};
 }
 

@@ -17,9 +17,13 @@ tensors (an in-place update of one, as clip_grad_norm_ does, never touches the
 other).
 
 The modules (nn/_common.input_projection) take the op where `fused_applies`
-(a CPU float32 / float64 batch with lengths, outside torch.func transforms,
-autocast and export), else F.linear and an add, which torch differentiates in
-every mode.
+(a CPU float32 / float64 batch, outside torch.func transforms, autocast and
+export), else F.linear and an add, which torch differentiates in every mode.
+Without lengths the op is one GEMM over all rows, as F.linear, but it saves the
+bias broadcast into a fresh (T, B, H) result (its page faults) and the
+autograd's separate bias reductions: LeakyRNN fwd+bwd at B=32, T=1024,
+I=H=256 took 134-139 ms with it against 149-156 ms through F.linear (one run
+each, 2-core Xeon).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def _exporting() -> bool:
 
 def fused_applies(x: Tensor, weight: Tensor, lengths) -> bool:
     """Whether `project` takes the op for these operands."""
-    return (_HAVE_OP and lengths is not None and x.device.type == "cpu" and x.dtype in _DTYPES
+    return (_HAVE_OP and x.device.type == "cpu" and x.dtype in _DTYPES
             and weight.dtype == x.dtype and not _transforms.transform_active()
             and not torch.is_autocast_enabled("cpu") and not _exporting())
 
