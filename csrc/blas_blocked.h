@@ -18,6 +18,12 @@
 // kBlasK of it. Block edges are multiples of 16 elements and every base
 // pointer handed in is 64-byte aligned (AlignedVec, torch's allocations), so the
 // alignment of each block's operands is fixed by the shape too.
+#if defined(__linux__) || defined(__APPLE__)
+#include <dlfcn.h>
+#define MTS_HAVE_DLSYM 1
+#endif
+
+#include <algorithm>
 #include <cstdlib>
 #include <new>
 #include <optional>
@@ -68,6 +74,55 @@ struct Mat {
 // calls accumulating into the same output in slice order, fixed by the shape.
 constexpr int64_t kBlasK = 512;
 
+// The Fortran GEMM of the BLAS torch itself links (MKL's sgemm_ / dgemm_ in the
+// x86 wheels), looked up at run time, or nullptr: then every call goes through
+// torch's addmm_out. Called directly it saves the three tensor views and the
+// dispatcher call of each product, about 4 us, which at B=32, H=256 is an
+// eighth of a whole recurrence step. 32-bit integers (the LP64 interface).
+template <typename T>
+using FortranGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
+                             const int*, const T*, const int*, const T*, T*, const int*);
+template <typename T>
+FortranGemm<T> fortran_gemm() {
+  static const FortranGemm<T> f = [] {
+#if defined(MTS_HAVE_DLSYM)
+    if (const char* v = std::getenv("MTS_KERNELS_BLAS_DIRECT"); v && v[0] == '0') return FortranGemm<T>(nullptr);
+    return reinterpret_cast<FortranGemm<T>>(dlsym(RTLD_DEFAULT, std::is_same_v<T, float> ? "sgemm_" : "dgemm_"));
+#else
+    return FortranGemm<T>(nullptr);
+#endif
+  }();
+  return f;
+}
+
+// c (m x n, row stride crs, unit columns) += a (m x k) @ b (k x n) through the
+// Fortran GEMM, as the column-major c^T = b^T a^T; false (nothing done) where it
+// cannot take the operands (no unit stride, a leading dimension it rejects, or
+// sizes beyond int).
+template <typename T>
+bool direct_gemm(int64_t m, int64_t k, int64_t n, const T* a, int64_t ars, int64_t acs, const T* b,
+                 int64_t brs, int64_t bcs, T* c, int64_t crs) {
+  const FortranGemm<T> gemm = fortran_gemm<T>();
+  constexpr int64_t kMax = 2147483647;
+  if (!gemm || std::max({m, k, n, ars, acs, brs, bcs, crs}) > kMax) return false;
+  // b^T (n x k) column-major: 'N' with ld brs when b's columns are unit, 'T' (of
+  // a k x n with ld bcs) when its rows are; likewise a^T (k x m).
+  char tb, ta;
+  int64_t ldb, lda;
+  if (bcs == 1 && brs >= std::max<int64_t>(1, n)) tb = 'N', ldb = brs;
+  else if (brs == 1 && bcs >= std::max<int64_t>(1, k)) tb = 'T', ldb = bcs;
+  else return false;
+  if (acs == 1 && ars >= std::max<int64_t>(1, k)) ta = 'N', lda = ars;
+  else if (ars == 1 && acs >= std::max<int64_t>(1, m)) ta = 'T', lda = acs;
+  else return false;
+  if (crs < std::max<int64_t>(1, n)) return false;
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int LDB = static_cast<int>(ldb), LDA = static_cast<int>(lda), LDC = static_cast<int>(crs);
+  const T one = 1;
+  gemm(&tb, &ta, &M, &N, &K, &one, b, &LDB, a, &LDA, &one, c, &LDC);
+  return true;
+}
+
 // out (m x n) += a (m x K) @ b (K x n), from a (row stride ars, column stride
 // acs) and b (rs brs, cs bcs): sequential calls of at most kBlasK each.
 template <typename T>
@@ -75,8 +130,13 @@ void addmm_k_sliced(Tensor& out, int64_t m, int64_t K, int64_t n, const T* a, in
                     int64_t acs, const T* b, int64_t brs, int64_t bcs) {
   constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
   const Device cpu(torch::headeronly::DeviceType::CPU);
+  if (m <= 0 || n <= 0) return;
+  T* c = static_cast<T*>(out.mutable_data_ptr());
+  const bool direct = out.stride(1) == 1;
   for (int64_t k0 = 0; k0 < K; k0 += kBlasK) {
     const int64_t k = std::min(kBlasK, K - k0);
+    if (direct && direct_gemm<T>(m, k, n, a + k0 * acs, ars, acs, b + k0 * brs, brs, bcs, c, out.stride(0)))
+      continue;
     const Tensor av = torch::stable::from_blob(const_cast<T*>(a + k0 * acs), {m, k}, {ars, acs}, cpu, dtype);
     const Tensor bv = torch::stable::from_blob(const_cast<T*>(b + k0 * brs), {k, n}, {brs, bcs}, cpu, dtype);
     TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(out.get(), out.get(), av.get(), bv.get(), 1.0, 1.0));
