@@ -186,3 +186,42 @@ def test_blas_sizes(name, case):
     else:
         assert B * H * (H // 4) > 2 ** 17 or T * B >= 1024
     assert_deterministic(fn, inputs, threads=(1, 2), repeats=1)
+
+
+_PATHS_SCRIPT = r"""
+import sys, torch, mts_kernels
+torch.manual_seed(0)
+T, B, H, I = 20, 64, 200, 48
+p = torch.randn(T, B, H, dtype=torch.float64, requires_grad=True)
+w = (torch.randn(H, H, dtype=torch.float64) / H ** 0.5).requires_grad_()
+x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+wi = torch.randn(H, I, dtype=torch.float64, requires_grad=True)
+L = torch.randint(0, T + 1, (B,))
+h = mts_kernels.leaky_rnn(p, w, skip=None, lengths=L)
+q = torch.ops.mts_kernels.input_projection(x, wi, None, None, L)
+g = torch.randn(T, B, H, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+grads = torch.autograd.grad((h * g).sum() + (q * g).sum(), [p, w, x, wi])
+torch.save([h.detach(), q.detach(), *grads], sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("direct", ["1", "0"])
+def test_blas_call_paths_agree(tmp_path, direct):
+    """The CPU GEMMs call the BLAS's Fortran gemm directly (csrc/blas_blocked.h) or,
+    with MTS_KERNELS_BLAS_DIRECT=0 (and where no such symbol exists), torch's
+    addmm_out: both give the same results (to rounding; each is deterministic)."""
+    import os
+    import subprocess
+    import sys
+    outs = []
+    for flag in ("1", direct):
+        path = tmp_path / f"out{flag}.pt"
+        env = dict(os.environ, MTS_KERNELS_BLAS_DIRECT=flag)
+        r = subprocess.run([sys.executable, "-c", _PATHS_SCRIPT, str(path)], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs.append(torch.load(path))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+        if direct == "1":
+            assert torch.equal(a, b)  # the same path twice: bitwise
