@@ -143,6 +143,23 @@ void addmm_k_sliced(Tensor& out, int64_t m, int64_t K, int64_t n, const T* a, in
   }
 }
 
+// c (m x n, row stride ldc) += a (m x K, row stride lda) @ b (K x n, row stride
+// ldb), row-major operands, as addmm_k_sliced.
+template <typename T>
+void gemm_acc_rows(int64_t m, int64_t K, int64_t n, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
+                   int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  bool direct = true;
+  for (int64_t k0 = 0; k0 < K && direct; k0 += kBlasK)
+    direct = direct_gemm<T>(m, std::min(kBlasK, K - k0), n, a + k0, lda, 1, b + k0 * ldb, ldb, 1, c, ldc);
+  if (direct) return;
+  // no direct call (or it refused the operands: then the first slice, which it
+  // refuses as well, was not done either): every slice through addmm_out
+  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+  Tensor cv = torch::stable::from_blob(c, {m, n}, {ldc, 1}, Device(torch::headeronly::DeviceType::CPU), dtype);
+  addmm_k_sliced<T>(cv, m, K, n, a, lda, 1, b, ldb, 1);
+}
+
 // Output block edge: 256 x 256 keeps each call large enough for the BLAS's own
 // packing to pay off (K is the full reduction; measured: 128 x 128 cost ~20% more
 // single-threaded time in leaky_rnn at B = 64, H = 1024) while a (64, 1024) step

@@ -193,6 +193,14 @@ inline void for_lanes(int64_t H, F&& f) {
   for (; j + L <= H; j += L) f(j, Vec<T>{});
   for (; j < H; ++j) f(j, T{});
 }
+// The same over [j0, j1) (j0 a multiple of the vector width).
+template <typename T, typename F>
+inline void for_lanes(int64_t j0, int64_t j1, F&& f) {
+  constexpr int64_t L = kLanes<T>;
+  int64_t j = j0;
+  for (; j + L <= j1; j += L) f(j, Vec<T>{});
+  for (; j < j1; ++j) f(j, T{});
+}
 
 }  // namespace cpu
 }  // namespace mts

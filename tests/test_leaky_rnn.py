@@ -261,11 +261,14 @@ def test_dilation_is_interleaved_chains():
         torch.testing.assert_close(h[j::d], chain)
 
 
-@pytest.mark.parametrize("B,H", [(2, 20), (9, 130)], ids=["small_step_loop", "blas_step_loop"])
+@pytest.mark.parametrize("B,H", [(2, 20), (9, 130), (33, 136), (8, 300)],
+                         ids=["small_step_loop", "blas_step_loop", "blas_two_column_blocks", "blas_256_blocks"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd_time", "rev_time"])
 def test_cpu_loops_match_reference(B, H, reverse):
     """The CPU kernel has a raw loop for small steps and a BLAS loop for large
-    ones (csrc/rnn/leaky_rnn_cpu.cpp); both against the reference, every feature on."""
+    ones (csrc/rnn/leaky_rnn_cpu.cpp); both against the reference, every feature on.
+    The BLAS forward splits a step into column blocks from B*H*H >= 2^19 (two
+    blocks at (33, 136), blocks of 256 and a ragged tail at (8, 300))."""
     gen = torch.Generator().manual_seed(B + H)
     T = 9
     r = lambda *s, scale=1.0: (torch.randn(*s, generator=gen, dtype=torch.float64) * scale).requires_grad_()  # noqa: E731

@@ -188,8 +188,9 @@ def _rnn_call(case, names, reverse, L):
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("with_h0", [False, True], ids=["no_h0", "h0"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-# (5, 12): the register-tiled CPU loop; (24, 80): the BLAS loop (B*H*H > 2^17)
-@pytest.mark.parametrize("B,H", [(5, 12), (24, 80)], ids=["small", "blas"])
+# (5, 12): the register-tiled CPU loop; (24, 80): the BLAS loop (B*H*H > 2^17);
+# (8, 300): the BLAS loop's forward in column blocks (B*H*H >= 2^19)
+@pytest.mark.parametrize("B,H", [(5, 12), (24, 80), (8, 300)], ids=["small", "blas", "blas_blocks"])
 def test_leaky_rnn_lengths(device, case, reverse, with_h0, dtype, B, H):
     T = 13
     inputs, names = _rnn_inputs(B, T, H, RNN_CASES[case], dtype, device, with_h0, seed=len(case) + H)

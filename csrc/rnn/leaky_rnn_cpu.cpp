@@ -17,6 +17,7 @@
 #include "../cpu_alloc.h"
 #include "../cpu_blas.h"
 #include "../projection/ragged_rows.h"
+#include "../step_team.h"
 #include "leaky_rnn_impl.h"
 #include "tangent_args.h"
 
@@ -134,54 +135,131 @@ int64_t ring_slots(const Raw<T>& r) {
   return slots * r.B * r.H <= kRingElems ? slots : 0;
 }
 
+// Step k's pointwise pass over columns [j0, j1) of its n rows: u = phi(z), h
+// (with the leak), and the state ring's row (rs: processing order) when given.
+template <typename T>
+inline void fwd_point(const Raw<T>& r, int64_t k, int64_t n, const T* z, const T* hd, T* rs, T* h, T* u,
+                      int64_t j0, int64_t j1) {
+  for_rows(r, k, n, [&](int64_t i) {
+    const int64_t off = r.row_offset(k, i);
+    const T* zb = z + i * r.Np;
+    const T* hb = hd + i * r.H;
+    T* ub = u + off;  // == h's row without leak
+    T* htb = h + off;
+    T* rb = rs ? rs + i * r.H : nullptr;
+    for_lanes<T>(j0, j1, [&](int64_t j, auto v) {
+      using V = decltype(v);
+      V zv, uv;
+      ld(zv, zb + j);
+      uv = r.tanh ? tanh_of(zv) : relu_of(zv);
+      // with the ring nothing reads h back in this loop: stored past the caches
+      if (rb) st_stream(ub + j, uv);
+      else st(ub + j, uv);
+      V hn = uv;
+      if (r.alpha) {
+        V a, hv;
+        ld(a, r.alpha + j);
+        ld(hv, hb + j);
+        hn = leak_mix(a, hv, uv);
+        if (rb) st_stream(htb + j, hn);
+        else st(htb + j, hn);
+      }
+      if (rb) st(rb + j, hn);
+    });
+  });
+}
+
+// Step k's z columns [j0, j1) from p (the product accumulates into them).
+template <typename T>
+inline void fwd_copy_in(const Raw<T>& r, int64_t k, int64_t n, const T* p, T* z, int64_t j0, int64_t j1) {
+  for_rows(r, k, n, [&](int64_t i) {
+    const T* pt = p + r.row_offset(k, i);
+    std::copy(pt + j0, pt + j1, z + i * r.Np + j0);
+  });
+}
+
+// Column blocks of a BLAS step (run_steps items): the output split as
+// blocked_gemm_acc splits it, fixed by the shape (multiples of 16).
+template <typename T>
+int64_t step_columns(const Raw<T>& r) {
+  if (r.B * r.Np * r.H < cpu::kSplitWork) return r.Np;
+  if (r.Np <= cpu::kBlasBlock) return std::min(r.Np, (r.Np / 2 + 15) / 16 * 16);
+  return cpu::kBlasBlock;
+}
+
+// The forward with BLAS-sized steps on one team of threads (csrc/step_team.h):
+// each item is a column block of step k: its p columns, its product columns
+// (one sequential BLAS call per connection) and its pointwise columns, so the
+// pointwise pass is shared too and nothing forks per step. Needs every delayed
+// state without a gather: no lengths, or the processing-order ring.
+template <typename T>
+struct FwdTeam {
+  const Raw<T>& r;
+  const T* p;
+  T *h, *u, *z, *ring;
+  const T* h0p;  // h0 in processing order (with lengths)
+  int64_t R, cols;
+  const T* delayed(int64_t k, int64_t delay) const {
+    if (k < delay) return h0p ? h0p : r.h0;
+    return R > 0 ? ring + ((k - delay) % R) * r.B * r.H : h + r.offset(k - delay);
+  }
+};
+
+template <typename T>
+inline void fwd_item(const FwdTeam<T>& t, int64_t k, int64_t item) {
+  const Raw<T>& r = t.r;
+  const int64_t H = r.H, Np = r.Np;
+  const int64_t n = r.rows_at(k), c0 = item * t.cols, c1 = std::min(Np, c0 + t.cols), j1 = std::min(c1, H);
+  const T* hd = t.delayed(k, r.dilation);
+  if (c0 < H) fwd_copy_in(r, k, n, t.p, t.z, c0, j1);
+  cpu::gemm_acc_rows<T>(n, H, c1 - c0, hd, H, r.w + c0, Np, t.z + c0, Np);
+  if (r.ws) cpu::gemm_acc_rows<T>(n, H, c1 - c0, t.delayed(k, r.skip), H, r.ws + c0, Np, t.z + c0, Np);
+  if (c0 < H) fwd_point(r, k, n, t.z, hd, t.R > 0 ? t.ring + (k % t.R) * r.B * H : nullptr, t.h, t.u, c0, j1);
+  stream_fence();  // this thread's streamed rows, before another reads them
+}
+
+// The item as its own (per-ISA) function: a team thread enters it through
+// parallel_for's callback, which the clones' flattening does not reach, and the
+// bits must not depend on which thread (or target) ran an item.
+MTS_CPU_CLONES void fwd_item_f32(const FwdTeam<float>& t, int64_t k, int64_t item) { fwd_item<float>(t, k, item); }
+inline void run_item(const FwdTeam<float>& t, int64_t k, int64_t item) { fwd_item_f32(t, k, item); }
+inline void run_item(const FwdTeam<double>& t, int64_t k, int64_t item) { fwd_item<double>(t, k, item); }
+
+template <typename T>
+inline void fwd_steps_team(const Raw<T>& r, const T* p, T* h, T* u, int64_t R) {
+  const int64_t B = r.B, H = r.H, Np = r.Np, BH = B * H;
+  AlignedVec<T> zbuf(B * Np, T(0)), ring(R * BH), h0p(r.ragged() ? BH : 0);
+  if (r.ragged())  // h0 in processing order, for the steps before the first delay
+    for (int64_t i = 0; i < B; ++i) std::copy_n(r.h0 + r.row(i) * H, H, h0p.data() + i * H);
+  int64_t steps = 0;
+  while (steps < r.Tn && r.rows_at(steps) > 0) ++steps;
+  const int64_t cols = step_columns(r);
+  const FwdTeam<T> team{r, p, h, u, zbuf.data(), ring.data(), r.ragged() ? h0p.data() : nullptr, R, cols};
+  cpu::run_steps(steps, (Np + cols - 1) / cols, [&](int64_t k, int64_t item) { run_item(team, k, item); });
+}
+
 template <typename T>
 inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
   const int64_t B = r.B, H = r.H, Np = r.Np, BH = B * H;
   const int64_t R = ring_slots(r);
-  AlignedVec<T> zbuf(B * Np), gathered(r.ragged() ? 2 * BH : 0), ring(R * BH);
-  T* z = zbuf.data();
-  for (int64_t k = 0; k < r.Tn; ++k) {
-    const int64_t n = r.rows_at(k);
-    if (n == 0) break;
-    // the (n, H) states `delay` steps back: from the ring once it holds them
-    auto delayed = [&](int64_t delay, T* buf) -> const T* {
-      return R > 0 && k >= delay ? ring.data() + ((k - delay) % R) * BH : delayed_rows(r, k, delay, n, h, buf);
-    };
-    const T* hd = delayed(r.dilation, gathered.data());
-    T* rs = R > 0 ? ring.data() + (k % R) * BH : nullptr;  // this step's states, processing order
-    for_rows(r, k, n, [&](int64_t i) {
-      const T* pt = p + r.row_offset(k, i);
-      std::copy(pt, pt + H, z + i * Np);
-    });
-    product(r, n, hd, r.w, z);
-    if (r.ws) product(r, n, delayed(r.skip, gathered.data() + BH), r.ws, z);
-    for_rows(r, k, n, [&](int64_t i) {
-      const int64_t off = r.row_offset(k, i);
-      const T* zb = z + i * Np;
-      const T* hb = hd + i * H;
-      T* ub = u + off;  // == h's row without leak
-      T* htb = h + off;
-      T* rb = rs ? rs + i * H : nullptr;
-      for_lanes<T>(H, [&](int64_t j, auto v) {
-        using V = decltype(v);
-        V zv, uv;
-        ld(zv, zb + j);
-        uv = r.tanh ? tanh_of(zv) : relu_of(zv);
-        // with the ring nothing reads h back in this loop: stored past the caches
-        if (rb) st_stream(ub + j, uv);
-        else st(ub + j, uv);
-        V hn = uv;
-        if (r.alpha) {
-          V a, hv;
-          ld(a, r.alpha + j);
-          ld(hv, hb + j);
-          hn = leak_mix(a, hv, uv);
-          if (rb) st_stream(htb + j, hn);
-          else st(htb + j, hn);
-        }
-        if (rb) st(rb + j, hn);
-      });
-    });
+  if (r.gemm && (R > 0 || !r.ragged())) {
+    fwd_steps_team(r, p, h, u, R);
+  } else {
+    AlignedVec<T> zbuf(B * Np), gathered(r.ragged() ? 2 * BH : 0), ring(R * BH);
+    T* z = zbuf.data();
+    for (int64_t k = 0; k < r.Tn; ++k) {
+      const int64_t n = r.rows_at(k);
+      if (n == 0) break;
+      // the (n, H) states `delay` steps back: from the ring once it holds them
+      auto delayed = [&](int64_t delay, T* buf) -> const T* {
+        return R > 0 && k >= delay ? ring.data() + ((k - delay) % R) * BH : delayed_rows(r, k, delay, n, h, buf);
+      };
+      const T* hd = delayed(r.dilation, gathered.data());
+      fwd_copy_in(r, k, n, p, z, 0, H);
+      product(r, n, hd, r.w, z);
+      if (r.ws) product(r, n, delayed(r.skip, gathered.data() + BH), r.ws, z);
+      fwd_point(r, k, n, z, hd, R > 0 ? ring.data() + (k % R) * BH : nullptr, h, u, 0, H);
+    }
   }
   zero_padded(r, h);
   if (u != h) zero_padded(r, u);
