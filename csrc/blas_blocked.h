@@ -75,7 +75,9 @@ struct Mat {
 constexpr int64_t kBlasK = 512;
 
 // The Fortran GEMM of the BLAS torch itself links (MKL's sgemm_ / dgemm_ in the
-// x86 wheels), looked up at run time, or nullptr: then every call goes through
+// x86 wheels), looked up at run time in libtorch_cpu and its dependencies (not
+// the whole process, where another library's sgemm_ might take 64-bit integers),
+// and checked on a small product; or nullptr: then every call goes through
 // torch's addmm_out. Called directly it saves the three tensor views and the
 // dispatcher call of each product, about 4 us, which at B=32, H=256 is an
 // eighth of a whole recurrence step. 32-bit integers (the LP64 interface).
@@ -84,12 +86,26 @@ using FortranGemm = void (*)(const char*, const char*, const int*, const int*, c
                              const int*, const T*, const int*, const T*, T*, const int*);
 template <typename T>
 FortranGemm<T> fortran_gemm() {
-  static const FortranGemm<T> f = [] {
+  static const FortranGemm<T> f = []() -> FortranGemm<T> {
 #if defined(MTS_HAVE_DLSYM)
-    if (const char* v = std::getenv("MTS_KERNELS_BLAS_DIRECT"); v && v[0] == '0') return FortranGemm<T>(nullptr);
-    return reinterpret_cast<FortranGemm<T>>(dlsym(RTLD_DEFAULT, std::is_same_v<T, float> ? "sgemm_" : "dgemm_"));
+    if (const char* v = std::getenv("MTS_KERNELS_BLAS_DIRECT"); v && v[0] == '0') return nullptr;
+    void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (!torch_cpu) return nullptr;
+    auto gemm = reinterpret_cast<FortranGemm<T>>(dlsym(torch_cpu, std::is_same_v<T, float> ? "sgemm_" : "dgemm_"));
+    dlclose(torch_cpu);  // NOLOAD: only drops the reference just taken
+    if (!gemm) return nullptr;
+    // c (2 x 2, column-major) = a (2 x 3) b (3 x 2), exact in any precision
+    const T a[6] = {1, 2, 3, 4, 5, 6}, b[6] = {1, 0, 2, 1, 0, 1};
+    T c[4] = {0, 0, 0, 0};
+    const int m = 2, n = 2, k = 3;
+    const T one = 1, zero = 0;
+    gemm("N", "N", &m, &n, &k, &one, a, &m, b, &k, &zero, c, &m);
+    const T want[4] = {11, 14, 6, 8};  // a b, column by column
+    for (int i = 0; i < 4; ++i)
+      if (c[i] != want[i]) return nullptr;
+    return gemm;
 #else
-    return FortranGemm<T>(nullptr);
+    return nullptr;
 #endif
   }();
   return f;
