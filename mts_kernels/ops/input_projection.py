@@ -46,7 +46,7 @@ def _exporting() -> bool:
 
 
 def fused_applies(x: Tensor, weight: Tensor, lengths) -> bool:
-    """Whether `project` takes the op for these operands."""
+    """Whether the modules take the op (fused_projection) for these operands."""
     return (_HAVE_OP and x.device.type == "cpu" and x.dtype in _DTYPES
             and weight.dtype == x.dtype and not _transforms.transform_active()
             and not torch.is_autocast_enabled("cpu") and not _exporting())
