@@ -139,41 +139,50 @@ bool direct_gemm(int64_t m, int64_t k, int64_t n, const T* a, int64_t ars, int64
   return true;
 }
 
-// out (m x n) += a (m x K) @ b (K x n), from a (row stride ars, column stride
-// acs) and b (rs brs, cs bcs): sequential calls of at most kBlasK each.
 template <typename T>
-void addmm_k_sliced(Tensor& out, int64_t m, int64_t K, int64_t n, const T* a, int64_t ars,
-                    int64_t acs, const T* b, int64_t brs, int64_t bcs) {
-  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
-  const Device cpu(torch::headeronly::DeviceType::CPU);
+constexpr ScalarType scalar_type_of() {
+  return std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
+}
+
+// c (m x n, row stride crs, column stride ccs) += a (m x K) @ b (K x n), from a
+// (row stride ars, column stride acs) and b (rs brs, cs bcs): sequential calls of
+// at most kBlasK of the reduction each, each the direct Fortran GEMM where it
+// takes the operands, else torch's addmm_out (on a view of c made once, when
+// first needed).
+template <typename T>
+void gemm_acc(int64_t m, int64_t K, int64_t n, const T* a, int64_t ars, int64_t acs, const T* b, int64_t brs,
+              int64_t bcs, T* c, int64_t crs, int64_t ccs) {
   if (m <= 0 || n <= 0) return;
-  T* c = static_cast<T*>(out.mutable_data_ptr());
-  const bool direct = out.stride(1) == 1;
+  const Device cpu(torch::headeronly::DeviceType::CPU);
+  std::optional<Tensor> cv;
   for (int64_t k0 = 0; k0 < K; k0 += kBlasK) {
     const int64_t k = std::min(kBlasK, K - k0);
-    if (direct && direct_gemm<T>(m, k, n, a + k0 * acs, ars, acs, b + k0 * brs, brs, bcs, c, out.stride(0)))
-      continue;
-    const Tensor av = torch::stable::from_blob(const_cast<T*>(a + k0 * acs), {m, k}, {ars, acs}, cpu, dtype);
-    const Tensor bv = torch::stable::from_blob(const_cast<T*>(b + k0 * brs), {k, n}, {brs, bcs}, cpu, dtype);
-    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(out.get(), out.get(), av.get(), bv.get(), 1.0, 1.0));
+    if (ccs == 1 && direct_gemm<T>(m, k, n, a + k0 * acs, ars, acs, b + k0 * brs, brs, bcs, c, crs)) continue;
+    if (!cv) cv = torch::stable::from_blob(c, {m, n}, {crs, ccs}, cpu, scalar_type_of<T>());
+    const Tensor av =
+        torch::stable::from_blob(const_cast<T*>(a + k0 * acs), {m, k}, {ars, acs}, cpu, scalar_type_of<T>());
+    const Tensor bv =
+        torch::stable::from_blob(const_cast<T*>(b + k0 * brs), {k, n}, {brs, bcs}, cpu, scalar_type_of<T>());
+    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(cv->get(), cv->get(), av.get(), bv.get(), 1.0, 1.0));
   }
 }
 
-// c (m x n, row stride ldc) += a (m x K, row stride lda) @ b (K x n, row stride
-// ldb), row-major operands, as addmm_k_sliced.
+// The same for row-major operands (unit column strides).
 template <typename T>
 void gemm_acc_rows(int64_t m, int64_t K, int64_t n, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
                    int64_t ldc) {
-  if (m <= 0 || n <= 0) return;
-  bool direct = true;
-  for (int64_t k0 = 0; k0 < K && direct; k0 += kBlasK)
-    direct = direct_gemm<T>(m, std::min(kBlasK, K - k0), n, a + k0, lda, 1, b + k0 * ldb, ldb, 1, c, ldc);
-  if (direct) return;
-  // no direct call (or it refused the operands: then the first slice, which it
-  // refuses as well, was not done either): every slice through addmm_out
-  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
-  Tensor cv = torch::stable::from_blob(c, {m, n}, {ldc, 1}, Device(torch::headeronly::DeviceType::CPU), dtype);
-  addmm_k_sliced<T>(cv, m, K, n, a, lda, 1, b, ldb, 1);
+  gemm_acc<T>(m, K, n, a, lda, 1, b, ldb, 1, c, ldc, 1);
+}
+
+// f(task) for task in [0, n) inside torch's parallel region, always with at
+// least two tasks (see the file comment: a single task would run inline, where
+// the BLAS would thread the call itself).
+template <typename F>
+inline void parallel_tasks(int64_t n, F&& f) {
+  if (n <= 0) return;
+  torch::stable::parallel_for(0, std::max<int64_t>(n, 2), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < std::min(end, n); ++i) f(i);
+  });
 }
 
 // Output block edge: 256 x 256 keeps each call large enough for the BLAS's own
@@ -190,8 +199,6 @@ __attribute__((noinline)) void blocked_gemm_acc(int64_t M, int64_t K, int64_t N,
                                                 Mat<const T> b, Mat<T> c) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
   if (M <= 0 || N <= 0 || K <= 0) return;
-  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
-  const Device cpu(torch::headeronly::DeviceType::CPU);
   // Block edges: kBlasBlock, except that an output of one block with at least
   // kSplitWork multiply-adds is cut in two along its longer side (at a multiple
   // of 16, still fixed by the shape) so that a second thread shares it: a step
@@ -206,15 +213,11 @@ __attribute__((noinline)) void blocked_gemm_acc(int64_t M, int64_t K, int64_t N,
       bm = (M / 2 + 15) / 16 * 16;
   }
   const int64_t mb = (M + bm - 1) / bm, nb = (N + bn - 1) / bn;
-  auto block = [&](int64_t task) {
+  parallel_tasks(mb * nb, [&](int64_t task) {
     const int64_t i0 = task / nb * bm, j0 = task % nb * bn;
     const int64_t m = std::min(bm, M - i0), n = std::min(bn, N - j0);
-    Tensor cv = torch::stable::from_blob(c.p + i0 * c.rs + j0 * c.cs, {m, n}, {c.rs, c.cs}, cpu, dtype);
-    addmm_k_sliced<T>(cv, m, K, n, a.p + i0 * a.rs, a.rs, a.cs, b.p + j0 * b.cs, b.rs, b.cs);
-  };
-  const int64_t tasks = mb * nb;
-  torch::stable::parallel_for(0, std::max<int64_t>(tasks, 2), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < std::min(end, tasks); ++task) block(task);
+    gemm_acc<T>(m, K, n, a.p + i0 * a.rs, a.rs, a.cs, b.p + j0 * b.cs, b.rs, b.cs, c.p + i0 * c.rs + j0 * c.cs,
+                c.rs, c.cs);
   });
 }
 
@@ -235,20 +238,17 @@ template <typename T>
 __attribute__((noinline)) void chunked_gemm_acc(int64_t M, int64_t K, int64_t N, Mat<const T> a,
                                                 Mat<const T> b, Mat<T> c) {
   if (M <= 0 || N <= 0 || K <= 0) return;
-  constexpr ScalarType dtype = std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
-  const Device cpu(torch::headeronly::DeviceType::CPU);
   const int64_t chunks = std::min(kMaxGramChunks, std::max<int64_t>(1, K / kGramChunk));
   const int64_t len = (K + chunks - 1) / chunks;
   AlignedVec<T> partial((chunks - 1) * M * N, T(0));
-  auto chunk = [&](int64_t q) {
+  parallel_tasks(chunks, [&](int64_t q) {
     const int64_t k0 = q * len, k = std::min(len, K - k0);
     if (k <= 0) return;
-    Tensor out = q == 0 ? torch::stable::from_blob(c.p, {M, N}, {c.rs, c.cs}, cpu, dtype)
-                        : torch::stable::from_blob(partial.data() + (q - 1) * M * N, {M, N}, {N, 1}, cpu, dtype);
-    addmm_k_sliced<T>(out, M, k, N, a.p + k0 * a.cs, a.rs, a.cs, b.p + k0 * b.rs, b.rs, b.cs);
-  };
-  torch::stable::parallel_for(0, std::max<int64_t>(chunks, 2), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t q = begin; q < std::min(end, chunks); ++q) chunk(q);
+    const T *ap = a.p + k0 * a.cs, *bp = b.p + k0 * b.rs;
+    if (q == 0)
+      gemm_acc<T>(M, k, N, ap, a.rs, a.cs, bp, b.rs, b.cs, c.p, c.rs, c.cs);
+    else
+      gemm_acc<T>(M, k, N, ap, a.rs, a.cs, bp, b.rs, b.cs, partial.data() + (q - 1) * M * N, N, 1);
   });
   for (int64_t q = 1; q < chunks; ++q) {
     const T* part = partial.data() + (q - 1) * M * N;

@@ -86,9 +86,8 @@ Tensor project(const Tensor& x_in, const Tensor& w, const std::optional<Tensor>&
       lda = K;
     }
     for (int64_t q = 0; q < s.n; ++q) std::copy(bias.begin(), bias.end(), c + q * ldc);
-    Tensor cv = view_of(c, s.n, N, ldc);
     // rows (n, K) @ W^T: element (k, j) of W^T is w[j * w.stride(0) + k * w.stride(1)]
-    cpu::addmm_k_sliced<T>(cv, s.n, K, N, a, lda, 1, wp, w.stride(1), w.stride(0));
+    cpu::gemm_acc<T>(s.n, K, N, a, lda, 1, wp, w.stride(1), w.stride(0), c, ldc, 1);
     if (tile)
       for (int64_t q = 0; q < s.n; ++q) std::copy_n(c + q * N, N, oo.p + rows[q] * N);
   });

@@ -13,6 +13,7 @@ HIDDEN_NAMESPACE_BEGIN(mts, projection)
 
 using cpu::AlignedVec;
 using cpu::kBlasK;
+using cpu::parallel_tasks;
 
 // Rows of one BLAS call: kFlat: rows [t0, t0 + n) of the flattened (T * B)
 // matrix; kTail: entries [t0, t0 + n) of Rows::tail, gathered into a tile; a
@@ -115,27 +116,6 @@ Operand<T> operand(const Tensor& x) {
           x.size(1) == 1 ? x.stride(0) : x.stride(1)};
 }
 
-template <typename T>
-constexpr ScalarType dtype_of() {
-  return std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
-}
-
-template <typename T>
-Tensor view_of(T* p, int64_t m, int64_t n, int64_t rs) {
-  return torch::stable::from_blob(p, {m, n}, {rs, 1}, Device(torch::headeronly::DeviceType::CPU), dtype_of<T>());
-}
-
-// f(task) for task in [0, n) inside the parallel region, always at least two
-// tasks (see csrc/blas_blocked.h: a single task would run inline, where the BLAS
-// would thread it).
-template <typename F>
-inline void parallel_tasks(int64_t n, F&& f) {
-  if (n <= 0) return;
-  torch::stable::parallel_for(0, std::max<int64_t>(n, 2), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < std::min(end, n); ++i) f(i);
-  });
-}
-
 // Reduction chunks of the weight gradient (as chunked_gemm_acc's): the segments
 // in order, cut where the running row count passes q * total / chunks.
 inline std::vector<int64_t> chunk_starts(const std::vector<Segment>& segs, int64_t chunks) {
@@ -173,7 +153,6 @@ void ragged_gram(const Tensor& g, const Tensor& x, Rows r, Tensor& dw, Tensor* d
   const Operand<T> go = operand<T>(g), xo = operand<T>(x);
   parallel_tasks(nq, [&](int64_t q) {
     T* out = q == 0 ? mut<T>(dw) : partial.data() + (q - 1) * N * K;
-    Tensor ov = view_of(out, N, K, K);
     AlignedVec<T> rowsum(with_bias ? N : 0);
     for (int64_t i = starts[q]; i < starts[q + 1]; ++i) {
       const Segment& s = segs[i];
@@ -191,7 +170,7 @@ void ragged_gram(const Tensor& g, const Tensor& x, Rows r, Tensor& dw, Tensor* d
         gp = gb, xp = xb, grs = N, xrs = K;
       }
       // g rows^T (N, n) @ x rows (n, K)
-      cpu::addmm_k_sliced<T>(ov, N, s.n, K, gp, 1, grs, xp, xrs, 1);
+      cpu::gemm_acc<T>(N, s.n, K, gp, 1, grs, xp, xrs, 1, out, K, 1);
       if (!with_bias) continue;
       // the segment's bias sum in T (vectorised), accumulated across segments in double
       std::fill(rowsum.begin(), rowsum.end(), T(0));

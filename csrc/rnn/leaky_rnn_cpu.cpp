@@ -178,8 +178,11 @@ inline void fwd_copy_in(const Raw<T>& r, int64_t k, int64_t n, const T* p, T* z,
   });
 }
 
-// Column blocks of a BLAS step (run_steps items): the output split as
-// blocked_gemm_acc splits it, fixed by the shape (multiples of 16).
+// Column blocks of a BLAS step (run_steps items), fixed by the shape (B, not a
+// step's running rows, so every step of a call cuts the same way): one block
+// below kSplitWork multiply-adds, else halves (at a multiple of 16) up to
+// kBlasBlock columns, blocks of kBlasBlock beyond, the edges blocked_gemm_acc uses
+// for a full step.
 template <typename T>
 int64_t step_columns(const Raw<T>& r) {
   if (r.B * r.Np * r.H < cpu::kSplitWork) return r.Np;
