@@ -57,7 +57,8 @@ ASAN_TESTS ?= tests/test_lengths.py tests/test_hardening.py tests/test_propertie
 	tests/test_scan.py tests/test_leaky_rnn.py tests/test_deep_transition_rnn.py \
 	tests/test_leaky_rnn_tangent.py tests/test_clockwork_fused.py \
 	tests/test_deep_transition_rnn_higher_order.py tests/test_deep_transition_rnn_persistent.py \
-	tests/test_clockwork_rnn_persistent.py tests/test_input_projection.py
+	tests/test_clockwork_rnn_persistent.py tests/test_input_projection.py \
+	tests/test_clockwork_projection.py
 ASAN_SELECT ?= not triton and not cuda
 test-asan: venv
 	rm -rf $(ASAN_DIR)/pkg && mkdir -p $(ASAN_DIR)/pkg

@@ -45,6 +45,21 @@ STABLE_TORCH_LIBRARY(mts_kernels, m) {
   m.def("input_projection_grads(Tensor grad, Tensor x, Tensor? lengths, bool with_bias)"
         " -> (Tensor, Tensor)");
 
+  // The input projection of a clockwork layer at its modules' active steps only
+  // (csrc/projection/clockwork_projection_cpu.cpp), with clockwork_rnn_fwd's clock
+  // (module_sizes summing to N, periods, first_steps) and M[t, b, i] = 1 where
+  // unit i's module is active at t and t < L_b, else 0:
+  //   clockwork_projection:        M * (x W^T + bias_ih + bias_hh)   (T, B, N)
+  //   clockwork_projection_dx:     (M * grad) W                      (T, B, K)
+  //   clockwork_projection_grads:  ((M * grad)^T x (N, K), sum of M * grad (N,);
+  //                                an empty tensor when with_bias is false)
+  m.def("clockwork_projection(Tensor x, Tensor weight, Tensor? bias_ih, Tensor? bias_hh,"
+        " int[] module_sizes, int[] periods, int[] first_steps, Tensor? lengths=None) -> Tensor");
+  m.def("clockwork_projection_dx(Tensor grad, Tensor weight, int[] module_sizes, int[] periods,"
+        " int[] first_steps, Tensor? lengths=None) -> Tensor");
+  m.def("clockwork_projection_grads(Tensor grad, Tensor x, int[] module_sizes, int[] periods,"
+        " int[] first_steps, Tensor? lengths, bool with_bias) -> (Tensor, Tensor)");
+
   // One layer and direction of the dense leaky recurrence (csrc/rnn/):
   //   z_t = p_t + W_hh h_{t-d} [+ W_skip h_{t-s}],  u_t = phi(z_t),
   //   h_t = alpha * h_{t-d} + (1 - alpha) * u_t       (alpha None: h_t = u_t)

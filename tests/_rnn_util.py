@@ -3,6 +3,13 @@
 import torch
 
 
+def ran_op(fn, name):
+    """Whether calling fn ran the registered op mts_kernels::<name>."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return any(e.name == f"mts_kernels::{name}" for e in prof.events())
+
+
 def grads(out, h_n, inputs, seed=0):
     """Gradients of a random linear function of (output, h_n) with respect to inputs."""
     gen = torch.Generator().manual_seed(seed)

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import mts_kernels
+from _rnn_util import ran_op
 from mts_kernels import _extension
+from mts_kernels.ops import clockwork_projection as clocked
 from mts_kernels.ops import input_projection as projection
 
 pytestmark = pytest.mark.skipif(not _extension.COMPILED, reason="needs the compiled extension")
@@ -191,12 +193,6 @@ def test_flop_formulas():
                       "mts_kernels.input_projection_grads": 2 * T * B * K * N}
 
 
-def _ran(fn, name):
-    with torch.profiler.profile() as prof:
-        fn()
-    return any(e.name == f"mts_kernels::{name}" for e in prof.events())
-
-
 @pytest.mark.parametrize("module", ["leaky", "clockwork"])
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_modules_take_it_with_lengths(module, batch_first):
@@ -218,16 +214,17 @@ def test_modules_take_it_with_lengths(module, batch_first):
         grads = torch.autograd.grad(out.sum() + h_n.sum(), list(m.parameters()))
         return out, h_n, grads
 
-    assert _ran(run, "input_projection")
+    assert ran_op(run, "input_projection" if module == "leaky" else "clockwork_projection")
     ours = run()
     with torch.autograd.forward_ad.dual_level():  # a transform is active: the F.linear path
         assert not projection.fused_applies(x, torch.randn(H, I, dtype=x.dtype), L)
-    saved = projection._HAVE_OP
-    projection._HAVE_OP = False
+    saved = projection._HAVE_OP, clocked._HAVE_OP
+    projection._HAVE_OP = clocked._HAVE_OP = False
     try:
+        assert not ran_op(run, "clockwork_projection") and not ran_op(run, "input_projection")
         theirs = run()
     finally:
-        projection._HAVE_OP = saved
+        projection._HAVE_OP, clocked._HAVE_OP = saved
     torch.testing.assert_close(ours[0], theirs[0], atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(ours[1], theirs[1], atol=1e-12, rtol=1e-12)
     for a, b in zip(ours[2], theirs[2]):
@@ -242,15 +239,20 @@ def test_not_under_autocast_or_for_low_precision():
         assert not projection.fused_applies(x, w, L)
 
 
-def test_compiled_training_step_with_lengths_matches_eager():
-    """No two parameters' gradients share storage, and a compiled step equals eager."""
+@pytest.mark.parametrize("module", ["leaky", "clockwork"])
+def test_compiled_training_step_with_lengths_matches_eager(module):
+    """No two parameters' gradients share storage, and a compiled step equals eager
+    (ClockworkRNN: on the clocked projection, both directions, t0 != 0)."""
     torch.manual_seed(6)
-    m = mts_kernels.LeakyRNN(5, 7)
+    if module == "leaky":
+        m, kw = mts_kernels.LeakyRNN(5, 7), {}
+    else:
+        m, kw = mts_kernels.ClockworkRNN(5, 7, periods=[1, 2], bidirectional=True), dict(t0=1)
     x, L = torch.randn(8, 3, 5), torch.tensor([8, 3, 5])
 
     def step(model):
         model.zero_grad()
-        out, h_n = model(x, lengths=L)
+        out, h_n = model(x, lengths=L, **kw)
         (out.square().sum() + h_n.sum()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         return [p.grad.clone() for p in model.parameters()]

@@ -33,12 +33,6 @@ Rows rows_of(const char* op, const Tensor& x, const std::optional<Tensor>& lengt
   return r;
 }
 
-void check_float(const char* op, const char* name, const Tensor& t) {
-  MTS_CHECK(t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::Double, op, ": ", name,
-            " must be float32 or float64 (the modules take F.linear for other dtypes), got ",
-            torch::headeronly::toString(t.scalar_type()));
-}
-
 void check_vector(const char* op, const char* name, const std::optional<Tensor>& v, int64_t N, const Tensor& x) {
   if (v) check_operand(op, name, *v, {N}, x);
 }
@@ -96,12 +90,6 @@ Tensor project(const Tensor& x_in, const Tensor& w, const std::optional<Tensor>&
       for (int64_t t = r.len[b]; t < r.T; ++t) std::fill_n(oo.p + t * oo.st + b * oo.sb, N, T(0));
     });
   return out;
-}
-
-template <typename F>
-decltype(auto) dispatch(ScalarType t, F&& f) {
-  if (t == ScalarType::Double) return f(TypeTag<double>{});
-  return f(TypeTag<float>{});
 }
 
 Tensor input_projection(Tensor x, Tensor weight, std::optional<Tensor> bias_ih, std::optional<Tensor> bias_hh,

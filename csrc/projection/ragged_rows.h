@@ -15,6 +15,19 @@ using cpu::AlignedVec;
 using cpu::kBlasK;
 using cpu::parallel_tasks;
 
+// The projection ops run in float32 / float64 (checked with the argument's name).
+inline void check_float(const char* op, const char* name, const Tensor& t) {
+  MTS_CHECK(t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::Double, op, ": ", name,
+            " must be float32 or float64 (the modules take F.linear for other dtypes), got ",
+            torch::headeronly::toString(t.scalar_type()));
+}
+
+template <typename F>
+decltype(auto) dispatch(ScalarType t, F&& f) {
+  if (t == ScalarType::Double) return f(TypeTag<double>{});
+  return f(TypeTag<float>{});
+}
+
 // Rows of one BLAS call: kFlat: rows [t0, t0 + n) of the flattened (T * B)
 // matrix; kTail: entries [t0, t0 + n) of Rows::tail, gathered into a tile; a
 // sequence b >= 0: its steps [t0, t0 + n).
@@ -190,6 +203,64 @@ void ragged_gram(const Tensor& g, const Tensor& x, Rows r, Tensor& dw, Tensor* d
       dbp[j] = static_cast<T>(acc);
     }
   }
+}
+
+// dw (N x K, row stride ldw) += sum over `rows` (flat rows t * B + b, ascending)
+// of g[r]^T x[r - shift], and db (N,) += the sum of those g[r] when given: g and
+// x are operands offset to the columns wanted (N and K wide), shift = B pairs
+// each row with the previous step's. Reduction chunks fixed by the row count (as
+// chunked_gemm_acc's), summed in chunk order, so bitwise the same on any thread
+// count; inside a chunk calls of at most kTileRows rows, each on the operands in
+// place where its rows are consecutive and `in_place` (both uniformly strided),
+// else on rows gathered into tiles (L2-resident).
+template <typename T>
+void gram_rows(const std::vector<int64_t>& rows, int64_t B, const Operand<T>& g, int64_t N, const Operand<T>& x,
+               int64_t shift, int64_t K, bool in_place, T* dw, int64_t ldw, T* db) {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  if (n == 0 || N == 0) return;
+  const int64_t nq = std::min(cpu::kMaxGramChunks, std::max<int64_t>(1, n / cpu::kGramChunk));
+  AlignedVec<T> partial((nq - 1) * N * K, T(0));
+  std::vector<double> sums(db ? nq * N : 0, 0.0);
+  parallel_tasks(nq, [&](int64_t q) {
+    T* out = q == 0 ? dw : partial.data() + (q - 1) * N * K;
+    const int64_t ldo = q == 0 ? ldw : K;
+    AlignedVec<T> rowsum(db ? N : 0);
+    const int64_t end = n * (q + 1) / nq;
+    for (int64_t i0 = n * q / nq; i0 < end; i0 += kTileRows) {
+      const int64_t m = std::min(kTileRows, end - i0);
+      const int64_t* r = rows.data() + i0;
+      const T* gp;
+      const T* xp;
+      int64_t grs, xrs;
+      if (in_place && r[m - 1] - r[0] == m - 1) {
+        gp = g.row(r[0], B), grs = g.fs;
+        xp = x.row(r[0] - shift, B), xrs = x.fs;
+      } else {
+        T* gb = tile_buffer<T>(0, m * N);
+        T* xb = tile_buffer<T>(1, m * K);
+        for (int64_t e = 0; e < m; ++e) {
+          std::copy_n(g.row(r[e], B), N, gb + e * N);
+          std::copy_n(x.row(r[e] - shift, B), K, xb + e * K);
+        }
+        gp = gb, grs = N, xp = xb, xrs = K;
+      }
+      cpu::gemm_acc<T>(N, m, K, gp, 1, grs, xp, xrs, 1, out, ldo, 1);
+      if (!db) continue;
+      std::fill(rowsum.begin(), rowsum.end(), T(0));
+      for (int64_t e = 0; e < m; ++e)
+        for (int64_t j = 0; j < N; ++j) rowsum[j] += gp[e * grs + j];
+      for (int64_t j = 0; j < N; ++j) sums[q * N + j] += double(rowsum[j]);
+    }
+  });
+  for (int64_t q = 1; q < nq; ++q)
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t j = 0; j < K; ++j) dw[i * ldw + j] += partial[((q - 1) * N + i) * K + j];
+  if (db)
+    for (int64_t j = 0; j < N; ++j) {
+      double acc = 0;
+      for (int64_t q = 0; q < nq; ++q) acc += sums[q * N + j];
+      db[j] += static_cast<T>(acc);
+    }
 }
 
 HIDDEN_NAMESPACE_END(mts, projection)

@@ -157,7 +157,7 @@ def clockwork_rnn_scan(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None
     t0 may be an int >= 0 or a 0-d integer tensor (an input of the exported program)."""
     _check_clockwork_args(p, weight_hh, h0, periods, module_sizes, alpha, nonlinearity,
                               t0 if not isinstance(t0, Tensor) else 0, batch_first)
-    _check_t0_tensor("clockwork_rnn", t0)
+    check_t0_tensor("clockwork_rnn", t0)
     x = p.transpose(0, 1) if batch_first else p
     T, B, H = x.shape
     phi = _phi(nonlinearity)
@@ -182,7 +182,7 @@ def clockwork_rnn_scan(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None
     return h.transpose(0, 1) if batch_first else h
 
 
-def _check_t0_tensor(where: str, t0) -> None:
+def check_t0_tensor(where: str, t0) -> None:
     if isinstance(t0, Tensor):
         if t0.numel() != 1 or t0.dim() > 1:
             raise ValueError(f"{where}: a tensor t0 must be 0-d (one clock for the batch), "
@@ -233,7 +233,7 @@ def clockwork_rnn(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,
             p, weight_hh, h0, kw = _inference_only(p, weight_hh, h0, kw)
         return clockwork_rnn_scan(p, weight_hh, h0, t0=t0, **kw)
     if isinstance(t0, Tensor):
-        _check_t0_tensor("ClockworkRNN", t0)
+        check_t0_tensor("ClockworkRNN", t0)
         t0 = int(t0)
     return _clockwork_fused(p, weight_hh, h0, t0=t0, lengths=lengths, backend=backend,
                                        **kw)

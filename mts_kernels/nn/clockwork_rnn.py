@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mts_kernels.nn import _common, _export, _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
+from mts_kernels.ops import clockwork_projection as _clocked
 from mts_kernels.ops._lengths import check_lengths, final_state
 from mts_kernels.ops.clockwork_rnn import check_modules
 
@@ -197,16 +198,30 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
         h_in = _common.check_hx(_WHERE, hx, batched, (self.num_layers * num_dirs, B, self.hidden_size), input)
         # one reversal index for every layer (None: a plain flip)
         rev = _common.reversal_index(lens, T, input.device) if num_dirs == 2 else None
+        if isinstance(t0, Tensor) and not _export.exporting():
+            # read once here (as the op would read it) so that the clocked
+            # projection applies; while exporting it stays the program's input
+            _export.check_t0_tensor(_WHERE, t0)
+            t0 = int(t0)
 
         def run_direction(layer, direction, x, h0):
             s = _suffix(layer, direction)
-            p = _common.input_projection(x, getattr(self, "weight_ih" + s), getattr(self, "bias_ih" + s, None),
-                                         getattr(self, "bias_hh" + s, None), lens,
-                                         batch_first=layer == 0 and batch_first)
-            if layer == 0 and batch_first:  # a view: the op takes any strides
-                p = p.transpose(0, 1)
-            if direction == 1:
-                p = _common.reverse_time(p, rev)
+            w_ih, b_ih, b_hh = (getattr(self, "weight_ih" + s), getattr(self, "bias_ih" + s, None),
+                                getattr(self, "bias_hh" + s, None))
+            bf = layer == 0 and batch_first
+            if _clocked.fused_applies(x, w_ih, lens, t0):
+                # only the active modules' rows of each step (ops/clockwork_projection.py);
+                # the reverse direction projects its reversed input on its own clock
+                x = x.transpose(0, 1) if bf else x  # a view: the op takes any strides
+                if direction == 1:
+                    x = _common.reverse_time(x, rev)
+                p = _clocked.clocked_projection(x, w_ih, b_ih, b_hh, self.periods, self.module_sizes, t0, lens)
+            else:
+                p = _common.input_projection(x, w_ih, b_ih, b_hh, lens, batch_first=bf)
+                if bf:  # a view: the op takes any strides
+                    p = p.transpose(0, 1)
+                if direction == 1:
+                    p = _common.reverse_time(p, rev)
             # the scan form while exporting; t0 may be a 0-d integer tensor
             h = _export.clockwork_rnn(p, getattr(self, "weight_hh" + s), h0, periods=self.periods,
                                       module_sizes=self.module_sizes,

@@ -186,3 +186,36 @@ def input_projection_grads_flop(grad_shape, x_shape, *args, out_shape=None, **kw
 if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "input_projection"):
     register_flop_formula(torch.ops.mts_kernels.input_projection)(input_projection_flop)
     register_flop_formula(torch.ops.mts_kernels.input_projection_grads)(input_projection_grads_flop)
+
+
+def _clocked_rows(T: int, B: int, module_sizes, periods, first_steps) -> int:
+    """Sum over modules of k_m times its active (t, b) rows (all rows of the batch,
+    whatever the lengths)."""
+    return sum(k * B * _clockwork_active_steps(T, P, f) for k, P, f in zip(module_sizes, periods, first_steps))
+
+
+def clockwork_projection_flop(x_shape, weight_shape, bias_ih_shape, bias_hh_shape, module_sizes, periods,
+                              first_steps, *args, out_shape=None, **kwargs) -> int:
+    """Each module's GEMM at its active steps: 2 * K * k_m * B * (its active steps)."""
+    T, B, K = x_shape
+    return 2 * K * _clocked_rows(T, B, module_sizes, periods, first_steps)
+
+
+def clockwork_projection_dx_flop(grad_shape, weight_shape, module_sizes, periods, first_steps, *args,
+                                 out_shape=None, **kwargs) -> int:
+    """The same products, transposed."""
+    T, B, _ = grad_shape
+    return 2 * weight_shape[1] * _clocked_rows(T, B, module_sizes, periods, first_steps)
+
+
+def clockwork_projection_grads_flop(grad_shape, x_shape, module_sizes, periods, first_steps, *args,
+                                    out_shape=None, **kwargs) -> int:
+    """The weight gradient's GEMMs over the same rows."""
+    T, B, _ = grad_shape
+    return 2 * x_shape[2] * _clocked_rows(T, B, module_sizes, periods, first_steps)
+
+
+if _extension.COMPILED and hasattr(torch.ops.mts_kernels, "clockwork_projection"):
+    register_flop_formula(torch.ops.mts_kernels.clockwork_projection)(clockwork_projection_flop)
+    register_flop_formula(torch.ops.mts_kernels.clockwork_projection_dx)(clockwork_projection_dx_flop)
+    register_flop_formula(torch.ops.mts_kernels.clockwork_projection_grads)(clockwork_projection_grads_flop)

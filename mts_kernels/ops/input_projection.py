@@ -60,6 +60,14 @@ def fused_projection(x: Tensor, weight: Tensor, bias_ih: Optional[Tensor], bias_
     return torch.ops.mts_kernels.input_projection(x, weight, bias_ih, bias_hh, lens)
 
 
+def split_grads(dw_db, need_w: bool, need_b1: bool, need_b2: bool):
+    """(dW, db) of a grads op as the gradients of (weight, bias_ih, bias_hh): the
+    second bias gets its own copy of db (never one tensor for both, see above)."""
+    dw, db = dw_db
+    return (dw if need_w else None, db if need_b1 else None,
+            (db.clone() if need_b1 else db) if need_b2 else None)
+
+
 if _HAVE_OP:
     _OPS = torch.ops.mts_kernels
 
@@ -82,10 +90,8 @@ if _HAVE_OP:
         if need_x:
             dx = _OPS.input_projection(grad, weight.t(), None, None, lengths)
         if need_w or need_b1 or need_b2:
-            dw, db = _OPS.input_projection_grads(grad, x, lengths, need_b1 or need_b2)
-            dw = dw if need_w else None
-            db1 = db if need_b1 else None
-            db2 = (db.clone() if need_b1 else db) if need_b2 else None
+            dw, db1, db2 = split_grads(_OPS.input_projection_grads(grad, x, lengths, need_b1 or need_b2),
+                                       need_w, need_b1, need_b2)
         return dx, dw, db1, db2, None
 
     torch.library.register_autograd("mts_kernels::input_projection", _backward, setup_context=_setup)
