@@ -233,9 +233,13 @@ def _grads_of(m, x, t0, L):
 
 @pytest.mark.parametrize("batch_first,bidirectional,layers,t0,kind",
                          list(itertools.product([False, True], [False, True], [1, 2], [0, 3], ["none", "edges"])))
-def test_clockwork_rnn_on_it_matches_dense_projection(batch_first, bidirectional, layers, t0, kind):
+def test_clockwork_rnn_on_it_matches_dense_projection(batch_first, bidirectional, layers, t0, kind,
+                                                     monkeypatch):
     """ClockworkRNN with the clocked projection against the same module on the
     dense one (F.linear): outputs, h_n and every gradient, float64."""
+    # the cost rule would take the dense one for modules this small
+    monkeypatch.setattr(clocked, "MIN_MODULE_WIDTH", 1)
+    monkeypatch.setattr(clocked, "MAX_ACTIVE_FRACTION", 1.0)
     torch.manual_seed(7)
     I, H, T, B = 5, 13, 23, 4
     m = mts_kernels.ClockworkRNN(I, H, layers, batch_first=batch_first, bidirectional=bidirectional,
@@ -256,9 +260,30 @@ def test_clockwork_rnn_on_it_matches_dense_projection(batch_first, bidirectional
 
 
 def test_dense_projection_where_it_does_not_apply():
-    x, w = torch.randn(3, 2, 4), torch.randn(5, 4)
-    assert clocked.fused_applies(x, w, None, 0)
-    assert not clocked.fused_applies(x, w, None, torch.tensor(2))  # a tensor t0 (export's input)
-    assert not clocked.fused_applies(x.bfloat16(), w.bfloat16(), None, 0)
+    x, w = torch.randn(16, 2, 4), torch.randn(64, 4)
+    clock = ([1, 8], [32, 32])
+    assert clocked.fused_applies(x, w, None, 0, *clock)
+    assert not clocked.fused_applies(x, w, None, torch.tensor(2), *clock)  # a tensor t0 (export's input)
+    assert not clocked.fused_applies(x.bfloat16(), w.bfloat16(), None, 0, *clock)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not clocked.fused_applies(x, w, None, 0)
+        assert not clocked.fused_applies(x, w, None, 0, *clock)
+
+
+@pytest.mark.parametrize("periods,sizes,T,expected", [
+    ([2 ** i for i in range(8)], [64] * 8, 1024, True),  # the large benchmark: 1/4 of the entries
+    ([1, 2, 4, 8], [16] * 4, 4096, False),  # the small one: 16-wide modules
+    ([1, 2, 4, 8], [32] * 4, 1024, True),
+    ([1, 1], [32, 32], 100, False),  # every entry read
+    ([1, 2], [32, 32], 100, False),  # 3/4 of the entries read
+    ([1, 8], [32, 32], 100, True),
+    ([1, 64], [32, 32], 1, False),  # one step: every module active
+])
+def test_cost_rule(periods, sizes, T, expected):
+    assert clocked.worth_it(periods, sizes, T) is expected
+
+
+def test_modules_follow_the_cost_rule():
+    x = torch.randn(6, 2, 3)
+    for sizes, name in [([32, 32], "clockwork_projection"), ([8, 8], "input_projection")]:
+        m = mts_kernels.ClockworkRNN(3, sum(sizes), periods=[1, 8], module_sizes=sizes)
+        assert ran_op(lambda: m(x)[0].sum().backward(), name)

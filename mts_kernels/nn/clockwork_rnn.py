@@ -209,13 +209,13 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
             w_ih, b_ih, b_hh = (getattr(self, "weight_ih" + s), getattr(self, "bias_ih" + s, None),
                                 getattr(self, "bias_hh" + s, None))
             bf = layer == 0 and batch_first
-            if _clocked.fused_applies(x, w_ih, lens, t0):
+            xt = x.transpose(0, 1) if bf else x  # a view: the ops take any strides
+            if _clocked.fused_applies(xt, w_ih, lens, t0, self.periods, self.module_sizes):
                 # only the active modules' rows of each step (ops/clockwork_projection.py);
                 # the reverse direction projects its reversed input on its own clock
-                x = x.transpose(0, 1) if bf else x  # a view: the op takes any strides
                 if direction == 1:
-                    x = _common.reverse_time(x, rev)
-                p = _clocked.clocked_projection(x, w_ih, b_ih, b_hh, self.periods, self.module_sizes, t0, lens)
+                    xt = _common.reverse_time(xt, rev)
+                p = _clocked.clocked_projection(xt, w_ih, b_ih, b_hh, self.periods, self.module_sizes, t0, lens)
             else:
                 p = _common.input_projection(x, w_ih, b_ih, b_hh, lens, batch_first=bf)
                 if bf:  # a view: the op takes any strides

@@ -19,8 +19,9 @@ and each one's gradient is again one of the three ops, so every order of
 gradient stays on them. The two biases get separate gradient tensors.
 
 ClockworkRNN takes it where `fused_applies` (as input_projection: a CPU float32
-/ float64 batch, outside torch.func transforms, autocast and export) and t0 is
-a Python int, else the dense projection (nn/_common.input_projection).
+/ float64 batch, outside torch.func transforms, autocast and export; t0 a Python
+int; and the cost rule `worth_it`: modules wide enough for their GEMMs to run
+near the dense one's rate), else the dense projection (nn/_common.input_projection).
 """
 
 from __future__ import annotations
@@ -38,10 +39,32 @@ from mts_kernels.ops.input_projection import split_grads
 _HAVE_OP = _extension.COMPILED and hasattr(torch.ops.mts_kernels, "clockwork_projection")
 
 
-def fused_applies(x: Tensor, weight: Tensor, lengths, t0) -> bool:
-    """Whether ClockworkRNN takes the op (clocked_projection) for these operands."""
+# The cost rule (module width and active fraction). Measured on the 2-core Xeon,
+# forward + dx + dW_ih of the three ops against the dense input_projection ops,
+# T * B = 16384 or 32768 rows: modules 64 wide (H=512, periods 1..128) 0.34-0.45x
+# the dense time for I = 8..64; 32 wide (H=128, periods 1..8) 0.79-1.08x; 16 wide
+# (H=64, periods 1..8) 0.97-1.38x, where each module's GEMM is too narrow to run
+# near the dense GEMM's rate.
+MIN_MODULE_WIDTH = 32
+MAX_ACTIVE_FRACTION = 0.6
+
+
+def worth_it(periods: Sequence[int], module_sizes: Sequence[int], T: int) -> bool:
+    """Whether the clocked projection beats the dense one: modules at least
+    MIN_MODULE_WIDTH units wide on average, and at most MAX_ACTIVE_FRACTION of
+    the projection's entries read by the recurrence."""
+    H = sum(module_sizes)
+    active = sum(k / max(1, min(P, T)) for k, P in zip(module_sizes, periods))
+    return H >= MIN_MODULE_WIDTH * len(module_sizes) and active <= MAX_ACTIVE_FRACTION * H
+
+
+def fused_applies(x: Tensor, weight: Tensor, lengths, t0, periods: Sequence[int],
+                  module_sizes: Sequence[int]) -> bool:
+    """Whether ClockworkRNN takes the op (clocked_projection) for these operands
+    (x time-major): where the dense projection op applies, t0 is an int, and the
+    cost rule (worth_it) says so."""
     return (_HAVE_OP and isinstance(t0, int) and not isinstance(t0, bool)
-            and _dense_applies(x, weight, lengths))
+            and _dense_applies(x, weight, lengths) and worth_it(periods, module_sizes, x.size(0)))
 
 
 def clock_args(T: int, periods: Sequence[int], module_sizes: Sequence[int], t0: int):
