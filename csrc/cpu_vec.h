@@ -88,16 +88,40 @@ inline void stream_fence() {
 // for R rows, each a[r, k] broadcast once for C vectors. R*C = 6-8 independent FMA
 // chains cover the FMA latency (4 cycles x 2 pipes) at the small sizes this loop
 // serves, where one step's product is too short to amortise anything bigger.
+// Smaller tiles (a 4-row batch times one vector: a clockwork module 16 units
+// wide) keep S = 2 sets of accumulators, over even and odd k, summed at the end,
+// so they too have 8 chains: 4 chains of K = 64 had made the forward's product
+// latency-bound (ClockworkRNN B=4, H=64: half of each step).
 template <typename T, int R, int C>
 inline void tile(int64_t K, const T* __restrict__ a, int64_t lda, const T* __restrict__ m,
                  int64_t ldm, T* __restrict__ c, int64_t ldc) {
   constexpr int64_t L = kLanes<T>;
-  Vec<T> acc[R][C];
+  constexpr int S = R * C >= 6 ? 1 : 2;
+  Vec<T> acc[S][R][C];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int j = 0; j < C; ++j) ld(acc[r][j], c + r * ldc + j * L);
-  for (int64_t k = 0; k < K; ++k) {
+    for (int j = 0; j < C; ++j) {
+      ld(acc[0][r][j], c + r * ldc + j * L);
+#pragma GCC unroll 2
+      for (int q = 1; q < S; ++q) acc[q][r][j] = Vec<T>{};
+    }
+  int64_t k = 0;
+  for (; k + S <= K; k += S) {
+#pragma GCC unroll 2
+    for (int q = 0; q < S; ++q) {
+      Vec<T> mv[C];
+#pragma GCC unroll 8
+      for (int j = 0; j < C; ++j) ld(mv[j], m + (k + q) * ldm + j * L);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const T av = a[r * lda + k + q];
+#pragma GCC unroll 8
+        for (int j = 0; j < C; ++j) acc[q][r][j] += av * mv[j];
+      }
+    }
+  }
+  for (; k < K; ++k) {
     Vec<T> mv[C];
 #pragma GCC unroll 8
     for (int j = 0; j < C; ++j) ld(mv[j], m + k * ldm + j * L);
@@ -105,13 +129,17 @@ inline void tile(int64_t K, const T* __restrict__ a, int64_t lda, const T* __res
     for (int r = 0; r < R; ++r) {
       const T av = a[r * lda + k];
 #pragma GCC unroll 8
-      for (int j = 0; j < C; ++j) acc[r][j] += av * mv[j];
+      for (int j = 0; j < C; ++j) acc[0][r][j] += av * mv[j];
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int j = 0; j < C; ++j) st(c + r * ldc + j * L, acc[r][j]);
+    for (int j = 0; j < C; ++j) {
+#pragma GCC unroll 2
+      for (int q = 1; q < S; ++q) acc[0][r][j] += acc[q][r][j];
+      st(c + r * ldc + j * L, acc[0][r][j]);
+    }
 }
 
 // Rows [0, R) of c (row stride ldc) += a (R x K) @ m (K x N, row stride ldm); N a

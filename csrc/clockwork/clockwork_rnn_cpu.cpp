@@ -69,17 +69,63 @@ struct Raw {
   std::vector<const T*> w;
   std::vector<int64_t> ld;
   const int64_t* len;     // nullptr: every row runs Tn steps
-  const int64_t* order;   // rows by decreasing length (with len)
-  const int64_t* active;  // rows still running at step t (with len)
-  int64_t rows_at(int64_t t) const { return len ? active[t] : B; }
-  int64_t row(int64_t i) const { return len ? order[i] : i; }
+  const int64_t* order;   // the call's rows by decreasing length (with len)
+  const int64_t* active;  // the call's rows still running at step t (with len)
+  int64_t n, row0;        // the call's rows: n of them (without len: rows row0 + i)
+  int64_t rows_at(int64_t t) const { return len ? active[t] : n; }
+  int64_t row(int64_t i) const { return len ? order[i] : row0 + i; }
   int64_t off(int64_t t, int64_t i) const { return (t * B + row(i)) * H; }
 };
+
+// Each batch row's recurrence is independent of the others'. Where a step's
+// products are register-tiled (the whole batch's below kSmallWork multiply-adds,
+// too small for a BLAS call or a split of the columns to pay), the rows run in
+// groups, one task each, every group's whole time loop on one thread without any
+// synchronisation. The groups are fixed by the batch size (at most 8, of at least
+// two rows; with lengths every Q-th row in order of length, which balances the
+// work), never by the thread count, so the results are bitwise the same on any
+// thread count. ClockworkRNN B=4, H=64, 4 modules, T=4096 on 2 cores: forward
+// op 1.21 -> 1.03 ms, backward op 1.83 -> 1.64 ms (each group's step is shorter
+// but keeps the per-step bookkeeping, so not 2x).
+template <typename T>
+int64_t group_count(const Raw<T>& r) {
+  return r.B >= 4 && r.B * r.H * r.H <= kSmallWork ? std::min<int64_t>(r.B / 2, 8) : 1;
+}
+
+template <typename T, typename F>
+void run_groups(const Raw<T>& r, F&& f) {
+  const int64_t B = r.B, Q = group_count(r);
+  if (Q == 1) {
+    f(r, int64_t(0));
+    return;
+  }
+  std::vector<Raw<T>> groups(Q, r);
+  std::vector<std::vector<int64_t>> orders(Q), actives(Q);
+  for (int64_t q = 0; q < Q; ++q) {
+    Raw<T>& g = groups[q];
+    if (!r.len) {
+      g.row0 = q * B / Q;
+      g.n = (q + 1) * B / Q - g.row0;
+      continue;
+    }
+    for (int64_t i = q; i < B; i += Q) orders[q].push_back(r.order[i]);
+    g.n = static_cast<int64_t>(orders[q].size());
+    actives[q].resize(r.Tn);
+    // the group's rows are sorted by decreasing length: the running ones lead
+    for (int64_t t = 0, a = g.n; t < r.Tn; ++t) {
+      while (a > 0 && r.len[orders[q][a - 1]] <= t) --a;
+      actives[q][t] = a;
+    }
+    g.order = orders[q].data();
+    g.active = actives[q].data();
+  }
+  parallel_tasks(Q, [&](int64_t q) { f(groups[q], q); });
+}
 
 template <typename T>
 inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
   const Clock& c = *r.clock;
-  const int64_t B = r.B, H = r.H;
+  const int64_t B = r.n, H = r.H;
   int64_t zw = 0;
   for (int64_t m = 0; m < c.g; ++m) zw = std::max(zw, r.ld[m]);
   AlignedVec<T> state(B * H), zbuf(B * zw, T(0));
@@ -128,8 +174,6 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
     }
     for (int64_t i = 0; i < n; ++i) std::copy(s + i * H, s + (i + 1) * H, h + r.off(t, i));
   }
-  zero_padded(r, h);
-  if (u) zero_padded(r, u);
 }
 
 // e (T, B, H) receives dL/dp (0 at inactive steps), dh0 (B, H) dL/dh0, dalpha
@@ -138,7 +182,7 @@ template <typename T>
 inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e, T* dh0,
                       double* dalpha) {
   const Clock& c = *r.clock;
-  const int64_t B = r.B, H = r.H;
+  const int64_t B = r.n, H = r.H;
   // The carry's rows are padded so that each module's tiled product may write the
   // padded width of its columns [lo, H) (lo + round_up(H - lo) < H + lanes).
   const int64_t Hc = round_up(H, kLanes<T>) + kLanes<T>;
@@ -220,7 +264,6 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e,
     }
   }
   for (int64_t i = 0; i < B; ++i) std::copy(cr + i * Hc, cr + i * Hc + H, dh0 + r.row(i) * H);
-  zero_padded(r, e);
 }
 
 MTS_CPU_CLONES void fwd_steps_f32(const Raw<float>& r, const float* p, float* h, float* u) {
@@ -288,7 +331,7 @@ Raw<T> raw_of(const Shape& s, bool tanh, const std::optional<Tensor>& alpha, con
               const Clock& c, const RowOrder& o, bool ragged) {
   return Raw<T>{s.T, s.B, s.H, tanh, alpha ? ptr<T>(*alpha) : nullptr, ptr<T>(h0), &c, {}, {},
                 ragged ? o.len.data() : nullptr, ragged ? o.order.data() : nullptr,
-                ragged ? o.active.data() : nullptr};
+                ragged ? o.active.data() : nullptr, s.B, 0};
 }
 
 template <typename F>
@@ -321,7 +364,11 @@ std::tuple<Tensor, Tensor> clockwork_rnn_fwd(Tensor p_in, Tensor w_in, std::opti
     using T = typename decltype(tag)::type;
     Raw<T> r = raw_of<T>(s, tanh, alpha, h0, clock, order, lengths.has_value());
     const AlignedVec<T> pool = pack_weights<T>(ptr<T>(w), clock, s.H, true, r.w, r.ld);
-    run_fwd(r, ptr<T>(p), mut<T>(h), u ? mut<T>(*u) : nullptr);
+    run_groups(r, [&](const Raw<T>& rg, int64_t) {
+      run_fwd(rg, ptr<T>(p), mut<T>(h), u ? mut<T>(*u) : nullptr);
+    });
+    zero_padded(r, mut<T>(h));
+    if (u) zero_padded(r, mut<T>(*u));
   });
   const ScalarType dtype = p_in.scalar_type();
   return {as_dtype(h, dtype), u ? as_dtype(*u, dtype) : torch::stable::new_empty(p_in, {0})};
@@ -398,8 +445,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> clockwork_rnn_bwd(
     using T = typename decltype(tag)::type;
     Raw<T> r = raw_of<T>(s, tanh, alpha, h0, clock, order, lengths.has_value());
     const AlignedVec<T> pool = pack_weights<T>(ptr<T>(w), clock, s.H, false, r.w, r.ld);
-    std::vector<double> da(alpha ? s.H : 0, 0.0);
-    run_bwd(r, ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e), mut<T>(dh0), da.data());
+    // dalpha per group, summed in group order
+    const int64_t groups = group_count(r);
+    std::vector<double> da_groups(alpha ? groups * s.H : 0, 0.0), da(alpha ? s.H : 0, 0.0);
+    run_groups(r, [&](const Raw<T>& rg, int64_t q) {
+      run_bwd(rg, ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e), mut<T>(dh0),
+              alpha ? da_groups.data() + q * s.H : nullptr);
+    });
+    for (int64_t q = 0; alpha && q < groups; ++q)
+      for (int64_t j = 0; j < s.H; ++j) da[j] += da_groups[q * s.H + j];
+    zero_padded(r, mut<T>(e));
     weight_grad<T>(clock, s, e, h, h0, h0_in.has_value(), lengths ? &order.len : nullptr, dw);
     if (alpha) {
       dalpha = torch::stable::new_empty(h, {s.H});
