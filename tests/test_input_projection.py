@@ -61,7 +61,8 @@ SHAPES = [(1, 1, 1, 1), (12, 1, 2, 3), (7, 5, 3, 4), (33, 3, 17, 9), (600, 4, 5,
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_and_grads_ops(shape, kind, layout, dtype):
     T, B, K, N = shape
-    gen = torch.Generator().manual_seed(hash((shape, kind, layout)) % 2**31)
+    # a seed fixed per case (str hashes change between processes)
+    gen = torch.Generator().manual_seed(SHAPES.index(shape) * 100 + len(kind) * 10 + len(layout))
     x = _x(T, B, K, dtype, layout, gen)
     w = torch.randn(N, K, dtype=dtype, generator=gen)
     b1, b2 = torch.randn(N, dtype=dtype, generator=gen), torch.randn(N, dtype=dtype, generator=gen)
