@@ -116,10 +116,11 @@ def test_leaky_rnn_register_tiled(leak, skip, dilation, reverse, lengths, nonlin
     assert_deterministic(*_rnn_case(T, B, H, leak, skip, dilation, reverse, lengths, nonlinearity))
 
 
-def test_clockwork_small():
-    T, B, H = 16, 4, 24
+@pytest.mark.parametrize("B", [4, 9])  # the loop's row groups: 2 of 2 rows; 4 of 2 or 3
+def test_clockwork_small(B):
+    T, H = 16, 24
     w = (torch.randn(H, H) / H ** 0.5).requires_grad_()
-    for lengths, t0 in ((None, 0), ([16, 3, 0, 11], 5)):
+    for lengths, t0 in ((None, 0), ([16, 3, 0, 11, 7, 16, 1, 9, 4][:B], 5)):
         assert_deterministic(
             lambda p, w, h0, a: mts_kernels.clockwork_rnn(p, w, h0, periods=[1, 2, 4, 8],
                                                           module_sizes=[6, 6, 6, 6], alpha=a,
