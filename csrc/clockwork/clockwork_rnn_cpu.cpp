@@ -6,7 +6,8 @@
 //     h_i(t) = alpha_i * h_i(t-1) + (1 - alpha_i) * u_i(t)      (alpha None: u_i(t))
 //   inactive: h_i(t) = h_i(t-1)
 //
-// Forward: the state lives in one (B, H) buffer in the rows' processing order.
+// Forward: the state lives in one (n, H) buffer in the rows' processing order
+// (n = B, or a group's rows: see run_groups).
 // Step t updates the active modules fast to slow, in place: module i reads only
 // the blocks j >= i, none of which an earlier (faster) module of the same step has
 // written, so the in-place update reads exactly h(t-1). Each active module is one
