@@ -106,12 +106,7 @@ Tensor project(const Tensor& x_in, const Tensor& w, const std::optional<Tensor>&
   const Clock& c = p.clock;
   Tensor out = empty_cpu(x, {p.T, B, N});
   if (out.numel() == 0) return out;
-  AlignedVec<T> bias(N, T(0));
-  for (const auto* b : {&b1, &b2})
-    if (*b) {
-      const Tensor v = as_contiguous(**b);
-      for (int64_t j = 0; j < N; ++j) bias[j] += ptr<T>(v)[j];
-    }
+  const AlignedVec<T> bias = summed_bias<T>(b1, b2, N);
   const Operand<T> xo = operand<T>(x);
   const bool flat = uniform(x);
   T* op = mut<T>(out);
@@ -225,13 +220,7 @@ Tensor clockwork_projection(Tensor x, Tensor weight, std::optional<Tensor> bias_
                             std::vector<int64_t> module_sizes, std::vector<int64_t> periods,
                             std::vector<int64_t> first_steps, std::optional<Tensor> lengths) {
   const char* op = "clockwork_projection";
-  MTS_CHECK(x.dim() == 3, op, ": x must be 3-D (T, B, K), got shape ", shape_str(x.sizes()));
-  check_float(op, "x", x);
-  MTS_CHECK(weight.dim() == 2 && weight.size(1) == x.size(2), op, ": weight must be 2-D (N, K) with K = ",
-            x.size(2), " (x.size(2)), got shape ", shape_str(weight.sizes()));
-  check_operand(op, "weight", weight, weight.sizes(), x);
-  for (const auto& [name, v] : {std::pair{"bias_ih", &bias_ih}, std::pair{"bias_hh", &bias_hh}})
-    if (*v) check_operand(op, name, **v, {weight.size(0)}, x);
+  check_projection_args(op, x, weight, bias_ih, bias_hh);
   const Plan p = plan_of(op, x, weight.size(0), module_sizes, periods, first_steps, lengths);
   return dispatch(x.scalar_type(), [&](auto tag) {
     return project<typename decltype(tag)::type>(x, weight, bias_ih, bias_hh, p);
@@ -257,12 +246,7 @@ std::tuple<Tensor, Tensor> clockwork_projection_grads(Tensor grad, Tensor x, std
                                                       std::vector<int64_t> first_steps,
                                                       std::optional<Tensor> lengths, bool with_bias) {
   const char* op = "clockwork_projection_grads";
-  MTS_CHECK(x.dim() == 3, op, ": x must be 3-D (T, B, K), got shape ", shape_str(x.sizes()));
-  check_float(op, "x", x);
-  MTS_CHECK(grad.dim() == 3 && grad.size(0) == x.size(0) && grad.size(1) == x.size(1), op,
-            ": grad must be 3-D (T, B, N) with x's T and B, got shape ", shape_str(grad.sizes()),
-            " for x of shape ", shape_str(x.sizes()));
-  check_operand(op, "grad", grad, grad.sizes(), x);
+  check_grads_args(op, grad, x);
   const Plan p = plan_of(op, x, grad.size(2), module_sizes, periods, first_steps, lengths);
   return dispatch(x.scalar_type(), [&](auto tag) {
     return grads<typename decltype(tag)::type>(grad, x, p, with_bias);

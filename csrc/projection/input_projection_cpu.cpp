@@ -33,10 +33,6 @@ Rows rows_of(const char* op, const Tensor& x, const std::optional<Tensor>& lengt
   return r;
 }
 
-void check_vector(const char* op, const char* name, const std::optional<Tensor>& v, int64_t N, const Tensor& x) {
-  if (v) check_operand(op, name, *v, {N}, x);
-}
-
 template <typename T>
 std::tuple<Tensor, Tensor> grads(const Tensor& g_in, const Tensor& x_in, const std::optional<Tensor>& lengths,
                                  bool with_bias) {
@@ -56,12 +52,7 @@ Tensor project(const Tensor& x_in, const Tensor& w, const std::optional<Tensor>&
   const int64_t K = x.size(2), N = w.size(0);
   Tensor out = empty_cpu(x, {r.T, r.B, N});
   if (out.numel() == 0) return out;
-  AlignedVec<T> bias(N, T(0));
-  for (const auto* b : {&b1, &b2})
-    if (*b) {
-      const Tensor c = as_contiguous(**b);
-      for (int64_t j = 0; j < N; ++j) bias[j] += ptr<T>(c)[j];
-    }
+  const AlignedVec<T> bias = summed_bias<T>(b1, b2, N);
   const Operand<T> xo = operand<T>(x), oo{mut<T>(out), r.B * N, N, N};
   const T* wp = ptr<T>(w);
   const std::vector<Segment> segs = segments(r, kRowBlock);
@@ -94,14 +85,7 @@ Tensor project(const Tensor& x_in, const Tensor& w, const std::optional<Tensor>&
 
 Tensor input_projection(Tensor x, Tensor weight, std::optional<Tensor> bias_ih, std::optional<Tensor> bias_hh,
                         std::optional<Tensor> lengths) {
-  const char* op = "input_projection";
-  MTS_CHECK(x.dim() == 3, op, ": x must be 3-D (T, B, K), got shape ", shape_str(x.sizes()));
-  check_float(op, "x", x);
-  MTS_CHECK(weight.dim() == 2 && weight.size(1) == x.size(2), op, ": weight must be 2-D (N, K) with K = ",
-            x.size(2), " (x.size(2)), got shape ", shape_str(weight.sizes()));
-  check_operand(op, "weight", weight, weight.sizes(), x);
-  check_vector(op, "bias_ih", bias_ih, weight.size(0), x);
-  check_vector(op, "bias_hh", bias_hh, weight.size(0), x);
+  check_projection_args("input_projection", x, weight, bias_ih, bias_hh);
   return dispatch(x.scalar_type(), [&](auto tag) {
     return project<typename decltype(tag)::type>(x, weight, bias_ih, bias_hh, lengths);
   });
@@ -109,13 +93,7 @@ Tensor input_projection(Tensor x, Tensor weight, std::optional<Tensor> bias_ih, 
 
 std::tuple<Tensor, Tensor> input_projection_grads(Tensor grad, Tensor x, std::optional<Tensor> lengths,
                                                   bool with_bias) {
-  const char* op = "input_projection_grads";
-  MTS_CHECK(x.dim() == 3, op, ": x must be 3-D (T, B, K), got shape ", shape_str(x.sizes()));
-  check_float(op, "x", x);
-  MTS_CHECK(grad.dim() == 3 && grad.size(0) == x.size(0) && grad.size(1) == x.size(1), op,
-            ": grad must be 3-D (T, B, N) with x's T and B, got shape ", shape_str(grad.sizes()), " for x of shape ",
-            shape_str(x.sizes()));
-  check_operand(op, "grad", grad, grad.sizes(), x);
+  check_grads_args("input_projection_grads", grad, x);
   return dispatch(x.scalar_type(), [&](auto tag) {
     return grads<typename decltype(tag)::type>(grad, x, lengths, with_bias);
   });

@@ -5,6 +5,8 @@
 // g[t, b]^T x[t, b]. Used by the input projection (input_projection_cpu.cpp)
 // and the recurrences' weight gradients (csrc/rnn/leaky_rnn_cpu.cpp).
 #include <algorithm>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "../blas_blocked.h"
@@ -26,6 +28,40 @@ template <typename F>
 decltype(auto) dispatch(ScalarType t, F&& f) {
   if (t == ScalarType::Double) return f(TypeTag<double>{});
   return f(TypeTag<float>{});
+}
+
+// The forward ops' x (T, B, K), weight (N, K) and optional biases (N,); errors name the argument.
+inline void check_projection_args(const char* op, const Tensor& x, const Tensor& weight,
+                                  const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh) {
+  MTS_CHECK(x.dim() == 3, op, ": x must be 3-D (T, B, K), got shape ", shape_str(x.sizes()));
+  check_float(op, "x", x);
+  MTS_CHECK(weight.dim() == 2 && weight.size(1) == x.size(2), op, ": weight must be 2-D (N, K) with K = ",
+            x.size(2), " (x.size(2)), got shape ", shape_str(weight.sizes()));
+  check_operand(op, "weight", weight, weight.sizes(), x);
+  for (const auto& [name, v] : {std::pair{"bias_ih", &bias_ih}, std::pair{"bias_hh", &bias_hh}})
+    if (*v) check_operand(op, name, **v, {weight.size(0)}, x);
+}
+
+// The weight-gradient ops' grad (T, B, N) beside x (T, B, K).
+inline void check_grads_args(const char* op, const Tensor& grad, const Tensor& x) {
+  MTS_CHECK(x.dim() == 3, op, ": x must be 3-D (T, B, K), got shape ", shape_str(x.sizes()));
+  check_float(op, "x", x);
+  MTS_CHECK(grad.dim() == 3 && grad.size(0) == x.size(0) && grad.size(1) == x.size(1), op,
+            ": grad must be 3-D (T, B, N) with x's T and B, got shape ", shape_str(grad.sizes()), " for x of shape ",
+            shape_str(x.sizes()));
+  check_operand(op, "grad", grad, grad.sizes(), x);
+}
+
+// bias_ih + bias_hh (either may be absent) as one (N,) vector in T.
+template <typename T>
+AlignedVec<T> summed_bias(const std::optional<Tensor>& b1, const std::optional<Tensor>& b2, int64_t N) {
+  AlignedVec<T> bias(N, T(0));
+  for (const auto* b : {&b1, &b2})
+    if (*b) {
+      const Tensor v = as_contiguous(**b);
+      for (int64_t j = 0; j < N; ++j) bias[j] += static_cast<const T*>(v.const_data_ptr())[j];
+    }
+  return bias;
 }
 
 // Rows of one BLAS call: kFlat: rows [t0, t0 + n) of the flattened (T * B)
