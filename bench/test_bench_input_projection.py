@@ -6,10 +6,13 @@ projection and its gradients, csrc/projection/), forward + backward:
 against what the modules ran before it, F.linear and an add (role "torch"), on
 the same padded batch: every step, and lengths ~ U[T/2, T] (77% of the steps
 valid; F.linear multiplies the padded steps too, the op does not). CPU, float32,
-B=32, T=1024, I=H=256 (the LeakyRNN lengths benchmark's shape). Reported, not
-asserted: the op should take about the valid fraction of F.linear's time with
-lengths, and no more than F.linear without. GFLOP/s counts the valid rows only:
-2 * sum(L) * I * H per GEMM, three GEMMs (forward, dx, dW).
+B=32, T=1024, I=H=256 (the LeakyRNN lengths benchmark's shape), and a narrow
+input, B=4, T=4096, I=8, H=64 (ClockworkRNN's small benchmark), where dx and dW
+have 8 columns: a BLAS's worst shape, which the op computes with its own
+register-tiled loop (csrc/cpu_vec.h narrow_matmul_acc). Reported, not asserted:
+the op should take about the valid fraction of F.linear's time with lengths, and
+no more than F.linear without. GFLOP/s counts the valid rows only: 2 * sum(L) * I
+* H per GEMM, three GEMMs (forward, dx, dW).
 """
 
 from __future__ import annotations
@@ -21,28 +24,30 @@ import torch.nn.functional as F
 from mts_kernels import _extension
 
 OP = "input_projection"
-B, T, I, H = 32, 1024, 256, 256
+SHAPES = {"wide": (32, 1024, 256, 256), "narrow": (4, 4096, 8, 64)}  # B, T, I, H
 
 pytestmark = pytest.mark.skipif(not _extension.COMPILED, reason="needs the compiled extension")
 
 
-def _lengths():
+def _lengths(B, T):
     gen = torch.Generator().manual_seed(0)
     L = torch.randint(T // 2, T + 1, (B,), generator=gen)
     L[0] = T
     return L
 
 
+@pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("lengths", ["none", "U[T/2,T]"])
 @pytest.mark.parametrize("kind", ["fused", "torch"])
-def test_cpu(measure, kind, lengths):
+def test_cpu(measure, kind, lengths, shape):
+    B, T, I, H = SHAPES[shape]
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(T, B, I, generator=gen, requires_grad=True)
     w = torch.randn(H, I, generator=gen).requires_grad_()
     b1 = torch.randn(H, generator=gen).requires_grad_()
     b2 = torch.randn(H, generator=gen).requires_grad_()
     g = torch.randn(T, B, H, generator=gen)
-    L = _lengths() if lengths != "none" else None
+    L = _lengths(B, T) if lengths != "none" else None
     leaves = [x, w, b1, b2]
     if kind == "fused":
         def step():

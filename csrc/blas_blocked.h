@@ -32,6 +32,7 @@
 
 #include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
 
+#include "cpu_vec.h"
 #include "stable_util.h"
 
 HIDDEN_NAMESPACE_BEGIN(mts, cpu)
@@ -144,6 +145,19 @@ constexpr ScalarType scalar_type_of() {
   return std::is_same_v<T, float> ? ScalarType::Float : ScalarType::Double;
 }
 
+// The narrow products (cpu_vec.h narrow_matmul_acc), float32 compiled per target
+// (one copy per translation unit: these have internal linkage).
+[[maybe_unused]] MTS_CPU_CLONES static void narrow_acc(int64_t m, int64_t K, int64_t n, const float* a,
+                                                       int64_t ars, int64_t acs, const float* b, int64_t brs,
+                                                       int64_t bcs, float* c, int64_t ldc) {
+  narrow_matmul_acc<float>(m, K, n, a, ars, acs, b, brs, bcs, c, ldc);
+}
+[[maybe_unused]] static void narrow_acc(int64_t m, int64_t K, int64_t n, const double* a, int64_t ars,
+                                        int64_t acs, const double* b, int64_t brs, int64_t bcs, double* c,
+                                        int64_t ldc) {
+  narrow_matmul_acc<double>(m, K, n, a, ars, acs, b, brs, bcs, c, ldc);
+}
+
 // c (m x n, row stride crs, column stride ccs) += a (m x K) @ b (K x n), from a
 // (row stride ars, column stride acs) and b (rs brs, cs bcs): sequential calls of
 // at most kBlasK of the reduction each, each the direct Fortran GEMM where it
@@ -153,6 +167,10 @@ template <typename T>
 void gemm_acc(int64_t m, int64_t K, int64_t n, const T* a, int64_t ars, int64_t acs, const T* b, int64_t brs,
               int64_t bcs, T* c, int64_t crs, int64_t ccs) {
   if (m <= 0 || n <= 0) return;
+  if (n <= 2 * kLanes<T> && ccs == 1) {  // a BLAS's worst shapes: see narrow_matmul_acc
+    narrow_acc(m, K, n, a, ars, acs, b, brs, bcs, c, crs);
+    return;
+  }
   const Device cpu(torch::headeronly::DeviceType::CPU);
   std::optional<Tensor> cv;
   for (int64_t k0 = 0; k0 < K; k0 += kBlasK) {

@@ -3,6 +3,7 @@
 // GCC vector types, a register-tiled product for small per-step GEMMs, a fast
 // float32 tanh and a lane-wise loop helper. Header-only and inline, so each
 // target clone of a loop (MTS_CPU_CLONES) compiles them for its own ISA.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -228,6 +229,76 @@ inline void for_lanes(int64_t j0, int64_t j1, F&& f) {
   int64_t j = j0;
   for (; j + L <= j1; j += L) f(j, Vec<T>{});
   for (; j < j1; ++j) f(j, T{});
+}
+
+// c (R rows, row stride ldc) += a (R x K; element (r, k) at a[r * ars + k * acs])
+// @ bp (K x C vectors, packed: row stride C * L, zero beyond n), for n columns of
+// c (the last vector partial where n < C * L: its lanes past n are neither read
+// nor written). The tile of the narrow products (narrow_acc), where a's rows may
+// be its columns (a weight gradient's g^T).
+template <typename T, int R, int C>
+inline void strided_tile(int64_t K, const T* __restrict__ a, int64_t ars, int64_t acs,
+                         const T* __restrict__ bp, T* __restrict__ c, int64_t ldc, int64_t n) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t last = n - (C - 1) * L;  // 1..L columns in the last vector
+  Vec<T> acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int j = 0; j + 1 < C; ++j) ld(acc[r][j], c + r * ldc + j * L);
+    T tail[L] = {};
+    std::memcpy(tail, c + r * ldc + (C - 1) * L, last * sizeof(T));
+    ld(acc[r][C - 1], tail);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    Vec<T> bv[C];
+#pragma GCC unroll 2
+    for (int j = 0; j < C; ++j) ld(bv[j], bp + (k * C + j) * L);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const T av = a[r * ars + k * acs];
+#pragma GCC unroll 2
+      for (int j = 0; j < C; ++j) acc[r][j] += av * bv[j];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int j = 0; j + 1 < C; ++j) st(c + r * ldc + j * L, acc[r][j]);
+    T tail[L];
+    st(tail, acc[r][C - 1]);
+    std::memcpy(c + r * ldc + (C - 1) * L, tail, last * sizeof(T));
+  }
+}
+
+// Reduction rows of b packed per call of the narrow product (on the stack: 16 KB).
+constexpr int64_t kNarrowK = 256;
+
+// c (m x n, row stride ldc) += a (m x K, strides ars / acs) @ b (K x n, strides
+// brs / bcs) for n <= 2 vectors: the shapes where a BLAS is slowest (a weight
+// gradient or an input gradient of a narrow input, (64 x 8) from 16384 rows: MKL
+// at a quarter of this loop's speed). b is packed kNarrowK rows at a time into
+// zero-padded vectors; R rows of a per tile make 8 accumulation chains.
+template <typename T>
+inline void narrow_matmul_acc(int64_t m, int64_t K, int64_t n, const T* a, int64_t ars, int64_t acs,
+                              const T* b, int64_t brs, int64_t bcs, T* c, int64_t ldc) {
+  constexpr int64_t L = kLanes<T>;
+  alignas(32) T bp[kNarrowK * 2 * L];
+  const int C = n > L ? 2 : 1;
+  for (int64_t k0 = 0; k0 < K; k0 += kNarrowK) {
+    const int64_t kb = std::min(kNarrowK, K - k0);
+    for (int64_t k = 0; k < kb; ++k)
+      for (int64_t j = 0; j < C * L; ++j) bp[k * C * L + j] = j < n ? b[(k0 + k) * brs + j * bcs] : T(0);
+    const T* ak = a + k0 * acs;
+    int64_t i = 0;
+    if (C == 1) {
+      for (; i + 8 <= m; i += 8) strided_tile<T, 8, 1>(kb, ak + i * ars, ars, acs, bp, c + i * ldc, ldc, n);
+      for (; i < m; ++i) strided_tile<T, 1, 1>(kb, ak + i * ars, ars, acs, bp, c + i * ldc, ldc, n);
+    } else {
+      for (; i + 4 <= m; i += 4) strided_tile<T, 4, 2>(kb, ak + i * ars, ars, acs, bp, c + i * ldc, ldc, n);
+      for (; i < m; ++i) strided_tile<T, 1, 2>(kb, ak + i * ars, ars, acs, bp, c + i * ldc, ldc, n);
+    }
+  }
 }
 
 }  // namespace cpu
