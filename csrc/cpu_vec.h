@@ -301,6 +301,20 @@ inline void narrow_matmul_acc(int64_t m, int64_t K, int64_t n, const T* a, int64
   }
 }
 
+// Software prefetch of one row of n elements (kWrite: for a store). The
+// recurrence loops touch each step's rows of their (T, B, H) operands once, a
+// few hundred bytes per row at small B * H: too short a stream for the hardware
+// prefetcher to run ahead, so a step that comes cold from memory stalls on every
+// row (ClockworkRNN B=4, H=64: the backward op 1.7 ms with its operands in cache,
+// 2.8 ms cold, as it runs inside a training step). The loops prefetch kAhead
+// steps ahead.
+constexpr int64_t kAhead = 8;
+template <bool kWrite, typename T>
+inline void prefetch_row(const T* p, int64_t n) {
+  constexpr int64_t line = 64 / sizeof(T);
+  for (int64_t j = 0; j < n; j += line) __builtin_prefetch(p + j, kWrite ? 1 : 0, 3);
+}
+
 }  // namespace cpu
 }  // namespace mts
 

@@ -137,6 +137,13 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
   for (int64_t t = 0; t < r.Tn; ++t) {
     const int64_t n = r.rows_at(t);
     if (n == 0) break;
+    if (t + kAhead < r.Tn)
+      for (int64_t i = 0, na = r.rows_at(t + kAhead); i < na; ++i) {
+        const int64_t o = r.off(t + kAhead, i);
+        prefetch_row<false>(p + o, H);
+        prefetch_row<true>(h + o, H);
+        if (u) prefetch_row<true>(u + o, H);
+      }
     for (int64_t m = 0; m < c.g; ++m) {  // fast to slow: see the file comment
       const int64_t lo = c.lo[m], k = c.k[m], N = r.ld[m];
       const bool on = next[m] == t;
@@ -203,6 +210,14 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e,
     }
     const int64_t n = r.rows_at(t);
     if (n == 0) continue;
+    if (t >= kAhead + 1)  // the rows of step t - kAhead and the states they read
+      for (int64_t i = 0, na = r.rows_at(t - kAhead); i < na; ++i) {
+        const int64_t o = r.off(t - kAhead, i), o1 = r.off(t - kAhead - 1, i);
+        prefetch_row<false>(g + o, H);
+        prefetch_row<false>(h + o1, H);
+        if (r.alpha) prefetch_row<false>(u + o, H);
+        prefetch_row<true>(e + o, H);
+      }
     for (int64_t m = 0; m < c.g; ++m) {
       const int64_t lo = c.lo[m], k = c.k[m];
       // delta(t) = grad_h(t) + the carry, formed in the carry itself
