@@ -169,6 +169,32 @@ inline void fwd_point(const Raw<T>& r, int64_t k, int64_t n, const T* z, const T
   });
 }
 
+// Prefetch of step k's rows (cpu_vec.h prefetch_row) in the register-tiled
+// loops, whose steps are short enough for memory latency to show: the forward's
+// p, h and u; the backward's grad, u, e and, with the leak, h_{k-d}. Where a
+// step is BLAS-sized its rows are long streams the hardware prefetcher follows.
+template <typename T>
+inline void prefetch_fwd(const Raw<T>& r, int64_t k, const T* p, const T* h, const T* u) {
+  if (k >= r.Tn) return;
+  for (int64_t i = 0, n = r.rows_at(k); i < n; ++i) {
+    const int64_t off = r.row_offset(k, i);
+    prefetch_row<false>(p + off, r.H);
+    prefetch_row<true>(u + off, r.H);
+    if (u != h) prefetch_row<true>(h + off, r.H);
+  }
+}
+template <typename T>
+inline void prefetch_bwd(const Raw<T>& r, int64_t k, const T* g, const T* h, const T* u, const T* e) {
+  if (k < 0) return;
+  for (int64_t i = 0, n = r.rows_at(k); i < n; ++i) {
+    const int64_t off = r.row_offset(k, i);
+    prefetch_row<false>(g + off, r.H);
+    prefetch_row<false>(u + off, r.H);
+    prefetch_row<true>(e + off, r.H);
+    if (r.alpha && k >= r.dilation) prefetch_row<false>(h + r.row_offset(k - r.dilation, i), r.H);
+  }
+}
+
 // Step k's z columns [j0, j1) from p (the product accumulates into them).
 template <typename T>
 inline void fwd_copy_in(const Raw<T>& r, int64_t k, int64_t n, const T* p, T* z, int64_t j0, int64_t j1) {
@@ -253,6 +279,7 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
     for (int64_t k = 0; k < r.Tn; ++k) {
       const int64_t n = r.rows_at(k);
       if (n == 0) break;
+      if (!r.gemm) prefetch_fwd(r, k + kAhead, p, h, u);
       // the (n, H) states `delay` steps back: from the ring once it holds them
       auto delayed = [&](int64_t delay, T* buf) -> const T* {
         return R > 0 && k >= delay ? ring.data() + ((k - delay) % R) * BH : delayed_rows(r, k, delay, n, h, buf);
@@ -287,6 +314,7 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
   for (int64_t k = r.Tn - 1; k >= 0; --k) {
     const int64_t n = r.rows_at(k);
     if (n == 0) continue;
+    if (!r.gemm) prefetch_bwd(r, k - kAhead, g, h, u, e_all);
     T* carry = slot(k);
     T* target = slot(k - r.dilation);
     T* e = r.ragged() ? gathered.data() : e_all + r.offset(k);
