@@ -52,7 +52,7 @@ def _x(T, B, K, dtype, layout, gen):
     return torch.randn(T, B, 2 * K, dtype=dtype, generator=gen)[..., ::2]  # inner stride 2
 
 
-SHAPES = [(1, 1, 1, 1), (12, 1, 2, 3), (7, 5, 3, 4), (33, 3, 17, 9), (600, 4, 5, 3), (64, 9, 40, 70), (300, 2, 16, 12)]
+SHAPES = [(1, 1, 1, 1), (12, 1, 2, 3), (7, 5, 3, 4), (33, 3, 17, 9), (600, 4, 5, 3), (64, 9, 40, 70), (300, 2, 16, 12), (50, 3, 12, 300)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
