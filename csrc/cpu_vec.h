@@ -1,8 +1,10 @@
 #pragma once
 // Vectorized building blocks of the CPU recurrence loops (leaky_rnn, clockwork_rnn):
-// GCC vector types, a register-tiled product for small per-step GEMMs, a fast
-// float32 tanh and a lane-wise loop helper. Header-only and inline, so each
-// target clone of a loop (MTS_CPU_CLONES) compiles them for its own ISA.
+// GCC vector types, a register-tiled product for small per-step GEMMs, the
+// narrow products (at most two vectors of output columns, any GEMM's), a fast
+// float32 tanh, a lane-wise loop helper and the loops' row prefetch. Header-only
+// and inline, so each target clone of a loop (MTS_CPU_CLONES) compiles them for
+// its own ISA.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
