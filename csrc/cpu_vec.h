@@ -243,14 +243,21 @@ inline void strided_tile(int64_t K, const T* __restrict__ a, int64_t ars, int64_
                          const T* __restrict__ bp, T* __restrict__ c, int64_t ldc, int64_t n) {
   constexpr int64_t L = kLanes<T>;
   const int64_t last = n - (C - 1) * L;  // 1..L columns in the last vector
+  // a whole last vector moves as one (a variable-length memcpy per row is a call)
+  const bool whole = last == L;
   Vec<T> acc[R][C];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 2
     for (int j = 0; j + 1 < C; ++j) ld(acc[r][j], c + r * ldc + j * L);
-    T tail[L] = {};
-    std::memcpy(tail, c + r * ldc + (C - 1) * L, last * sizeof(T));
-    ld(acc[r][C - 1], tail);
+    T* cl = c + r * ldc + (C - 1) * L;
+    if (whole) {
+      ld(acc[r][C - 1], cl);
+    } else {
+      T tail[L] = {};
+      std::memcpy(tail, cl, last * sizeof(T));
+      ld(acc[r][C - 1], tail);
+    }
   }
   for (int64_t k = 0; k < K; ++k) {
     Vec<T> bv[C];
@@ -267,9 +274,14 @@ inline void strided_tile(int64_t K, const T* __restrict__ a, int64_t ars, int64_
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 2
     for (int j = 0; j + 1 < C; ++j) st(c + r * ldc + j * L, acc[r][j]);
-    T tail[L];
-    st(tail, acc[r][C - 1]);
-    std::memcpy(c + r * ldc + (C - 1) * L, tail, last * sizeof(T));
+    T* cl = c + r * ldc + (C - 1) * L;
+    if (whole) {
+      st(cl, acc[r][C - 1]);
+    } else {
+      T tail[L];
+      st(tail, acc[r][C - 1]);
+      std::memcpy(cl, tail, last * sizeof(T));
+    }
   }
 }
 
