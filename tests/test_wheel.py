@@ -249,7 +249,7 @@ def cpu_wheel(tmp_path_factory):
     dist = tmp_path_factory.mktemp("dist")
     proc = _run([sys.executable, "-c", f"from setuptools import build_meta as b; "
                  f"print(b.build_sdist({str(dist)!r}))"], cwd=ROOT, env=_env())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, _failure(proc)
     sdists = list(dist.glob("mts_kernels-*.tar.gz"))
     assert [p.name for p in sdists] == ["mts_kernels-0.1.0.tar.gz"]
     # from the sdist, as `make wheel` does: proves the sdist builds
@@ -257,7 +257,7 @@ def cpu_wheel(tmp_path_factory):
                  "--no-cache-dir", "-w", str(dist), str(sdists[0])], cwd=dist,
                 env=_env(MTS_KERNELS_SKIP_CUDA_BUILD="1", MAX_JOBS=os.environ.get("MAX_JOBS", "2")),
                 timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, _failure(proc)
     wheels = list(dist.glob("*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
@@ -326,6 +326,14 @@ def _venv(path):
     return vpy, site_dir
 
 
+def _failure(proc):
+    """A failed pip or build run's message: the compiler's own error lines first (a
+    build's traceback pushes them out of any tail of its output), then the tails."""
+    lines = (proc.stdout + "\n" + proc.stderr).splitlines()
+    errs = [ln for ln in lines if re.search(r"error:|FAILED:|fatal|Killed|No space left", ln, re.I)]
+    return "\n".join(errs[:60]) + "\n--- output tails:\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def _pip_install(vpy, *args, timeout=300):
     return _run([sys.executable, "-m", "pip", "--python", str(vpy), "install", "--no-cache-dir", *args],
                 cwd=vpy.parent, env=_env(), timeout=timeout)
@@ -361,7 +369,7 @@ def test_wheel_builds_installs_and_runs(cpu_wheel, tmp_path):
     vpy, venv_site = _venv(tmp_path / "venv")
     (venv_site / "_reuse_torch.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     proc = _pip_install(vpy, "--no-deps", "--no-index", str(cpu_wheel))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, _failure(proc)
     out, info = _check_installed(vpy, venv_site, tmp_path / "elsewhere")
     assert out["torch"] == torch.__version__ == info["running"]["torch"]
 
@@ -384,7 +392,7 @@ def test_stable_abi_wheel_runs_under_the_oldest_torch(cpu_wheel, tmp_path, reque
     if proc.returncode != 0:
         pytest.skip(f"pip could not install torch=={OLDEST_TORCH}: {proc.stderr.strip()[-300:]}")
     proc = _pip_install(vpy, "--no-deps", "--no-index", str(cpu_wheel))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, _failure(proc)
     out, info = _check_installed(vpy, venv_site, tmp_path / "run_built_here")
     assert _mm(out["torch"]) == _mm(OLDEST_TORCH) == _mm(info["running"]["torch"]), out
 
@@ -395,11 +403,11 @@ def test_stable_abi_wheel_runs_under_the_oldest_torch(cpu_wheel, tmp_path, reque
                  "--no-deps", "--no-index", "--no-cache-dir", "-w", str(dist), str(sdist)],
                 cwd=tmp_path, env=_env(MTS_KERNELS_SKIP_CUDA_BUILD="1",
                                        MAX_JOBS=os.environ.get("MAX_JOBS", "2")), timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, _failure(proc)
     wheels = list(dist.glob("*.whl"))
     assert len(wheels) == 1 and wheels[0].name == cpu_wheel.name, wheels
     proc = _pip_install(vpy, "--no-deps", "--no-index", "--force-reinstall", str(wheels[0]))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, _failure(proc)
     _, info = _check_installed(vpy, venv_site, tmp_path / "run_built_there",
                                built_torch=out["torch"])
     assert info["built_against"]["torch"] == info["running"]["torch"] == out["torch"]

@@ -610,7 +610,11 @@ Tensor leaky_rnn_tangent(Tensor drive_in, Tensor gain_in, Tensor w_in, std::opti
   const Problem pr = make_problem(Shape{T_, B, H}, "tanh", w_in, start_in,
                                   keep_all ? std::nullopt : keep_in, w_skip_in, skip, dilation, reverse,
                                   drive, lengths);
-  const std::optional<Tensor> keep = keep_all ? std::optional<Tensor>(c(*keep_in)) : std::nullopt;
+  // keep_all's (T, B, H) keep, contiguous; without it a second handle of drive,
+  // never read. Not an optional<Tensor>: GCC 12 at -O3 -g -fwrapv (Python's flags)
+  // reports its payload "maybe uninitialized" with torch 2.11's headers, which
+  // -Werror turns into a failed build from the sdist there.
+  const Tensor keep = keep_all ? c(*keep_in) : drive;
   Tensor h = empty_like_cpu(drive);
   dispatch_compute(drive.scalar_type(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -618,7 +622,7 @@ Tensor leaky_rnn_tangent(Tensor drive_in, Tensor gain_in, Tensor w_in, std::opti
     const AlignedVec<T> w = padded(ptr<T>(transposed(pr.w)), H, Np);
     const AlignedVec<T> ws = pr.w_skip ? padded(ptr<T>(transposed(*pr.w_skip)), H, Np) : AlignedVec<T>();
     run_lin(raw_of<T>(pr, w, ws, Np, row_order(pr)), ptr<T>(drive), ptr<T>(gain),
-            keep ? ptr<T>(*keep) : nullptr, gain_inside, mut<T>(h));
+            keep_all ? ptr<T>(keep) : nullptr, gain_inside, mut<T>(h));
   });
   return as_dtype(h, dtype);
 }
