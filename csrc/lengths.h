@@ -70,6 +70,44 @@ inline RowOrder row_order(const std::optional<Tensor>& lengths, int64_t B, int64
   return o;
 }
 
+// Row groups of one CPU loop call. Each batch row's recurrence is independent of
+// the others', so a loop may run its rows in Q groups, one task each, every
+// group's whole time loop on one thread without synchronisation. Q is fixed by
+// the caller from the shape, never from the thread count, so the results are
+// bitwise the same on any thread count. Without lengths (o empty) group q is the
+// rows [row0, row0 + n); with lengths every Q-th row of the processing order
+// (which balances the groups' work), by decreasing length: order and active as
+// in RowOrder, pos the group's place of each of its rows (indexed by batch row,
+// -1 for the other groups'), asc its rows in ascending batch index.
+struct RowGroup {
+  int64_t row0 = 0, n = 0;
+  std::vector<int64_t> order, active, pos, asc;
+};
+
+inline std::vector<RowGroup> row_groups(const RowOrder& o, int64_t B, int64_t T, int64_t Q) {
+  std::vector<RowGroup> groups(Q);
+  for (int64_t q = 0; q < Q; ++q) {
+    RowGroup& g = groups[q];
+    if (o.len.empty()) {
+      g.row0 = q * B / Q;
+      g.n = (q + 1) * B / Q - g.row0;
+      continue;
+    }
+    for (int64_t i = q; i < B; i += Q) g.order.push_back(o.order[i]);
+    g.n = static_cast<int64_t>(g.order.size());
+    g.active.resize(T);
+    for (int64_t t = 0, a = g.n; t < T; ++t) {  // the running rows lead
+      while (a > 0 && o.len[g.order[a - 1]] <= t) --a;
+      g.active[t] = a;
+    }
+    g.pos.assign(B, -1);
+    for (int64_t i = 0; i < g.n; ++i) g.pos[g.order[i]] = i;
+    g.asc = g.order;
+    std::sort(g.asc.begin(), g.asc.end());
+  }
+  return groups;
+}
+
 // Zeros at every padded step (t >= L_b) of a (T, B, H) tensor x, for a CPU loop's
 // operands r (fields len: nullptr without lengths, Tn, B, H).
 template <typename R, typename T>

@@ -178,6 +178,19 @@ def _blas_cases():
              _r(depth, H), (torch.randn(H, H) / H ** 0.5).requires_grad_(), _r(H, positive=True)])
 
 
+@pytest.mark.parametrize("product", ["blas", "tiled"])
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
+def test_leaky_rnn_row_groups(monkeypatch, product, ragged):
+    """leaky_rnn's row groups at BLAS-sized steps (B=48: three groups, more than
+    the threads of a 2-core machine), with either product
+    (MTS_KERNELS_GROUP_PRODUCT): the same bits on 1, 2 and 3 threads."""
+    monkeypatch.setenv("MTS_KERNELS_GROUP_PRODUCT", product)
+    T, B, H = 14, 48, 96
+    lengths = torch.randint(0, T + 1, (B,), generator=torch.Generator().manual_seed(3)) if ragged else None
+    fn, inputs = _rnn_case(T, B, H, True, 2, 3, True, lengths)
+    assert_deterministic(fn, inputs, threads=THREADS, repeats=1)
+
+
 @pytest.mark.parametrize("name,case", [pytest.param(n, c, id=n) for n, c in _blas_cases()])
 def test_blas_sizes(name, case):
     fn, inputs = case

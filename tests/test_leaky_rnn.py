@@ -261,14 +261,21 @@ def test_dilation_is_interleaved_chains():
         torch.testing.assert_close(h[j::d], chain)
 
 
-@pytest.mark.parametrize("B,H", [(2, 20), (9, 130), (33, 136), (8, 300)],
-                         ids=["small_step_loop", "blas_step_loop", "blas_two_column_blocks", "blas_256_blocks"])
+@pytest.mark.parametrize("B,H,product", [
+    (2, 20, None), (6, 20, None), (9, 130, None), (31, 136, None), (8, 300, None),
+    (33, 136, "blas"), (33, 136, "tiled"), (64, 72, "blas"), (64, 72, "tiled")],
+    ids=["small_step_loop", "small_row_groups", "blas_step_loop", "blas_two_column_blocks", "blas_256_blocks",
+         "blas_row_groups_blas", "blas_row_groups_tiled", "blas_4_row_groups_blas", "blas_4_row_groups_tiled"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd_time", "rev_time"])
-def test_cpu_loops_match_reference(B, H, reverse):
+def test_cpu_loops_match_reference(monkeypatch, B, H, product, reverse):
     """The CPU kernel has a raw loop for small steps and a BLAS loop for large
     ones (csrc/rnn/leaky_rnn_cpu.cpp); both against the reference, every feature on.
-    The BLAS forward splits a step into column blocks from B*H*H >= 2^19 (two
-    blocks at (33, 136), blocks of 256 and a ragged tail at (8, 300))."""
+    The BLAS forward on one team splits a step into column blocks from B*H*H >=
+    2^19 (two blocks at (31, 136), blocks of 256 and a ragged tail at (8, 300)).
+    From B = 4 (small steps) and B = 32 (BLAS steps, H <= 512) the rows run in
+    groups, a BLAS-sized group's product by one BLAS call or the tiled loop."""
+    if product:
+        monkeypatch.setenv("MTS_KERNELS_GROUP_PRODUCT", product)
     gen = torch.Generator().manual_seed(B + H)
     T = 9
     r = lambda *s, scale=1.0: (torch.randn(*s, generator=gen, dtype=torch.float64) * scale).requires_grad_()  # noqa: E731

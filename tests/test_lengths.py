@@ -200,6 +200,27 @@ def test_leaky_rnn_lengths(device, case, reverse, with_h0, dtype, B, H):
     _compare(_rnn_call(RNN_CASES[case], names, reverse, L), inputs, L, h0, reverse, False, dtype, names)
 
 
+@pytest.mark.parametrize("product", ["blas", "tiled"])
+@pytest.mark.parametrize("case", ["plain", "long_delays", "relu_all"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+# (33, 72): two groups of 16 and 17 rows; (64, 48): four of 16 (B*H*H > 2^17:
+# the BLAS-sized loop, csrc/rnn/leaky_rnn_cpu.cpp run_groups)
+@pytest.mark.parametrize("B,H", [(33, 72), (64, 48)], ids=["groups2", "groups4"])
+def test_leaky_rnn_lengths_row_groups(monkeypatch, product, case, reverse, dtype, B, H):
+    """The CPU loop's row groups at BLAS-sized steps, each group's product by one
+    BLAS call or by the register-tiled loop (MTS_KERNELS_GROUP_PRODUCT; unset, the
+    machine decides), against the float64 reference with lengths 0, 1 and T."""
+    monkeypatch.setenv("MTS_KERNELS_GROUP_PRODUCT", product)
+    T = 11
+    assert B * H * H > 2 ** 17 and B >= 32
+    inputs, names = _rnn_inputs(B, T, H, RNN_CASES[case], dtype, "cpu", True, seed=B + H + len(case))
+    L = _lengths(B, T, seed=H)
+    L[1], L[5], L[B - 1] = 0, 1, T
+    _compare(_rnn_call(RNN_CASES[case], names, reverse, L), inputs, L, inputs[names.index("h0")], reverse,
+             False, dtype, names)
+
+
 @pytest.mark.parametrize("case", ["leak", "long_delays", "relu_all"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_leaky_rnn_lengths_gradcheck(case, reverse):

@@ -43,6 +43,7 @@
 #include "../cpu_vec.h"
 #include "../lengths.h"
 #include "../projection/ragged_rows.h"
+#include "../row_groups.h"
 #include "../rnn/leaky_rnn_math.h"
 #include "../stable_util.h"
 
@@ -94,33 +95,8 @@ int64_t group_count(const Raw<T>& r) {
 }
 
 template <typename T, typename F>
-void run_groups(const Raw<T>& r, F&& f) {
-  const int64_t B = r.B, Q = group_count(r);
-  if (Q == 1) {
-    f(r, int64_t(0));
-    return;
-  }
-  std::vector<Raw<T>> groups(Q, r);
-  std::vector<std::vector<int64_t>> orders(Q), actives(Q);
-  for (int64_t q = 0; q < Q; ++q) {
-    Raw<T>& g = groups[q];
-    if (!r.len) {
-      g.row0 = q * B / Q;
-      g.n = (q + 1) * B / Q - g.row0;
-      continue;
-    }
-    for (int64_t i = q; i < B; i += Q) orders[q].push_back(r.order[i]);
-    g.n = static_cast<int64_t>(orders[q].size());
-    actives[q].resize(r.Tn);
-    // the group's rows are sorted by decreasing length: the running ones lead
-    for (int64_t t = 0, a = g.n; t < r.Tn; ++t) {
-      while (a > 0 && r.len[orders[q][a - 1]] <= t) --a;
-      actives[q][t] = a;
-    }
-    g.order = orders[q].data();
-    g.active = actives[q].data();
-  }
-  parallel_tasks(Q, [&](int64_t q) { f(groups[q], q); });
+void run_groups(const Raw<T>& r, const RowOrder& o, F&& f) {
+  run_row_groups(r, o, group_count(r), f, [](Raw<T>&, const RowGroup&) {});
 }
 
 template <typename T>
@@ -380,7 +356,7 @@ std::tuple<Tensor, Tensor> clockwork_rnn_fwd(Tensor p_in, Tensor w_in, std::opti
     using T = typename decltype(tag)::type;
     Raw<T> r = raw_of<T>(s, tanh, alpha, h0, clock, order, lengths.has_value());
     const AlignedVec<T> pool = pack_weights<T>(ptr<T>(w), clock, s.H, true, r.w, r.ld);
-    run_groups(r, [&](const Raw<T>& rg, int64_t) {
+    run_groups(r, order, [&](const Raw<T>& rg, int64_t) {
       run_fwd(rg, ptr<T>(p), mut<T>(h), u ? mut<T>(*u) : nullptr);
     });
     zero_padded(r, mut<T>(h));
@@ -464,7 +440,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> clockwork_rnn_bwd(
     // dalpha per group, summed in group order
     const int64_t groups = group_count(r);
     std::vector<double> da_groups(alpha ? groups * s.H : 0, 0.0), da(alpha ? s.H : 0, 0.0);
-    run_groups(r, [&](const Raw<T>& rg, int64_t q) {
+    run_groups(r, order, [&](const Raw<T>& rg, int64_t q) {
       run_bwd(rg, ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e), mut<T>(dh0),
               alpha ? da_groups.data() + q * s.H : nullptr);
     });

@@ -9,14 +9,17 @@
 // thread count, csrc/blas_blocked.h).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "../blas_blocked.h"
 #include "../cpu_alloc.h"
 #include "../cpu_blas.h"
 #include "../projection/ragged_rows.h"
+#include "../row_groups.h"
 #include "../step_team.h"
 #include "leaky_rnn_impl.h"
 #include "tangent_args.h"
@@ -60,13 +63,19 @@ struct Raw {
   const int64_t* order;   // rows by decreasing length (with len)
   const int64_t* active;  // (Tn,) rows still running at step k (with len)
   const int64_t* pos;     // (B,) row b's place in order (with len)
+  // The call's rows (the batch, or a group's: see run_groups): n of them; with
+  // len in ascending batch index in asc (nullptr: rows 0..B-1), else rows row0 + i.
+  const int64_t* asc;
+  int64_t n, row0;
   bool ragged() const { return len != nullptr; }
   int64_t offset(int64_t k) const { return (reverse ? Tn - 1 - k : k) * B * H; }
-  int64_t rows_at(int64_t k) const { return len ? active[k] : B; }
-  int64_t row(int64_t i) const { return len ? order[i] : i; }
+  // the call's (n, H) rows of step k, one block without lengths
+  int64_t base(int64_t k) const { return offset(k) + row0 * H; }
+  int64_t rows_at(int64_t k) const { return len ? active[k] : n; }
+  int64_t row(int64_t i) const { return len ? order[i] : row0 + i; }
   // Offset of row i's (of the processing order) step k in a (T, B, H) tensor.
   int64_t row_offset(int64_t k, int64_t i) const {
-    if (!len) return offset(k) + i * H;
+    if (!len) return base(k) + i * H;
     const int64_t b = order[i];
     return ((reverse ? len[b] - 1 - k : k) * B + b) * H;
   }
@@ -83,8 +92,10 @@ inline void for_rows(const Raw<T>& r, int64_t k, int64_t n, F&& f) {
     for (int64_t i = 0; i < n; ++i) f(i);
     return;
   }
-  for (int64_t b = 0; b < r.B; ++b)
+  for (int64_t j = 0, m = r.asc ? r.n : r.B; j < m; ++j) {
+    const int64_t b = r.asc ? r.asc[j] : j;
     if (r.len[b] > k) f(r.pos[b]);
+  }
 }
 
 template <typename T>
@@ -100,7 +111,7 @@ inline void product(const Raw<T>& r, int64_t n, const T* a, const T* m, T* c) {
 template <typename T>
 inline const T* delayed_rows(const Raw<T>& r, int64_t k, int64_t delay, int64_t n, const T* h,
                              T* buf) {
-  if (!r.ragged()) return k >= delay ? h + r.offset(k - delay) : r.h0;
+  if (!r.ragged()) return k >= delay ? h + r.base(k - delay) : r.h0 + r.row0 * r.H;
   for (int64_t i = 0; i < n; ++i) {
     const T* src = k >= delay ? h + r.row_offset(k - delay, i) : r.h0 + r.row(i) * r.H;
     std::copy(src, src + r.H, buf + i * r.H);
@@ -115,6 +126,13 @@ template <typename T>
 __attribute__((noinline)) void blas_product(int64_t B, int64_t K, int64_t Np, const T* a,
                                             const T* m, T* c) {
   blocked_gemm_acc<T>(B, K, Np, {a, K, 1}, {m, Np, 1}, {c, Np, 1});
+}
+
+// A group's per-step product (see run_groups): one sequential BLAS call, the
+// group's task being the parallelism.
+template <typename T>
+__attribute__((noinline)) void blas_rows(int64_t B, int64_t K, int64_t Np, const T* a, const T* m, T* c) {
+  gemm_acc<T>(B, K, Np, a, K, 1, m, Np, 1, c, Np, 1);
 }
 
 // (H, H) -> (H, Np), zero padding columns.
@@ -132,7 +150,7 @@ template <typename T>
 int64_t ring_slots(const Raw<T>& r) {
   if (!r.ragged()) return 0;
   const int64_t slots = std::min(std::max(r.dilation, r.skip), r.Tn) + 1;
-  return slots * r.B * r.H <= kRingElems ? slots : 0;
+  return slots * r.n * r.H <= kRingElems ? slots : 0;
 }
 
 // Step k's pointwise pass over columns [j0, j1) of its n rows: u = phi(z), h
@@ -230,7 +248,7 @@ struct FwdTeam {
   int64_t R, cols;
   const T* delayed(int64_t k, int64_t delay) const {
     if (k < delay) return h0p ? h0p : r.h0;
-    return R > 0 ? ring + ((k - delay) % R) * r.B * r.H : h + r.offset(k - delay);
+    return R > 0 ? ring + ((k - delay) % R) * r.n * r.H : h + r.base(k - delay);
   }
 };
 
@@ -243,7 +261,7 @@ inline void fwd_item(const FwdTeam<T>& t, int64_t k, int64_t item) {
   if (c0 < H) fwd_copy_in(r, k, n, t.p, t.z, c0, j1);
   cpu::gemm_acc_rows<T>(n, H, c1 - c0, hd, H, r.w + c0, Np, t.z + c0, Np);
   if (r.ws) cpu::gemm_acc_rows<T>(n, H, c1 - c0, t.delayed(k, r.skip), H, r.ws + c0, Np, t.z + c0, Np);
-  if (c0 < H) fwd_point(r, k, n, t.z, hd, t.R > 0 ? t.ring + (k % t.R) * r.B * H : nullptr, t.h, t.u, c0, j1);
+  if (c0 < H) fwd_point(r, k, n, t.z, hd, t.R > 0 ? t.ring + (k % t.R) * r.n * H : nullptr, t.h, t.u, c0, j1);
   stream_fence();  // this thread's streamed rows, before another reads them
 }
 
@@ -256,7 +274,7 @@ inline void run_item(const FwdTeam<double>& t, int64_t k, int64_t item) { fwd_it
 
 template <typename T>
 inline void fwd_steps_team(const Raw<T>& r, const T* p, T* h, T* u, int64_t R) {
-  const int64_t B = r.B, H = r.H, Np = r.Np, BH = B * H;
+  const int64_t B = r.n, H = r.H, Np = r.Np, BH = B * H;
   AlignedVec<T> zbuf(B * Np, T(0)), ring(R * BH), h0p(r.ragged() ? BH : 0);
   if (r.ragged())  // h0 in processing order, for the steps before the first delay
     for (int64_t i = 0; i < B; ++i) std::copy_n(r.h0 + r.row(i) * H, H, h0p.data() + i * H);
@@ -269,9 +287,10 @@ inline void fwd_steps_team(const Raw<T>& r, const T* p, T* h, T* u, int64_t R) {
 
 template <typename T>
 inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
-  const int64_t B = r.B, H = r.H, Np = r.Np, BH = B * H;
+  const int64_t B = r.n, H = r.H, Np = r.Np, BH = B * H;
   const int64_t R = ring_slots(r);
-  if (r.gemm && (R > 0 || !r.ragged())) {
+  // the team shares each step's columns; a group (n < B) runs its steps alone
+  if (r.gemm && r.n == r.B && (R > 0 || !r.ragged())) {
     fwd_steps_team(r, p, h, u, R);
   } else {
     AlignedVec<T> zbuf(B * Np), gathered(r.ragged() ? 2 * BH : 0), ring(R * BH);
@@ -291,8 +310,6 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
       fwd_point(r, k, n, z, hd, R > 0 ? ring.data() + (k % R) * BH : nullptr, h, u, 0, H);
     }
   }
-  zero_padded(r, h);
-  if (u != h) zero_padded(r, u);
   stream_fence();
 }
 
@@ -306,7 +323,7 @@ inline void fwd_steps(const Raw<T>& r, const T* p, T* h, T* u) {
 template <typename T>
 inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_all, T* dh0,
                       double* dalpha) {
-  const int64_t B = r.B, H = r.H, Np = r.Np, BN = B * Np;
+  const int64_t B = r.n, H = r.H, Np = r.Np, BN = B * Np;
   const int64_t L = std::max(r.dilation, r.skip) + 1;  // ring slots
   AlignedVec<T> ring(L * BN, T(0)), dh0_acc(BN, T(0)), da_step(r.alpha ? Np : 0);
   AlignedVec<T> gathered(r.ragged() ? B * H : 0);  // e_t's rows for the product
@@ -317,7 +334,7 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
     if (!r.gemm) prefetch_bwd(r, k - kAhead, g, h, u, e_all);
     T* carry = slot(k);
     T* target = slot(k - r.dilation);
-    T* e = r.ragged() ? gathered.data() : e_all + r.offset(k);
+    T* e = r.ragged() ? gathered.data() : e_all + r.base(k);
     std::fill(da_step.begin(), da_step.end(), T(0));
     for_rows(r, k, n, [&](int64_t i) {
       const int64_t off = r.row_offset(k, i);
@@ -359,7 +376,6 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
   }
   for (int64_t i = 0; i < B; ++i)
     std::copy(dh0_acc.data() + i * Np, dh0_acc.data() + i * Np + H, dh0 + r.row(i) * H);
-  zero_padded(r, e_all);
   stream_fence();
 }
 
@@ -376,7 +392,7 @@ inline void bwd_steps(const Raw<T>& r, const T* g, const T* h, const T* u, T* e_
 template <typename T>
 inline void lin_steps(const Raw<T>& r, const T* drive, const T* gain, const T* keep_all, bool inside,
                       T* h) {
-  const int64_t B = r.B, H = r.H, Np = r.Np;
+  const int64_t B = r.n, H = r.H, Np = r.Np;
   AlignedVec<T> zbuf(B * Np), gathered(2 * B * H);
   T* z = zbuf.data();
   // rows [0, n) of x_{k - delay} (times gain there when inside) in buf
@@ -487,6 +503,58 @@ inline void run_bwd(const Raw<double>& r, const double* g, const double* h, cons
 }
 
 
+// Row groups (csrc/lengths.h row_groups): each group runs its whole time loop
+// alone, with no per-step synchronisation.
+// - Register-tiled steps (B*H*H <= kSmallWork): groups of at least 2 rows from
+//   B = 4 (as clockwork_rnn's loop). LeakyRNN B=4, T=2048, I=32, H=64 fwd+bwd on
+//   the 2-core AMD EPYC: 4.67-4.76 -> 4.00-4.48 ms (median of 40, 3 processes).
+// - BLAS-sized steps: groups of at least 16 rows from B = 32, up to H = 512. The
+//   team's column split (forward) and the per-step blocked product (backward)
+//   synchronised the threads at every step, and with lengths those waits did not
+//   shrink with the running rows (B=32, H=256, T=1024, lengths U[T/2, T]: the ops
+//   took 0.92x / 0.88x their full-length time for 0.77x of the work). Above
+//   H = 512 every group reading all of W each step (4 MiB at H = 1024) cost more
+//   than the split (forward 145 -> 158 ms at B=32, H=1024, T=256).
+template <typename T>
+int64_t group_count(const Raw<T>& r) {
+  if (!r.gemm) return r.B >= 4 ? std::min<int64_t>(r.B / 2, 8) : 1;
+  return r.B >= 32 && r.H <= 512 ? std::min<int64_t>(r.B / 16, 8) : 1;
+}
+
+// A BLAS-sized group's per-step product: one sequential BLAS call (blas_rows), or
+// the register-tiled loop. Measured on the AMD EPYC (AVX2, MKL's Zen kernels), a
+// (16, 256) @ (256, 256) product: MKL 27 us single-threaded (17 at 8 rows, 11 at 4:
+// a fixed cost of about 6 us a call), and the ops at B=32, H=256, T=1024 with the
+// tiled loop against MKL: forward 25.3 / 31.2 ms, backward 48.9 / 54.8 (lengths
+// U[T/2, T]: 20.7 / 26.9, 39.9 / 48.8). Where MKL has AVX-512 it takes about 11 us
+// (Intel Xeon), twice the AVX2 clone's peak: the BLAS there. By the machine, never
+// the thread count or the data, so the bits stay the same on any thread count;
+// MTS_KERNELS_GROUP_PRODUCT=blas or =tiled overrides it (the tests run both).
+inline bool group_product_blas() {
+  if (const char* v = std::getenv("MTS_KERNELS_GROUP_PRODUCT"); v && *v) {
+    const std::string s(v);
+    MTS_CHECK(s == "blas" || s == "tiled", "MTS_KERNELS_GROUP_PRODUCT must be 'blas' or 'tiled', got '", s, "'");
+    return s == "blas";
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512;
+#else
+  return true;
+#endif
+}
+
+template <typename T, typename F>
+void run_groups(const Raw<T>& r, const RowOrder& o, F&& f) {
+  const bool blas = r.gemm && group_product_blas();
+  run_row_groups(r, o, group_count(r), f, [&](Raw<T>& g, const RowGroup& rows) {
+    g.gemm = blas ? &blas_rows<T> : nullptr;
+    if (!r.len) return;
+    g.pos = rows.pos.data();
+    g.asc = rows.asc.data();
+  });
+}
+
 // The processing order of a ragged batch (csrc/lengths.h).
 inline RowOrder row_order(const Problem& pr) {
   return ::mts::row_order(pr.lengths, pr.s.B, pr.s.T, "leaky_rnn");
@@ -502,7 +570,8 @@ Raw<T> raw_of(const Problem& pr, const AlignedVec<T>& w, const AlignedVec<T>& ws
                 w.data(), pr.w_skip ? ws.data() : nullptr, ptr<T>(pr.h0),
                 small ? nullptr : &blas_product<T>,
                 ragged ? o.len.data() : nullptr, ragged ? o.order.data() : nullptr,
-                ragged ? o.active.data() : nullptr, ragged ? o.pos.data() : nullptr};
+                ragged ? o.active.data() : nullptr, ragged ? o.pos.data() : nullptr,
+                nullptr, pr.s.B, 0};
 }
 
 inline int64_t padded_width(int64_t H, int64_t lanes) { return (H + lanes - 1) / lanes * lanes; }
@@ -518,7 +587,12 @@ void raw_fwd(const Problem& pr, const Tensor& p, Tensor& h, std::optional<Tensor
   const AlignedVec<T> ws =
       pr.w_skip ? padded(ptr<T>(transposed(*pr.w_skip)), H, Np) : AlignedVec<T>();
   T* hp = mut<T>(h);
-  run_fwd(raw_of<T>(pr, w, ws, Np, row_order(pr)), ptr<T>(p), hp, u ? mut<T>(*u) : hp);
+  T* up = u ? mut<T>(*u) : hp;
+  const RowOrder o = row_order(pr);
+  const Raw<T> r = raw_of<T>(pr, w, ws, Np, o);
+  run_groups(r, o, [&](const Raw<T>& rg, int64_t) { run_fwd(rg, ptr<T>(p), hp, up); });
+  zero_padded(r, hp);
+  if (up != hp) zero_padded(r, up);
 }
 
 template <typename T>
@@ -527,10 +601,19 @@ std::optional<Tensor> raw_bwd(const Problem& pr, const Tensor& g, const Tensor& 
   const int64_t H = pr.s.H, Np = padded_width(H, kLanes<T>);
   const AlignedVec<T> w = padded(ptr<T>(pr.w), H, Np);
   const AlignedVec<T> ws = pr.w_skip ? padded(ptr<T>(*pr.w_skip), H, Np) : AlignedVec<T>();
-  std::vector<double> da(pr.leak() ? H : 0, 0.0);
-  run_bwd(raw_of<T>(pr, w, ws, Np, row_order(pr)), ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e_all), mut<T>(dh0),
-          da.data());
+  const RowOrder o = row_order(pr);
+  const Raw<T> r = raw_of<T>(pr, w, ws, Np, o);
+  // dalpha per group, summed in group order
+  const int64_t Q = group_count(r);
+  std::vector<double> da_groups(pr.leak() ? Q * H : 0, 0.0), da(pr.leak() ? H : 0, 0.0);
+  run_groups(r, o, [&](const Raw<T>& rg, int64_t q) {
+    run_bwd(rg, ptr<T>(g), ptr<T>(h), ptr<T>(u), mut<T>(e_all), mut<T>(dh0),
+            pr.leak() ? da_groups.data() + q * H : nullptr);
+  });
+  zero_padded(r, mut<T>(e_all));
   if (!pr.leak()) return std::nullopt;
+  for (int64_t q = 0; q < Q; ++q)
+    for (int64_t j = 0; j < H; ++j) da[j] += da_groups[q * H + j];
   Tensor dalpha = torch::stable::new_empty(h, {H});
   T* out = mut<T>(dalpha);
   for (int64_t j = 0; j < H; ++j) out[j] = static_cast<T>(da[j]);
