@@ -522,14 +522,16 @@ int64_t group_count(const Raw<T>& r) {
 }
 
 // A BLAS-sized group's per-step product: one sequential BLAS call (blas_rows), or
-// the register-tiled loop. Measured on the AMD EPYC (AVX2, MKL's Zen kernels), a
-// (16, 256) @ (256, 256) product: MKL 27 us single-threaded (17 at 8 rows, 11 at 4:
-// a fixed cost of about 6 us a call), and the ops at B=32, H=256, T=1024 with the
-// tiled loop against MKL: forward 25.3 / 31.2 ms, backward 48.9 / 54.8 (lengths
-// U[T/2, T]: 20.7 / 26.9, 39.9 / 48.8). Where MKL has AVX-512 it takes about 11 us
-// (Intel Xeon), twice the AVX2 clone's peak: the BLAS there. By the machine, never
-// the thread count or the data, so the bits stay the same on any thread count;
-// MTS_KERNELS_GROUP_PRODUCT=blas or =tiled overrides it (the tests run both).
+// the register-tiled loop. Measured on the AMD EPYC (Zen 4, where MKL runs its
+// AVX2 "zen" kernels), a (16, 256) @ (256, 256) product: MKL 27 us
+// single-threaded (17 at 8 rows, 11 at 4: a fixed cost of about 6 us a call), and
+// the ops at B=32, H=256, T=1024 with the tiled loop against MKL: forward 25.3 /
+// 31.2 ms, backward 48.9 / 54.8 (lengths U[T/2, T]: 20.7 / 26.9, 39.9 / 48.8). On
+// an Intel CPU with AVX-512 MKL takes about 11 us for it (Xeon), twice the AVX2
+// clone's peak: the BLAS there, and where torch's BLAS is not x86 MKL. Chosen by
+// the machine, never the thread count or the data, so the bits stay the same on
+// any thread count; MTS_KERNELS_GROUP_PRODUCT=blas or =tiled overrides it (the
+// tests run both).
 inline bool group_product_blas() {
   if (const char* v = std::getenv("MTS_KERNELS_GROUP_PRODUCT"); v && *v) {
     const std::string s(v);
@@ -537,8 +539,8 @@ inline bool group_product_blas() {
     return s == "blas";
   }
 #if defined(__x86_64__) || defined(__i386__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512;
+  static const bool intel_avx512 = __builtin_cpu_is("intel") && __builtin_cpu_supports("avx512f");
+  return intel_avx512;
 #else
   return true;
 #endif
