@@ -191,6 +191,22 @@ def test_leaky_rnn_row_groups(monkeypatch, product, ragged):
     assert_deterministic(fn, inputs, threads=THREADS, repeats=1)
 
 
+@pytest.mark.parametrize("product", ["blas", "tiled"])
+@pytest.mark.parametrize("B,H", [(40, 96), (8, 40)], ids=["blas_groups", "tiled_groups"])
+def test_leaky_rnn_tangent_row_groups(monkeypatch, product, B, H):
+    """leaky_rnn_tangent (forward mode and the second order of leaky_rnn) on the
+    same row groups, its adjoint through its registered gradient: the same bits on
+    1, 2 and 3 threads."""
+    monkeypatch.setenv("MTS_KERNELS_GROUP_PRODUCT", product)
+    T = 10
+    lengths = torch.randint(0, T + 1, (B,), generator=torch.Generator().manual_seed(4))
+    inputs = [_r(T, B, H), _r(T, B, H, positive=True), (torch.randn(H, H) / H ** 0.5).requires_grad_(),
+              _r(T, B, H, positive=True), (torch.randn(H, H) / H ** 0.5).requires_grad_(), _r(B, H)]
+    op = torch.ops.mts_kernels.leaky_rnn_tangent
+    assert_deterministic(lambda d, g, w, k, ws, s: op(d, g, w, k, ws, s, 2, 1, False, False, lengths), inputs,
+                         repeats=1)
+
+
 @pytest.mark.parametrize("name,case", [pytest.param(n, c, id=n) for n, c in _blas_cases()])
 def test_blas_sizes(name, case):
     fn, inputs = case

@@ -464,7 +464,6 @@ inline void lin_steps(const Raw<T>& r, const T* drive, const T* gain, const T* k
       });
     }
   }
-  zero_padded(r, h);
 }
 
 MTS_CPU_CLONES void lin_steps_f32(const Raw<float>& r, const float* drive, const float* gain,
@@ -706,8 +705,12 @@ Tensor leaky_rnn_tangent(Tensor drive_in, Tensor gain_in, Tensor w_in, std::opti
     const int64_t Np = padded_width(H, kLanes<T>);
     const AlignedVec<T> w = padded(ptr<T>(transposed(pr.w)), H, Np);
     const AlignedVec<T> ws = pr.w_skip ? padded(ptr<T>(transposed(*pr.w_skip)), H, Np) : AlignedVec<T>();
-    run_lin(raw_of<T>(pr, w, ws, Np, row_order(pr)), ptr<T>(drive), ptr<T>(gain),
-            keep_all ? ptr<T>(keep) : nullptr, gain_inside, mut<T>(h));
+    const RowOrder o = row_order(pr);
+    const Raw<T> r = raw_of<T>(pr, w, ws, Np, o);
+    run_groups(r, o, [&](const Raw<T>& rg, int64_t) {
+      run_lin(rg, ptr<T>(drive), ptr<T>(gain), keep_all ? ptr<T>(keep) : nullptr, gain_inside, mut<T>(h));
+    });
+    zero_padded(r, mut<T>(h));
   });
   return as_dtype(h, dtype);
 }

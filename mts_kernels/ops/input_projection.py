@@ -60,6 +60,24 @@ def fused_projection(x: Tensor, weight: Tensor, bias_ih: Optional[Tensor], bias_
     return torch.ops.mts_kernels.input_projection(x, weight, bias_ih, bias_hh, lens)
 
 
+def times_t(x: Tensor, weight: Tensor) -> Tensor:
+    """x (T, B, K) @ weight^T (weight (N, K)): the op where it applies, so the CPU
+    result is the same on any thread count (torch's matmul, whose MKL GEMM splits
+    by the thread count, elsewhere). Differentiable in every order."""
+    if fused_applies(x, weight, None):
+        return torch.ops.mts_kernels.input_projection(x, weight, None, None, None)
+    return x @ weight.t()
+
+
+def gram(a: Tensor, b: Tensor) -> Tensor:
+    """sum over all (t, b) rows of a[t, b]^T b[t, b] (a (T, B, N), b (T, B, K)):
+    the weight-gradient op where it applies (fixed reduction chunks), else one
+    matmul. Differentiable in every order."""
+    if fused_applies(b, a, None):
+        return torch.ops.mts_kernels.input_projection_grads(a, b, None, False)[0]
+    return a.reshape(-1, a.shape[-1]).t() @ b.reshape(-1, b.shape[-1])
+
+
 def split_grads(dw_db, need_w: bool, need_b1: bool, need_b2: bool):
     """(dW, db) of a grads op as the gradients of (weight, bias_ih, bias_hh): the
     second bias gets its own copy of db (never one tensor for both, see above)."""

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
+from mts_kernels.ops import input_projection as _projection
 
 NONLINEARITIES = ("tanh", "relu")
 
@@ -361,12 +362,13 @@ def _tangent_backward(ctx, grad):
     st = h.new_zeros(B, H) if start is None else start
     h_del = _delayed(h_o, st, dilation)
     e = gain_o * lam_o
-    z = h_del @ w.t()
+    # the GEMMs through the projection ops on the CPU: the same bits on any thread count
+    z = _projection.times_t(h_del, w)
     h_sk = None
     if ws is not None:
         h_sk = _delayed(h_o, st, skip)
-        z = z + h_sk @ ws.t()
-    gram = lambda a, b: a.reshape(-1, H).t() @ b.reshape(-1, H)
+        z = z + _projection.times_t(h_sk, ws)
+    gram = _projection.gram
     d_w = gram(e, h_del)
     d_ws = gram(e, h_sk) if ws is not None else None
     d_keep = None
@@ -374,12 +376,13 @@ def _tangent_backward(ctx, grad):
         d_keep = (lam_o * h_del).sum((0, 1)) if keep.dim() == 1 else order(lam_o * h_del)
     d_start = None
     if start is not None:
-        d_start = e[:dilation].sum(0) @ w
+        # (B, H) @ (H, H) as a one-step projection by W^T (see z above)
+        d_start = _projection.times_t(e[:dilation].sum(0, keepdim=True), w.t())[0]
         if keep is not None:
             kept = (keep if keep.dim() == 1 else order(keep)) * lam_o
             d_start = d_start + kept[:dilation].sum(0)
         if ws is not None:
-            d_start = d_start + e[:skip].sum(0) @ ws
+            d_start = d_start + _projection.times_t(e[:skip].sum(0, keepdim=True), ws.t())[0]
     has_keep, has_ws, has_start = ctx.has
     return (lam, order(lam_o * z), d_w, d_keep if has_keep else None, d_ws if has_ws else None,
             d_start if has_start else None, None, None, None, None, None)
