@@ -207,6 +207,42 @@ def test_leaky_rnn_tangent_row_groups(monkeypatch, product, B, H):
                          repeats=1)
 
 
+@pytest.mark.parametrize("op", ["leaky_rnn", "clockwork_rnn"])
+def test_second_order(op):
+    """A gradient of a gradient (create_graph=True: gradient penalties, Hessian-vector
+    products) is the same on 1, 2 and 3 threads: the second order's GEMMs run on
+    the projection ops (torch's matmul there had differed by up to 1e-4 at 3
+    threads at this size)."""
+    T, B, H = 10, 8, 40
+    gen = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(T, B, H, generator=gen), torch.randn(H, H, generator=gen) / H ** 0.5,
+              torch.randn(B, H, generator=gen), torch.rand(H, generator=gen)]
+    lengths = torch.randint(0, T + 1, (B,), generator=gen)
+    if op == "leaky_rnn":
+        fn = lambda p, w, h0, a: mts_kernels.leaky_rnn(p, w, h0, alpha=a, lengths=lengths)  # noqa: E731
+    else:
+        fn = lambda p, w, h0, a: mts_kernels.clockwork_rnn(  # noqa: E731
+            p, w, h0, periods=[1, 2, 4, 8], module_sizes=[H // 4] * 4, alpha=a, lengths=lengths)
+
+    def second(nt):
+        torch.set_num_threads(nt)
+        xs = [t.clone().requires_grad_() for t in inputs]
+        out = fn(*xs)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        first = torch.autograd.grad(out, xs, g, create_graph=True)
+        vs = [torch.randn(x.shape, generator=torch.Generator().manual_seed(2 + i)) for i, x in enumerate(first)]
+        return torch.autograd.grad(first, xs, vs)
+
+    old = torch.get_num_threads()
+    try:
+        base = second(1)
+        for nt in THREADS[1:]:
+            for i, (a, b) in enumerate(zip(base, second(nt))):
+                assert torch.equal(a, b), f"input {i}: max |diff| {(a - b).abs().max().item()} at {nt} threads"
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("name,case", [pytest.param(n, c, id=n) for n, c in _blas_cases()])
 def test_blas_sizes(name, case):
     fn, inputs = case

@@ -52,6 +52,7 @@ from torch import Tensor
 
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
+from mts_kernels.ops import input_projection as _projection
 from mts_kernels.ops.leaky_rnn import (NONLINEARITIES, SECOND_ORDER, _BackwardFunction, _fused_tangent,
                                       _linear_loop, check_projection, leaky_rnn, second_order, tangent_op)
 
@@ -138,7 +139,7 @@ def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity
     gain = torch.where(act, gain, gain.new_zeros(()))
     drive = torch.zeros_like(h) if dp is None else dp
     if dw is not None:
-        drive = drive + h_prev @ (dw * upper).transpose(0, 1)
+        drive = drive + _projection.times_t(h_prev, dw * upper)  # as leaky_rnn's _tangent
     drive = gain * drive
     if dalpha is not None:
         drive = drive + torch.where(act, dalpha * (h_prev - u), drive.new_zeros(()))

@@ -268,10 +268,12 @@ def _tangent(primals, tangents, skip, dilation, nonlinearity, reverse, lengths):
         gain = gain * (1 - alpha)
     # everything that does not depend on the tangent state, for all steps at once
     drive = torch.zeros_like(h_ord) if dp is None else _processing_order(dp, reverse, lengths)
+    # projection ops where they apply (a second order; forward AD takes matmul):
+    # the same bits on any thread count
     if dw is not None:
-        drive = drive + h_del @ dw.transpose(0, 1)
+        drive = drive + _projection.times_t(h_del, dw)
     if skip and dws is not None:
-        drive = drive + _delayed(h_ord, start, skip) @ dws.transpose(0, 1)
+        drive = drive + _projection.times_t(_delayed(h_ord, start, skip), dws)
     drive = gain * drive
     if dalpha is not None:
         drive = drive + dalpha * (h_del - u_ord)
