@@ -62,16 +62,55 @@ HIDDEN_NAMESPACE_END(mts, gpu_loop)
 
 #include <torch/csrc/inductor/aoti_torch/generated/c_shim_cpu.h>
 
+#include "blas_blocked.h"
+
 HIDDEN_NAMESPACE_BEGIN(mts, gpu_loop)
 
+// The loops' GEMMs on the CPU (the tangent ops' CPU registration and the host
+// runs of the CUDA loops): float32 / float64 in the blocked GEMMs of
+// csrc/blas_blocked.h, whose blocks and reduction chunks are fixed by the shape,
+// so a second order is the same on any thread count (torch's mm splits MKL's
+// work by the thread count: deep_transition_rnn's second order differed by up
+// to 1e-4 between 1 and 3 threads); other dtypes through torch's mm.
 struct HostGemm {
   static constexpr auto kDevice = torch::headeronly::DeviceType::CPU;
   explicit HostGemm(const Tensor&) {}
   void mm(const Tensor& c, const Tensor& a, const Tensor& m) {
-    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_mm_out(c.get(), a.get(), m.get()));
+    if (!blocked(c, a, m, false)) TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_mm_out(c.get(), a.get(), m.get()));
   }
   void addmm(const Tensor& c, const Tensor& a, const Tensor& m) {
-    TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(c.get(), c.get(), a.get(), m.get(), 1.0, 1.0));
+    if (!blocked(c, a, m, true))
+      TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_addmm_out(c.get(), c.get(), a.get(), m.get(), 1.0, 1.0));
+  }
+
+ private:
+  template <typename T>
+  static void run(const Tensor& c, const Tensor& a, const Tensor& m, bool acc) {
+    const int64_t M = a.size(0), K = a.size(1), N = m.size(1);
+    T* cp = static_cast<T*>(c.mutable_data_ptr());
+    if (!acc)
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) cp[i * c.stride(0) + j * c.stride(1)] = T(0);
+    const cpu::Mat<const T> am{static_cast<const T*>(a.const_data_ptr()), a.stride(0), a.stride(1)};
+    const cpu::Mat<const T> mm{static_cast<const T*>(m.const_data_ptr()), m.stride(0), m.stride(1)};
+    const cpu::Mat<T> cm{cp, c.stride(0), c.stride(1)};
+    // a weight gradient's reduction over all steps in chunks, a step's product in blocks
+    if (K >= 2 * cpu::kGramChunk)
+      cpu::chunked_gemm_acc<T>(M, K, N, am, mm, cm);
+    else
+      cpu::blocked_gemm_acc<T>(M, K, N, am, mm, cm);
+  }
+  static bool blocked(const Tensor& c, const Tensor& a, const Tensor& m, bool acc) {
+    const ScalarType t = c.scalar_type();
+    if (a.scalar_type() != t || m.scalar_type() != t) return false;
+    if (t == ScalarType::Float) {
+      run<float>(c, a, m, acc);
+    } else if (t == ScalarType::Double) {
+      run<double>(c, a, m, acc);
+    } else {
+      return false;
+    }
+    return true;
   }
 };
 

@@ -207,12 +207,12 @@ def test_leaky_rnn_tangent_row_groups(monkeypatch, product, B, H):
                          repeats=1)
 
 
-@pytest.mark.parametrize("op", ["leaky_rnn", "clockwork_rnn"])
+@pytest.mark.parametrize("op", ["leaky_rnn", "clockwork_rnn", "deep_transition_rnn"])
 def test_second_order(op):
     """A gradient of a gradient (create_graph=True: gradient penalties, Hessian-vector
     products) is the same on 1, 2 and 3 threads: the second order's GEMMs run on
-    the projection ops (torch's matmul there had differed by up to 1e-4 at 3
-    threads at this size)."""
+    the projection ops and the blocked GEMMs (torch's matmul and mm there had
+    differed by up to 1e-4 at 3 threads at this size)."""
     T, B, H = 10, 8, 40
     gen = torch.Generator().manual_seed(5)
     inputs = [torch.randn(T, B, H, generator=gen), torch.randn(H, H, generator=gen) / H ** 0.5,
@@ -220,9 +220,14 @@ def test_second_order(op):
     lengths = torch.randint(0, T + 1, (B,), generator=gen)
     if op == "leaky_rnn":
         fn = lambda p, w, h0, a: mts_kernels.leaky_rnn(p, w, h0, alpha=a, lengths=lengths)  # noqa: E731
-    else:
+    elif op == "clockwork_rnn":
         fn = lambda p, w, h0, a: mts_kernels.clockwork_rnn(  # noqa: E731
             p, w, h0, periods=[1, 2, 4, 8], module_sizes=[H // 4] * 4, alpha=a, lengths=lengths)
+    else:  # depth 2, a shortcut
+        inputs[1] = torch.randn(2, H, H, generator=gen) / H ** 0.5
+        inputs.append(torch.randn(H, H, generator=gen) / H ** 0.5)
+        fn = lambda p, w, h0, a, u: mts_kernels.deep_transition_rnn(  # noqa: E731
+            p, w, h0, weight_shortcut=u, alpha=a, lengths=lengths)
 
     def second(nt):
         torch.set_num_threads(nt)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
+from mts_kernels.ops import input_projection as _projection
 from mts_kernels.ops.leaky_rnn import (NONLINEARITIES, SECOND_ORDER, _BackwardFunction, _delayed, _live,
                                       _processing_order, _Refuse, check_operand, check_projection,
                                       second_order)
@@ -74,13 +75,13 @@ def _moving_s(s, p, weight_hh, h, h0, bias_hh, weight_shortcut, nonlinearity, re
     L = weight_hh.size(0)
     x, layers = h_prev, []
     for l in range(L):
-        z = x @ weight_hh[l].transpose(0, 1)
+        z = _projection.times_t(x, weight_hh[l])  # the same bits on any thread count
         if l == 0:
             z = z + p
         if bias_hh is not None:
             z = z + bias_hh[l]
         if l == L - 1 and weight_shortcut is not None:
-            z = z + h_prev @ weight_shortcut.transpose(0, 1)
+            z = z + _projection.times_t(h_prev, weight_shortcut)
         x = phi(z)
         layers.append(x)
     s_fn = torch.stack(layers)
@@ -140,13 +141,13 @@ def _tangent(primals, tangents, nonlinearity, reverse, lengths):
     drive = torch.zeros_like(h) if dp is None else dp
     for l in range(L):
         if l > 0:
-            drive = drive @ weight_hh[l].transpose(0, 1)
+            drive = _projection.times_t(drive, weight_hh[l])  # as in _moving_s
         if dw is not None:
-            drive = drive + (h_prev if l == 0 else s[l - 1]) @ dw[l].transpose(0, 1)
+            drive = drive + _projection.times_t(h_prev if l == 0 else s[l - 1], dw[l])
         if db is not None:
             drive = drive + db[l]
         if l == L - 1 and dws is not None:
-            drive = drive + h_prev @ dws.transpose(0, 1)
+            drive = drive + _projection.times_t(h_prev, dws)
         drive = gains[l] * drive
     gain_top = gains[L - 1]
     if alpha is not None:
