@@ -6,7 +6,9 @@
 // (T, B, H) delta copy. The product is a register-tiled loop for small steps
 // (B*H*H <= kSmallWork, where a BLAS call's fixed cost would dominate) and a
 // BLAS GEMM above, in blocks fixed by the shape (bitwise the same on any
-// thread count, csrc/blas_blocked.h).
+// thread count, csrc/blas_blocked.h). The threads share the work by batch rows
+// where there are enough of them (run_groups: each group's whole time loop on
+// one thread), else by a step's columns (the forward's team, FwdTeam).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
