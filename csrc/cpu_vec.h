@@ -92,26 +92,26 @@ inline void stream_fence() {
 // chains cover the FMA latency (4 cycles x 2 pipes) at the small sizes this loop
 // serves, where one step's product is too short to amortise anything bigger.
 // Smaller tiles (a 4-row batch times one vector: a clockwork module 16 units
-// wide) keep S = 2 sets of accumulators, over even and odd k, summed at the end,
+// wide) keep S = 2 or 4 sets of accumulators, over k modulo S, summed at the end,
 // so they too have 8 chains: 4 chains of K = 64 had made the forward's product
 // latency-bound (ClockworkRNN B=4, H=64: half of each step).
 template <typename T, int R, int C>
 inline void tile(int64_t K, const T* __restrict__ a, int64_t lda, const T* __restrict__ m,
                  int64_t ldm, T* __restrict__ c, int64_t ldc) {
   constexpr int64_t L = kLanes<T>;
-  constexpr int S = R * C >= 6 ? 1 : 2;
+  constexpr int S = R * C >= 6 ? 1 : R * C >= 3 ? 2 : 4;
   Vec<T> acc[S][R][C];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int j = 0; j < C; ++j) {
       ld(acc[0][r][j], c + r * ldc + j * L);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int q = 1; q < S; ++q) acc[q][r][j] = Vec<T>{};
     }
   int64_t k = 0;
   for (; k + S <= K; k += S) {
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int q = 0; q < S; ++q) {
       Vec<T> mv[C];
 #pragma GCC unroll 8
@@ -139,7 +139,7 @@ inline void tile(int64_t K, const T* __restrict__ a, int64_t lda, const T* __res
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int j = 0; j < C; ++j) {
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int q = 1; q < S; ++q) acc[0][r][j] += acc[q][r][j];
       st(c + r * ldc + j * L, acc[0][r][j]);
     }
@@ -147,14 +147,16 @@ inline void tile(int64_t K, const T* __restrict__ a, int64_t lda, const T* __res
 
 // Rows [0, R) of c (row stride ldc) += a (R x K) @ m (K x N, row stride ldm); N a
 // multiple of the vector width.
-template <typename T, int R>
+template <typename T, int R, int C = (R >= 4 ? 2 : 8 / R)>
 inline void tile_row(int64_t K, int64_t N, const T* a, int64_t lda, const T* m, int64_t ldm, T* c,
                      int64_t ldc) {
   constexpr int64_t L = kLanes<T>;
-  constexpr int C = R >= 4 ? 2 : 8 / R;
   int64_t j = 0;
   for (; j + C * L <= N; j += C * L) tile<T, R, C>(K, a, lda, m + j, ldm, c + j, ldc);
-  for (; j < N; j += L) tile<T, R, 1>(K, a, lda, m + j, ldm, c + j, ldc);
+  // the remainder in the widest tiles that fit (one clockwork module of 16 units
+  // at R = 2 is one 2 x 2 tile, not two 2 x 1 ones of half the chains)
+  if constexpr (C > 1)
+    if (j < N) tile_row<T, R, C / 2>(K, N - j, a, lda, m + j, ldm, c + j, ldc);
 }
 
 // c (B x N, row stride ldc) += a (B x K, row stride lda) @ m (K x N, row stride
@@ -313,6 +315,61 @@ inline void narrow_matmul_acc(int64_t m, int64_t K, int64_t n, const T* a, int64
       for (; i < m; ++i) strided_tile<T, 1, 2>(kb, ak + i * ars, ars, acs, bp, c + i * ldc, ldc, n);
     }
   }
+}
+
+// c[u, j : j + C*L] += sum_{r < R} a[r * lda + u] x[r][j : j + C*L] for u < U: a
+// U x C register tile of c accumulates over all R rows before it is stored once
+// (the micro-kernel of a GEMM's a^T x, with x given as row pointers).
+template <typename T, int U, int C>
+inline void outer_tile(int64_t R, const T* __restrict__ a, int64_t lda, const T* const* x, int64_t j,
+                       T* __restrict__ c, int64_t ldc) {
+  constexpr int64_t L = kLanes<T>;
+  Vec<T> acc[U][C];
+#pragma GCC unroll 4
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 2
+    for (int q = 0; q < C; ++q) ld(acc[u][q], c + u * ldc + j + q * L);
+  for (int64_t r = 0; r < R; ++r) {
+    Vec<T> xv[C];
+#pragma GCC unroll 2
+    for (int q = 0; q < C; ++q) ld(xv[q], x[r] + j + q * L);
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      const T b = a[r * lda + u];
+#pragma GCC unroll 2
+      for (int q = 0; q < C; ++q) acc[u][q] += b * xv[q];
+    }
+  }
+#pragma GCC unroll 4
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 2
+    for (int q = 0; q < C; ++q) st(c + u * ldc + j + q * L, acc[u][q]);
+}
+
+template <typename T, int U>
+inline void outer_units(int64_t R, int64_t K, const T* a, int64_t lda, const T* const* x, T* c,
+                        int64_t ldc) {
+  constexpr int64_t L = kLanes<T>;
+  int64_t j = 0;
+  for (; j + 2 * L <= K; j += 2 * L) outer_tile<T, U, 2>(R, a, lda, x, j, c, ldc);
+  for (; j + L <= K; j += L) outer_tile<T, U, 1>(R, a, lda, x, j, c, ldc);
+  for (; j < K; ++j)
+    for (int u = 0; u < U; ++u) {
+      T s = c[u * ldc + j];
+      for (int64_t r = 0; r < R; ++r) s += a[r * lda + u] * x[r][j];
+      c[u * ldc + j] = s;
+    }
+}
+
+// c (k x K, row stride ldc) += a^T x = sum_r a_r^T x_r over R rows (a: R x k, row
+// stride lda; x: R row pointers of K elements): a weight gradient's block formed
+// from rows a time loop collected, with 4 x 2-vector register tiles of c.
+template <typename T>
+inline void outer_acc(int64_t R, int64_t k, int64_t K, const T* a, int64_t lda, const T* const* x, T* c,
+                      int64_t ldc) {
+  int64_t u = 0;
+  for (; u + 4 <= k; u += 4) outer_units<T, 4>(R, K, a + u, lda, x, c + u * ldc, ldc);
+  for (; u < k; ++u) outer_units<T, 1>(R, K, a + u, lda, x, c + u * ldc, ldc);
 }
 
 // Software prefetch of one row of n elements (kWrite: for a store). The

@@ -63,13 +63,19 @@ def test_matches_reference_forward_and_every_gradient(fused, monkeypatch, sizes,
     ins = [t.requires_grad_() if t is not None else None for t in (p, w, h0, alpha)]
     kw = dict(alpha=alpha, nonlinearity=nl, t0=t0, batch_first=batch_first, lengths=lengths)
     calls = _calls_fused(monkeypatch)
-    h = mts_kernels.clockwork_rnn(p, w, h0, periods=periods, module_sizes=sizes, **kw)
+    _check_against_reference(ins, periods, sizes, kw, grad_tol=1e-11)
     assert calls == [True], "the path was not the documented one"
+
+
+def _check_against_reference(ins, periods, sizes, kw, grad_tol):
+    """clockwork_rnn(*ins) and its gradients wrt ins against the reference loop's."""
+    p, w, h0 = ins[:3]
+    h = mts_kernels.clockwork_rnn(p, w, h0, periods=periods, module_sizes=sizes, **kw)
     h_ref = reference.clockwork_rnn(p, w, h0, periods, sizes, **kw)
     torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(h)
     for name, a, b in zip(["p", "weight_hh", "h0", "alpha"], _grads(h, ins, g), _grads(h_ref, ins, g)):
-        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(a, b, rtol=grad_tol, atol=grad_tol, msg=lambda m: f"grad {name}: {m}")
 
 
 def test_lower_blocks_get_exactly_zero_gradient_and_are_never_read(fused):
@@ -191,6 +197,41 @@ def test_large_products_take_blas(fused):
     g = torch.randn_like(h)
     for a, b in zip(_grads(h, ins, g), _grads(h_ref, ins, g)):
         torch.testing.assert_close(a, b)
+
+
+# dW inside the backward's loop (register-tiled steps and an H x H accumulator of
+# at most 32 KiB: H=64 in float64, with B=2 a single group) or after it (H=72:
+# one GEMM per batch row over a module's strided active steps); each sequence
+# long enough for several of the in-loop accumulator's flushes (every 64 steps)
+@pytest.mark.parametrize("B,sizes", [(5, [16, 16, 16, 16]), (2, [30, 20, 14]), (5, [24, 24, 24])],
+                         ids=["in-loop", "in-loop-one-group", "after-loop"])
+@pytest.mark.parametrize("leak", [False, True])
+def test_weight_gradient_in_and_after_the_loop(fused, B, sizes, leak):
+    T, periods = 150, [1, 2, 5, 8][:len(sizes)]
+    p, w, h0, alpha = _case(40, T, B, sizes, leak=leak)
+    ins = [t.requires_grad_() if t is not None else None for t in (p, w, h0, alpha)]
+    lengths = [T, 1, 0, 131, 97][:B]
+    _check_against_reference(ins, periods, sizes, dict(alpha=alpha, t0=3, lengths=lengths), grad_tol=1e-10)
+
+
+def test_weight_gradient_in_the_loop_float32_accuracy(fused):
+    # a long float32 sequence: the in-loop dW's error against float64 stays within
+    # twice that of PyTorch's float32 (the reference loop under autograd)
+    sizes, periods = [16, 16, 16, 16], [1, 2, 4, 8]
+    T, B = 2000, 4
+    p, w, h0, _ = _case(41, T, B, sizes)
+    g = torch.randn(T, B, 64, generator=torch.Generator().manual_seed(2), dtype=F64)
+
+    def dw(fn, dtype):
+        wd = w.to(dtype).requires_grad_()
+        h = fn(p.to(dtype), wd, h0.to(dtype), periods, sizes)
+        return torch.autograd.grad(h, wd, g.to(dtype))[0].double()
+
+    ours = dw(lambda p, w, h0, per, siz: mts_kernels.clockwork_rnn(p, w, h0, periods=per, module_sizes=siz),
+              torch.float32)
+    exact, torch32 = dw(reference.clockwork_rnn, F64), dw(reference.clockwork_rnn, torch.float32)
+    err, err_torch = (ours - exact).abs().max().item(), (torch32 - exact).abs().max().item()
+    assert err <= 2 * err_torch, f"{err:.3g} vs PyTorch's {err_torch:.3g}"
 
 
 def test_autocast_bfloat16(fused):
