@@ -132,9 +132,12 @@ def test_modules_small():
     torch.manual_seed(0)
     rnn = mts_kernels.LeakyRNN(5, 16, num_layers=2, leak="learned", skip=2, bidirectional=True)
     cw = mts_kernels.ClockworkRNN(5, 16, periods=[1, 2, 4, 8], leak="learned")
-    x = torch.randn(9, 3, 5)
-    for m in (rnn, cw):
+    # its input projection once ran on F.linear, whose GEMM differed with the threads here
+    deep = mts_kernels.DeepTransitionRNN(17, 65, 3)
+    x, x_deep = torch.randn(9, 3, 5), torch.randn(7, 1, 17)
+    for m in (rnn, cw, deep):
         params = list(m.parameters())
+        x = x_deep if m is deep else x
 
         old = torch.get_num_threads()
         try:

@@ -410,6 +410,54 @@ def test_clockwork_module_packed(device, batch_first):
     torch.testing.assert_close(h_k, h_n, **tol)
 
 
+def _module_outputs_and_grads(m, x, lengths, mode):
+    """(output, h_n, d(loss)/d(parameters)) of module m on padded x with lengths:
+    eager, under CPU bfloat16 autocast (the dense projection path), or through
+    torch.func.grad (the transforms' path)."""
+    names = [n for n, _ in m.named_parameters()]
+    g = torch.randn(x.shape[:2] + (m.hidden_size * (2 if m.bidirectional else 1),),
+                    generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def loss(params):
+        out, h_n = torch.func.functional_call(m, params, (x,), dict(lengths=lengths))
+        return (out.double() * g).sum() + h_n.double().sum(), (out, h_n)
+
+    params = dict(m.named_parameters())
+    if mode == "func":
+        grads, (out, h_n) = torch.func.grad(loss, has_aux=True)(params)
+        return out, h_n, [grads[n] for n in names]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
+        value, (out, h_n) = loss(params)
+    return out, h_n, torch.autograd.grad(value, list(params.values()))
+
+
+@pytest.mark.parametrize("mode", ["eager", "autocast", "func"])
+@pytest.mark.parametrize("cls", ["LeakyRNN", "ClockworkRNN", "DeepTransitionRNN"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+def test_module_padding_never_reaches_a_result(cls, mode, batch_first):
+    """NaN, inf or any other value at a padded step changes no output and no
+    gradient, on every projection path (the CPU op reads the valid steps only; the
+    dense F.linear path, taken under autocast, transforms and on GPUs, once passed a
+    padded NaN into dW_ih through 0 * NaN)."""
+    torch.manual_seed(0)
+    dtype = torch.float32 if mode == "autocast" else torch.float64
+    m = getattr(mts_kernels, cls)(3, 6, num_layers=2, bidirectional=True, batch_first=batch_first, dtype=dtype)
+    B, T = 3, 7
+    L = torch.tensor([4, 7, 0])
+    x = torch.randn((B, T, 3) if batch_first else (T, B, 3), dtype=dtype)
+    tdim = 1 if batch_first else 0
+    pad = (torch.arange(T).unsqueeze(1 - tdim) >= L.unsqueeze(tdim)).unsqueeze(-1).expand_as(x)
+    clean = _module_outputs_and_grads(m, x.masked_fill(pad, 0.0), L, mode)
+    poisoned = x.clone()
+    poisoned[pad] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30], dtype=dtype).repeat(
+        int(pad.sum()) // 4 + 1)[:int(pad.sum())]
+    dirty = _module_outputs_and_grads(m, poisoned, L, mode)
+    torch.testing.assert_close(dirty[0], clean[0], rtol=0, atol=0)
+    torch.testing.assert_close(dirty[1], clean[1], rtol=0, atol=0)
+    for name, a, b in zip([n for n, _ in m.named_parameters()], dirty[2], clean[2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda msg: f"grad {name}: {msg}")
+
+
 # --------------------------------------------------------------------------- compile
 
 def test_compile_with_lengths():

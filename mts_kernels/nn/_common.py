@@ -122,12 +122,27 @@ def input_projection(x: Tensor, weight_ih: Tensor, bias_ih: Optional[Tensor],
             return _projection.fused_projection(x.transpose(0, 1), weight_ih, bias_ih, bias_hh,
                                                 lengths).transpose(0, 1)
         return _projection.fused_projection(x, weight_ih, bias_ih, bias_hh, lengths)
-    if bias_ih is None:
-        return F.linear(x, weight_ih)
+    if lengths is not None:
+        x = zero_padded_steps(x, lengths, batch_first)
+    if bias_ih is None or bias_hh is None:
+        return F.linear(x, weight_ih, bias_hh if bias_ih is None else bias_ih)
     if _transforms.transform_active():
         return F.linear(x, weight_ih, bias_ih) + bias_hh
     out = torch.addmm(bias_ih, x.reshape(-1, x.size(-1)), weight_ih.t()).add_(bias_hh)
     return out.view(*x.shape[:-1], out.size(-1))
+
+
+def zero_padded_steps(x: Tensor, lengths, batch_first: bool) -> Tensor:
+    """x with its padded steps (t >= L_b) zeroed, differentiably: the dense
+    projection reads every step, and a NaN or inf in the padding would otherwise
+    reach dW_ih through its backward (0 * NaN), where nothing at a padded step may
+    change a result (the fused projection op reads the valid steps only)."""
+    lens = lengths if isinstance(lengths, Tensor) else torch.tensor(lengths, dtype=torch.int64)
+    T = x.size(1 if batch_first else 0)
+    valid = torch.arange(T, device=x.device).unsqueeze(1) < lens.to(x.device).unsqueeze(0)  # (T, B)
+    if batch_first:
+        valid = valid.t()
+    return torch.where(valid.unsqueeze(-1), x, x.new_zeros(()))
 
 
 def run_layers(module, x: Tensor, h_in: Optional[Tensor], run_direction, batch_first: bool = False):

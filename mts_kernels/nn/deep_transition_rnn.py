@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mts_kernels.nn import _common, _packed
@@ -111,14 +110,16 @@ class DeepTransitionRNN(_common.RNNCompat, nn.Module):
         x = input.transpose(0, 1) if batch_first else input
         T, B = x.size(0), x.size(1)
         # errors that name the module; the op gets lengths as given (see LeakyRNN)
-        check_lengths(_WHERE, lengths, B, T, x.device)
+        lens = check_lengths(_WHERE, lengths, B, T, x.device)
         num_dirs = 2 if self.bidirectional else 1
         h_in = _common.check_hx(_WHERE, hx, batched, (self.num_layers * num_dirs, B, self.hidden_size), x)
 
         def run_direction(layer, direction, x, h0):
             name = f"l{layer}{self._suffixes()[direction]}"
-            # W_ih x + b_ih for all steps: one GEMM (b_hh holds the sub-layers' biases)
-            p = F.linear(x, getattr(self, f"weight_ih_{name}"), getattr(self, f"bias_ih_{name}", None))
+            # W_ih x + b_ih (b_hh holds the sub-layers' biases): on the CPU the projection
+            # op (valid steps only, the same result on any thread count), as the other cells
+            p = _common.input_projection(x, getattr(self, f"weight_ih_{name}"),
+                                         getattr(self, f"bias_ih_{name}", None), None, lens)
             h = deep_transition_rnn(
                 p, getattr(self, f"weight_hh_{name}"), h0, bias_hh=getattr(self, f"bias_hh_{name}", None),
                 weight_shortcut=getattr(self, f"weight_shortcut_{name}", None),
