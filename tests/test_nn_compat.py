@@ -141,6 +141,15 @@ def test_forward_errors(call, msg):
         call(ClockworkRNN(2, 6, 2, bidirectional=True))
 
 
+@pytest.mark.parametrize("cls", ["LeakyRNN", "ClockworkRNN", "DeepTransitionRNN"])
+def test_unbatched_input_takes_a_2d_hx_only(cls):
+    # as torch.nn.RNN (LeakyRNN had taken a (L*D, 1, H) hx with unbatched input)
+    m = getattr(mts_kernels, cls)(2, 6, num_layers=2, bidirectional=True)
+    with pytest.raises(ValueError, match=r"hx must have shape \(4, 6\) for unbatched input, got \(4, 1, 6\)"):
+        m(torch.randn(5, 2), torch.randn(4, 1, 6))
+    assert m(torch.randn(5, 2), torch.randn(4, 6))[1].shape == (4, 6)
+
+
 # --------------------------------------------------------------------------- stacked / bidirectional
 
 def _oracle(m, x, hx, lengths, t0):

@@ -137,17 +137,9 @@ class LeakyRNN(_common.RNNCompat, nn.Module):
         check_lengths("LeakyRNN", lengths, B, x.size(0), x.device)
         num_dirs = 2 if self.bidirectional else 1
         expected = (self.num_layers * num_dirs, B, self.hidden_size)
-        if hx is not None:
-            if not isinstance(hx, Tensor):
-                raise TypeError(f"LeakyRNN: hx must be a torch.Tensor or None, got {type(hx).__name__}")
-            h_in = hx if batched else (hx.unsqueeze(1) if hx.dim() == 2 else hx)
-            if tuple(h_in.shape) != expected:
-                shown = expected if batched else (expected[0], expected[2])
-                raise ValueError(f"LeakyRNN: hx must have shape {shown}, got {tuple(hx.shape)}")
-            if h_in.dtype != x.dtype or h_in.device != x.device:
-                raise TypeError(f"LeakyRNN: hx must be {x.dtype} on {x.device}, got {h_in.dtype} on {h_in.device}")
-        else:
-            h_in = None
+        # unbatched input takes a 2-D hx only, as torch.nn.RNN
+        h_in = _common.check_hx("LeakyRNN", hx, batched, expected, x)
+
         def run_direction(layer, direction, x, h0):
             name = f"l{layer}{self._suffixes()[direction]}"
             p = _common.input_projection(  # all steps: one GEMM
