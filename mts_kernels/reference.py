@@ -38,11 +38,15 @@ def _scan_loop(decay: Tensor, x: Tensor, h0: Optional[Tensor], reverse: bool, ba
     out = [None] * len(xs)
     for t in order:
         a_t, x_t = decays[t], xs[t]
+        if lens is not None:
+            # padded steps' inputs selected away before use, so a NaN there reaches no
+            # gradient either (the unselected branch of a where still gets 0 * NaN)
+            valid = torch.tensor([t < n for n in lens], device=x.device).unsqueeze(-1)
+            a_t, x_t = torch.where(valid, a_t, 0.0), torch.where(valid, x_t, 0.0)
         h_new = a_t * h + ((1 - a_t) * x_t if leaky else x_t)
         if lens is None:
             h = out[t] = h_new
         else:  # padded steps keep the state and output 0
-            valid = torch.tensor([t < n for n in lens], device=x.device).unsqueeze(-1)
             h = torch.where(valid, h_new, h)
             out[t] = torch.where(valid, h_new, torch.zeros_like(h_new))
     return torch.stack(out, time_dim)
@@ -57,7 +61,8 @@ def _per_sequence(fn, p: Tensor, h0: Optional[Tensor], lengths, batch_first: boo
     outs = []
     for b, n in enumerate(lens):
         if n == 0:
-            outs.append(x.new_zeros(T, 1, x.size(2)) * x[:, b:b + 1])  # keeps the graph
+            # zeros that keep the graph (a zero gradient), without 0 * x (NaN from a NaN there)
+            outs.append(torch.where(torch.zeros((), dtype=torch.bool, device=x.device), x[:, b:b + 1], 0.0))
             continue
         h_b = fn(x[:n, b:b + 1], None if h0 is None else h0[b:b + 1])
         outs.append(torch.cat([h_b, h_b.new_zeros(T - n, 1, h_b.size(2))], 0))

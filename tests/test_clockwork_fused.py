@@ -96,6 +96,27 @@ def test_lower_blocks_get_exactly_zero_gradient_and_are_never_read(fused):
                                h.detach())
 
 
+def test_unread_blocks_never_reach_a_second_order_gradient(fused):
+    # the tangent form of the backward (create_graph) once masked W by a product
+    # with the block mask, so an inf there became NaN (inf * 0)
+    sizes, periods = [2, 2, 2], [1, 2, 4]
+    p, w, h0, _ = _case(15, 7, 2, sizes)
+    lower = torch.zeros(6, 6, dtype=torch.bool)
+    lower[2:4, 0:2] = lower[4:6, 0:4] = True
+
+    def hvp(w):
+        w = w.clone().requires_grad_()
+        h = mts_kernels.clockwork_rnn(p, w, h0, periods=periods, module_sizes=sizes)
+        g, = torch.autograd.grad(h.tanh().sum(), w, create_graph=True)
+        return g, torch.autograd.grad(g[~lower].pow(2).sum(), w)[0]
+
+    clean = hvp(w.masked_fill(lower, 0.0))
+    dirty = hvp(w.masked_fill(lower, float("inf")))
+    for a, b in zip(dirty, clean):
+        torch.testing.assert_close(a[~lower], b[~lower], rtol=0, atol=0)
+        assert (a[lower] == 0).all()
+
+
 def test_inactive_modules_hold_and_pass_gradients_through(fused):
     # module 1 (period 4) is active at steps 1, 5, 9 only (t0 = 3): it holds between
     sizes, periods = [2, 3], [1, 4]

@@ -158,6 +158,9 @@ def test_torch_export_leaky_rnn_dynamic(config):
 def test_torch_export_clockwork_rnn_dynamic_with_t0_input():
     torch.manual_seed(0)
     m = ClockworkRNN(3, 7, periods=[1, 3, 5], module_sizes=[3, 1, 3], leak="learned").eval()
+    with torch.no_grad():  # blocks no module reads (module 1 of module 0, 2 of 1): never in a result
+        m.weight_hh[3:4, 0:3] = float("inf")
+        m.weight_hh[4:7, 3:4] = float("nan")
     T, B = _dims()
     ep = torch.export.export(m, (torch.randn(7, 4, 3), torch.randn(1, 4, 7), torch.tensor(2)),
                              dynamic_shapes=({0: T, 1: B}, {1: B}, None))
@@ -165,6 +168,7 @@ def test_torch_export_clockwork_rnn_dynamic_with_t0_input():
     for t_, b_, t0 in ((11, 2, 0), (4, 3, 7), (20, 1, 2**40 + 1)):
         x2, hx2 = torch.randn(t_, b_, 3), torch.randn(1, b_, 7)
         got, want = ep.module()(x2, hx2, torch.tensor(t0)), m(x2, hx2, t0)
+        assert want[0].isfinite().all()
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, **TOL)
 
@@ -242,6 +246,15 @@ def test_onnx_export_dynamo_runs_in_onnxruntime():
     assert "Scan" in ops
     onnx.checker.check_model(model)
     _check_onnx(model.SerializeToString(), net)
+
+
+def test_deep_transition_rnn_onnx_export_is_a_clear_error():
+    pytest.importorskip("onnx")
+    m = mts_kernels.DeepTransitionRNN(3, 4).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(NotImplementedError, match="DeepTransitionRNN: torch.onnx.export is not supported"):
+            torch.onnx.export(m, (torch.randn(5, 2, 3),), io.BytesIO(), dynamo=False)
 
 
 def test_onnx_export_legacy_torchscript_runs_in_onnxruntime():

@@ -356,6 +356,21 @@ def test_triton_matches_reference(config, reverse, nonlinearity):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("op", ["leaky_rnn", "deep_transition_rnn"])
+def test_triton_hidden_size_zero(op):
+    # the backward's weight gradient once reshaped its 0-element rows to (-1, 0)
+    dev = TRITON_DEVICE
+    p = torch.randn(3, 2, 0, device=dev, requires_grad=True)
+    w = torch.randn((2, 0, 0) if op == "deep_transition_rnn" else (0, 0), device=dev, requires_grad=True)
+    if op == "leaky_rnn":
+        h = mts_kernels.leaky_rnn(p, w, skip=2, weight_skip=torch.randn(0, 0, device=dev), backend="triton")
+    else:
+        h = mts_kernels.deep_transition_rnn(p, w, backend="triton")
+    dp, dw = torch.autograd.grad(h.sum(), [p, w])
+    assert h.shape == dp.shape == p.shape and dw.shape == w.shape
+
+
+@pytest.mark.triton
 def test_triton_opcheck_and_limit():
     gen = torch.Generator().manual_seed(8)
     dev = TRITON_DEVICE

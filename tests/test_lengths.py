@@ -410,6 +410,54 @@ def test_clockwork_module_packed(device, batch_first):
     torch.testing.assert_close(h_k, h_n, **tol)
 
 
+def _op_call(name, gen):
+    """(fn(inputs, backend), float64 inputs; inputs[0] is the per-step one, (B, T, D)
+    for the scans, (T, B, H) for the cells) of each op, with h0."""
+    B, T, H = 4, 6, 6
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)
+    h0 = r(B, H)
+    if name in SCANS:
+        op, order = SCANS[name]
+        ins = [r(B, T, H), torch.rand(B, T, H, generator=gen, dtype=torch.float64), h0]
+        return lambda i, be: op(*order(i[1], i[0]), i[2], lengths=L_PAD, backend=be), ins
+    w = lambda *s: r(*s) / H ** 0.5
+    if name == "leaky_rnn":
+        return (lambda i, be: mts_kernels.leaky_rnn(i[0], i[1], i[2], skip=2, weight_skip=i[3], lengths=L_PAD,
+                                                    backend=be), [r(T, B, H), w(H, H), h0, w(H, H)])
+    if name == "clockwork_rnn":
+        return (lambda i, be: mts_kernels.clockwork_rnn(i[0], i[1], i[2], periods=[1, 2, 3], module_sizes=[2, 2, 2],
+                                                        t0=1, lengths=L_PAD, backend=be), [r(T, B, H), w(H, H), h0])
+    return (lambda i, be: mts_kernels.deep_transition_rnn(i[0], i[1], i[2], bias_hh=i[3], lengths=L_PAD, backend=be),
+            [r(T, B, H), w(2, H, H), h0, r(2, H)])
+
+
+L_PAD = [4, 0, 6, 1]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("name", list(SCANS) + ["leaky_rnn", "clockwork_rnn", "deep_transition_rnn"])
+def test_op_padding_never_reaches_a_result(name, backend):
+    """NaN and inf at the padded steps of the per-step input change no output and no
+    gradient (the reference loops once passed 0 * NaN into the decay's gradient and
+    into a length-0 row's output)."""
+    fn, ins = _op_call(name, torch.Generator().manual_seed(11))
+    x = ins[0]
+    tdim = 1 if name in SCANS else 0
+    steps = torch.arange(x.size(tdim)).unsqueeze(1 - tdim)
+    pad = (steps >= torch.tensor(L_PAD).unsqueeze(tdim)).unsqueeze(-1).expand_as(x)
+
+    def run(first):
+        xs = [t.clone().requires_grad_() for t in [first] + ins[1:]]
+        h = fn(xs, backend)
+        g = torch.randn(h.shape, generator=torch.Generator().manual_seed(12), dtype=h.dtype)
+        return [h] + list(torch.autograd.grad(h, xs, g))
+
+    dirty = x.masked_fill(pad, float("nan"))
+    dirty[..., 0] = dirty[..., 0].masked_fill(pad[..., 0], float("inf"))
+    for i, (a, b) in enumerate(zip(run(dirty), run(x.masked_fill(pad, 0.0)))):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"result {i}: {m}")
+
+
 def _module_outputs_and_grads(m, x, lengths, mode):
     """(output, h_n, d(loss)/d(parameters)) of module m on padded x with lengths:
     eager, under CPU bfloat16 autocast (the dense projection path), or through

@@ -143,10 +143,12 @@ def clock_mask(t0: Union[int, Tensor], steps, periods: Sequence[int],
 
 
 def block_upper(weight_hh: Tensor, module_sizes: Sequence[int]) -> Tensor:
-    """weight_hh with the blocks module i never reads (modules j < i) zeroed."""
+    """weight_hh with the blocks module i never reads (modules j < i) zeroed: a
+    select, not a product with the mask, so an inf or NaN there (never read by the
+    eager kernels) stays out of the result as well."""
     module = torch.tensor(_per_unit(range(len(module_sizes)), module_sizes), device=weight_hh.device)
     keep = module.unsqueeze(1) <= module.unsqueeze(0)
-    return weight_hh * keep.to(weight_hh.dtype)
+    return torch.where(keep, weight_hh, weight_hh.new_zeros(()))
 
 
 def clockwork_rnn_scan(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,

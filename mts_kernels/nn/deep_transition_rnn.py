@@ -103,6 +103,10 @@ class DeepTransitionRNN(_common.RNNCompat, nn.Module):
         return self._run(input, hx, lengths, self.batch_first)
 
     def _run(self, input: Tensor, hx: Optional[Tensor], lengths, batch_first: bool) -> Tuple[Tensor, Tensor]:
+        if torch.onnx.is_in_onnx_export():  # else an exporter's own error about the custom op
+            raise NotImplementedError(
+                "DeepTransitionRNN: torch.onnx.export is not supported (the op has no ONNX scan form "
+                "yet); torch.export works, and LeakyRNN / ClockworkRNN export to ONNX")
         _common.check_input(_WHERE, input, self.input_size, self.weight_hh_l0.dtype, batch_first)
         batched = input.dim() == 3
         if not batched:  # one sequence, time-major whatever batch_first says (as nn.RNN)

@@ -118,7 +118,9 @@ def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity
     dev = h.device
     module = torch.repeat_interleave(torch.arange(len(module_sizes), device=dev),
                                      torch.tensor(list(module_sizes), device=dev))
-    upper = (module.unsqueeze(0) >= module.unsqueeze(1)).to(h.dtype)  # blocks j >= i
+    upper = module.unsqueeze(0) >= module.unsqueeze(1)  # blocks j >= i
+    # a select, not a product with the mask: the unread blocks may hold inf or NaN
+    upper_part = lambda w: torch.where(upper, w, w.new_zeros(()))
     t = torch.arange(T, device=dev).unsqueeze(1)
     first = torch.tensor(list(first_steps), device=dev)[module]
     period = torch.tensor(list(periods), device=dev)[module]
@@ -139,7 +141,7 @@ def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity
     gain = torch.where(act, gain, gain.new_zeros(()))
     drive = torch.zeros_like(h) if dp is None else dp
     if dw is not None:
-        drive = drive + _projection.times_t(h_prev, dw * upper)  # as leaky_rnn's _tangent
+        drive = drive + _projection.times_t(h_prev, upper_part(dw))  # as leaky_rnn's _tangent
     drive = gain * drive
     if dalpha is not None:
         drive = drive + torch.where(act, dalpha * (h_prev - u), drive.new_zeros(()))
@@ -151,8 +153,8 @@ def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity
     start = h.new_zeros(B, H) if dh0 is None else dh0
     keep = keep.expand(T, B, H)
     if _fused_tangent(drive, gain, weight_hh, keep, start):  # its gradient: the same op on the adjoint
-        return tangent_op(drive, gain, weight_hh * upper, keep, None, start, 0, 1, False, False, lengths)
-    return _linear_loop(drive, gain, weight_hh * upper, keep, None, start, 0, 1, live)
+        return tangent_op(drive, gain, upper_part(weight_hh), keep, None, start, 0, 1, False, False, lengths)
+    return _linear_loop(drive, gain, upper_part(weight_hh), keep, None, start, 0, 1, live)
 
 
 def _second_order(args, cots):

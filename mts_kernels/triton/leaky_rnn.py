@@ -502,8 +502,8 @@ def _delayed_weight_grad(e: torch.Tensor, hc: torch.Tensor, h0c: Optional[torch.
     processing steps (see _delay_split)."""
     T, _, H = e.shape
     main_e, main_h, _ = _delay_split(T, delay, reverse)
-    e_main = e[main_e].reshape(-1, H)
-    dw = e_main.t().mm(hc[main_h].reshape(-1, H)) if e_main.shape[0] > 0 else \
+    e_main = e[main_e].flatten(0, 1)  # not reshape(-1, H): H may be 0
+    dw = e_main.t().mm(hc[main_h].flatten(0, 1)) if e_main.shape[0] > 0 else \
         torch.zeros((H, H), dtype=e.dtype, device=e.device)
     if h0c is not None:
         dw.addmm_(e_first.t(), h0c)
