@@ -458,6 +458,26 @@ def test_op_padding_never_reaches_a_result(name, backend):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"result {i}: {m}")
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused_tangent", "step_loop"])
+@pytest.mark.parametrize("name", ["leaky_rnn", "clockwork_rnn", "deep_transition_rnn"])
+def test_tangent_padding_never_reaches_a_result(monkeypatch, name, fused):
+    """A NaN at a padded step of p's tangent changes no jvp output, on the CPU's
+    fused tangent op and on the PyTorch step loop the other devices run (which
+    once zeroed padded steps by a product with the mask: 0 * NaN)."""
+    import importlib
+    fn, ins = _op_call(name, torch.Generator().manual_seed(13))
+    if not fused:
+        for mod in ("leaky_rnn", "deep_transition_rnn", "clockwork_rnn"):
+            monkeypatch.setattr(importlib.import_module(f"mts_kernels.ops.{mod}"), "_fused_tangent",
+                                lambda *a: False)
+    p, rest = ins[0], ins[1:]
+    pad = (torch.arange(p.size(0)).unsqueeze(1) >= torch.tensor(L_PAD).unsqueeze(0)).unsqueeze(-1).expand_as(p)
+    dp = torch.randn(p.shape, generator=torch.Generator().manual_seed(14), dtype=p.dtype)
+    run = lambda t: torch.func.jvp(lambda q: fn([q] + rest, "cpu"), (p,), (t,))[1]
+    torch.testing.assert_close(run(dp.masked_fill(pad, float("nan"))), run(dp.masked_fill(pad, 0.0)),
+                               rtol=0, atol=0)
+
+
 def _module_outputs_and_grads(m, x, lengths, mode):
     """(output, h_n, d(loss)/d(parameters)) of module m on padded x with lengths:
     eager, under CPU bfloat16 autocast (the dense projection path), or through

@@ -186,7 +186,7 @@ def _tangent(primals, tangents, nonlinearity, reverse, lengths):
         if alpha is not None:
             hk = hk + alpha * prev
         if live is not None:
-            hk = hk * live[k]
+            hk = torch.where(live[k] != 0, hk, hk.new_zeros(()))  # a select: no 0 * NaN
         out.append(hk)
         prev = hk
     return _processing_order(torch.stack(out), reverse, lengths)

@@ -308,7 +308,7 @@ def _linear_loop(drive, gain, weight_hh, keep, weight_skip, start, skip, dilatio
         if keep is not None:
             hk = hk + (keep if keep.dim() == 1 else keep[k]) * prev
         if live is not None:
-            hk = hk * live[k]
+            hk = torch.where(live[k] != 0, hk, hk.new_zeros(()))  # a select: no 0 * NaN
         out.append(hk)
     return torch.stack(out)
 
