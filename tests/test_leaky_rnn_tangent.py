@@ -41,10 +41,10 @@ def _loop(a, skip, dilation, reverse, lengths):
     lens = None if lengths is None else torch.tensor(lengths)
     order = lambda x: lr._processing_order(x, reverse, lens)
     T, B, H = a["drive"].shape
-    live = None if lens is None else lr._live(a["drive"], lens).to(a["drive"].dtype)
+    live = None if lens is None else lr._live(a["drive"], lens)
     drive = order(a["drive"])
     if live is not None:
-        drive = drive * live
+        drive = torch.where(live, drive, 0.0)
     start = a["start"] if a["start"] is not None else a["drive"].new_zeros(B, H)
     keep = a["keep"] if a["keep"] is None or a["keep"].dim() == 1 else order(a["keep"])
     out = lr._linear_loop(drive, order(a["gain"]), a["w"], keep, a["ws"], start, skip, dilation, live)

@@ -91,19 +91,23 @@ struct Raw {
 // op 1.21 -> 1.03 ms, backward op 1.83 -> 1.64 ms (each group's step is shorter
 // but keeps the per-step bookkeeping, so not 2x).
 template <typename T>
+bool tiled_steps(const Raw<T>& r) {
+  return r.B * r.H * r.H <= kSmallWork;
+}
+template <typename T>
 int64_t group_count(const Raw<T>& r) {
-  return r.B >= 4 && r.B * r.H * r.H <= kSmallWork ? std::min<int64_t>(r.B / 2, 8) : 1;
+  return r.B >= 4 && tiled_steps(r) ? std::min<int64_t>(r.B / 2, 8) : 1;
 }
 
 // The backward forms dW inside its loop (bwd_steps) where the steps are
-// register-tiled (see group_count) and a group's H x H accumulator fits in L1
+// register-tiled (tiled_steps) and a group's H x H accumulator fits in L1
 // (H <= 90 in float32, 64 in float64), else after the loop from e and h
 // (weight_grad, whose GEMMs at such sizes spend more time packing strided views
 // than multiplying). ClockworkRNN B=4, H=64, 4 modules, T=4096, one thread (AMD
 // EPYC): backward op 2.8-3.1 -> 2.4-2.6 ms.
 template <typename T>
 bool dw_in_loop(const Raw<T>& r) {
-  return r.B * r.H * r.H <= kSmallWork && r.H * r.H * int64_t(sizeof(T)) <= 32768;
+  return tiled_steps(r) && r.H * r.H * int64_t(sizeof(T)) <= 32768;
 }
 
 template <typename T, typename F>

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from mts_kernels.ops import _transforms
 from mts_kernels.ops import input_projection as _projection
-from mts_kernels.ops.leaky_rnn import NONLINEARITIES
+from mts_kernels.ops.leaky_rnn import NONLINEARITIES, _live
 
 
 def check_rnn_args(where: str, input_size, hidden_size, num_layers, nonlinearity, bias, batch_first,
@@ -138,11 +138,9 @@ def zero_padded_steps(x: Tensor, lengths, batch_first: bool) -> Tensor:
     reach dW_ih through its backward (0 * NaN), where nothing at a padded step may
     change a result (the fused projection op reads the valid steps only)."""
     lens = lengths if isinstance(lengths, Tensor) else torch.tensor(lengths, dtype=torch.int64)
-    T = x.size(1 if batch_first else 0)
-    valid = torch.arange(T, device=x.device).unsqueeze(1) < lens.to(x.device).unsqueeze(0)  # (T, B)
-    if batch_first:
-        valid = valid.t()
-    return torch.where(valid.unsqueeze(-1), x, x.new_zeros(()))
+    xt = x.transpose(0, 1) if batch_first else x
+    out = torch.where(_live(xt, lens), xt, xt.new_zeros(()))
+    return out.transpose(0, 1) if batch_first else out
 
 
 def run_layers(module, x: Tensor, h_in: Optional[Tensor], run_direction, batch_first: bool = False):

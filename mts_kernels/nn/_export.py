@@ -45,6 +45,7 @@ from torch import Tensor
 
 from mts_kernels.ops.clockwork_rnn import _check_args as _check_clockwork_args
 from mts_kernels.ops.clockwork_rnn import clockwork_rnn as _clockwork_fused
+from mts_kernels.ops.clockwork_rnn import read_blocks
 from mts_kernels.ops.leaky_rnn import _check_args as _check_leaky_args
 from mts_kernels.ops.leaky_rnn import leaky_rnn as _leaky_fused
 
@@ -146,9 +147,7 @@ def block_upper(weight_hh: Tensor, module_sizes: Sequence[int]) -> Tensor:
     """weight_hh with the blocks module i never reads (modules j < i) zeroed: a
     select, not a product with the mask, so an inf or NaN there (never read by the
     eager kernels) stays out of the result as well."""
-    module = torch.tensor(_per_unit(range(len(module_sizes)), module_sizes), device=weight_hh.device)
-    keep = module.unsqueeze(1) <= module.unsqueeze(0)
-    return torch.where(keep, weight_hh, weight_hh.new_zeros(()))
+    return torch.where(read_blocks(module_sizes, weight_hh.device), weight_hh, weight_hh.new_zeros(()))
 
 
 def clockwork_rnn_scan(p: Tensor, weight_hh: Tensor, h0: Optional[Tensor] = None, *,

@@ -24,7 +24,7 @@ from mts_kernels.nn import _common, _export, _packed
 from mts_kernels.nn._leak import alpha_of, check_leak
 from mts_kernels.ops import clockwork_projection as _clocked
 from mts_kernels.ops._lengths import check_lengths, final_state
-from mts_kernels.ops.clockwork_rnn import check_modules
+from mts_kernels.ops.clockwork_rnn import check_modules, read_blocks
 
 DEFAULT_MODULES = 4
 _WHERE = "ClockworkRNN"
@@ -142,14 +142,7 @@ class ClockworkRNN(_common.RNNCompat, nn.Module):
 
     def block_mask(self) -> Tensor:
         """(H, H) bool: True where weight_hh is read (module i reading modules j >= i)."""
-        # slice fills only (no data-dependent ops), so it works on meta and fake tensors
-        H = self.hidden_size
-        mask = torch.zeros(H, H, dtype=torch.bool, device=self.weight_hh.device)
-        lo = 0
-        for k in self.module_sizes:
-            mask[lo:lo + k, lo:] = True
-            lo += k
-        return mask
+        return read_blocks(self.module_sizes, self.weight_hh.device)
 
     def reset_parameters(self) -> None:
         """As torch.nn.RNN (uniform in ±1/sqrt(hidden_size)), with the never-read

@@ -54,7 +54,8 @@ from mts_kernels import _extension, reference
 from mts_kernels.ops import _backend, _lengths, _transforms
 from mts_kernels.ops import input_projection as _projection
 from mts_kernels.ops.leaky_rnn import (NONLINEARITIES, SECOND_ORDER, _BackwardFunction, _fused_tangent,
-                                      _linear_loop, check_projection, leaky_rnn, second_order, tangent_op)
+                                      _linear_loop, _live, check_projection, leaky_rnn, second_order,
+                                      tangent_op)
 
 PATH_ENV_VAR = "MTS_KERNELS_CLOCKWORK_PATH"
 PATHS = ("auto", "fused", "decomposed")
@@ -118,7 +119,7 @@ def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity
     dev = h.device
     module = torch.repeat_interleave(torch.arange(len(module_sizes), device=dev),
                                      torch.tensor(list(module_sizes), device=dev))
-    upper = module.unsqueeze(0) >= module.unsqueeze(1)  # blocks j >= i
+    upper = read_blocks(module_sizes, dev)
     # a select, not a product with the mask: the unread blocks may hold inf or NaN
     upper_part = lambda w: torch.where(upper, w, w.new_zeros(()))
     t = torch.arange(T, device=dev).unsqueeze(1)
@@ -145,9 +146,7 @@ def _tangent(primals, tangents, module_sizes, periods, first_steps, nonlinearity
     drive = gain * drive
     if dalpha is not None:
         drive = drive + torch.where(act, dalpha * (h_prev - u), drive.new_zeros(()))
-    live = None
-    if lengths is not None:  # rows that ended keep a zero tangent (their output is 0)
-        live = (t < lengths.to(dev).unsqueeze(0)).unsqueeze(-1).to(h.dtype)
+    live = _live(h, lengths)  # rows that ended keep a zero tangent (their output is 0)
     # the tangent state's own coefficient: alpha (0 without a leak) where active, 1 (hold) elsewhere
     keep = torch.where(act, h.new_zeros(()) if alpha is None else alpha, h.new_ones(()))
     start = h.new_zeros(B, H) if dh0 is None else dh0
@@ -237,6 +236,14 @@ def _path_setting() -> str:
 # The decomposition's FLOP saving never outweighed its glue, so on the CPU the
 # rule is: the fused op, always (PATH_ENV_VAR=decomposed still selects the other).
 FUSED_ON_CPU = True
+
+
+def read_blocks(module_sizes: Sequence[int], device=None) -> Tensor:
+    """(H, H) bool: True where clockwork_rnn reads weight_hh, module i's rows at the
+    columns of modules j >= i. Built from Python ints (no data-dependent ops), so it
+    also works on meta and fake tensors and while exporting."""
+    module = torch.tensor([m for m, k in enumerate(module_sizes) for _ in range(k)], device=device)
+    return module.unsqueeze(1) <= module.unsqueeze(0)
 
 
 def check_modules(periods, module_sizes, hidden_size: int, where: str = "clockwork_rnn") -> None:

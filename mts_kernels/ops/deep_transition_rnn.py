@@ -164,8 +164,6 @@ def _tangent(primals, tangents, nonlinearity, reverse, lengths):
         return torch.ops.mts_kernels.deep_transition_rnn_tangent(*args)[0]
     # else a PyTorch step loop in processing order (under torch.func, mixed dtypes)
     live = _live(h, lengths)
-    if live is not None:
-        live = live.to(h.dtype)
     drive = _processing_order(drive, reverse, lengths)
     gains = torch.stack([_processing_order(g, reverse, lengths) for g in gains[:L - 1]] +
                         [_processing_order(gain_top, reverse, lengths)])
@@ -186,7 +184,7 @@ def _tangent(primals, tangents, nonlinearity, reverse, lengths):
         if alpha is not None:
             hk = hk + alpha * prev
         if live is not None:
-            hk = torch.where(live[k] != 0, hk, hk.new_zeros(()))  # a select: no 0 * NaN
+            hk = torch.where(live[k], hk, hk.new_zeros(()))  # a select: no 0 * NaN
         out.append(hk)
         prev = hk
     return _processing_order(torch.stack(out), reverse, lengths)

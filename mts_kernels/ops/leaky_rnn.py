@@ -280,7 +280,6 @@ def _tangent(primals, tangents, skip, dilation, nonlinearity, reverse, lengths):
     live = _live(h, lengths)
     if live is not None:  # rows that ended keep a zero tangent (their output is 0)
         drive = torch.where(live, drive, drive.new_zeros(()))
-        live = live.to(h.dtype)
     start_dot = h.new_zeros(B, H) if dh0 is None else dh0
     ws = weight_skip if skip else None
     if _fused_tangent(drive, gain, weight_hh, alpha, ws, start_dot):
@@ -294,7 +293,7 @@ def _tangent(primals, tangents, skip, dilation, nonlinearity, reverse, lengths):
 def _linear_loop(drive, gain, weight_hh, keep, weight_skip, start, skip, dilation, live):
     """hdot_k = drive_k + keep_k hdot_{k-d} + gain_k (W hdot_{k-d} [+ Ws hdot_{k-s}])
     in processing order (hdot = start before the first steps; keep (H,) or per step;
-    live: (T, B, 1) mask of the steps each row runs, or None), as a PyTorch step
+    live: (T, B, 1) bool mask of the steps each row runs, or None), as a PyTorch step
     loop."""
     out = []
     w_t = weight_hh.transpose(0, 1)
@@ -308,7 +307,7 @@ def _linear_loop(drive, gain, weight_hh, keep, weight_skip, start, skip, dilatio
         if keep is not None:
             hk = hk + (keep if keep.dim() == 1 else keep[k]) * prev
         if live is not None:
-            hk = torch.where(live[k] != 0, hk, hk.new_zeros(()))  # a select: no 0 * NaN
+            hk = torch.where(live[k], hk, hk.new_zeros(()))  # a select: no 0 * NaN
         out.append(hk)
     return torch.stack(out)
 
