@@ -33,21 +33,28 @@ def _grads(fn, inputs, seed=1):
     return [out.detach()] + [x.grad for x in xs if x.requires_grad]
 
 
-def assert_deterministic(fn, inputs, threads=THREADS, repeats=2):
+def assert_same_on_threads(results, threads=THREADS, repeats=1, what="result"):
+    """results() (a list of tensors) bitwise the same on every call at every thread
+    count in threads."""
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(threads[0])
-        base = _grads(fn, inputs)
+        base = results()
         assert all(b is not None for b in base)
         for nt in threads:
             torch.set_num_threads(nt)
             for _ in range(repeats):
-                for i, (a, b) in enumerate(zip(base, _grads(fn, inputs))):
+                for i, (a, b) in enumerate(zip(base, results())):
                     assert torch.equal(a, b), (
-                        f"result {i} (0: output, then the inputs' gradients) differs with "
-                        f"{nt} threads from {threads[0]}: max |diff| {(a - b).abs().max().item()}")
+                        f"{what} {i} differs with {nt} threads from {threads[0]}: "
+                        f"max |diff| {(a - b).abs().max().item()}")
     finally:
         torch.set_num_threads(old)
+
+
+def assert_deterministic(fn, inputs, threads=THREADS, repeats=2):
+    assert_same_on_threads(lambda: _grads(fn, inputs), threads, repeats,
+                           what="result (0: output, then the inputs' gradients)")
 
 
 def _r(*shape, dtype=torch.float32, positive=False):
@@ -134,26 +141,16 @@ def test_modules_small():
     cw = mts_kernels.ClockworkRNN(5, 16, periods=[1, 2, 4, 8], leak="learned")
     # its input projection once ran on F.linear, whose GEMM differed with the threads here
     deep = mts_kernels.DeepTransitionRNN(17, 65, 3)
-    x, x_deep = torch.randn(9, 3, 5), torch.randn(7, 1, 17)
-    for m in (rnn, cw, deep):
-        params = list(m.parameters())
-        x = x_deep if m is deep else x
+    small = torch.randn(9, 3, 5)
+    for m, x in ((rnn, small), (cw, small), (deep, torch.randn(7, 1, 17))):
+        def results(m=m, x=x):
+            m.zero_grad()
+            xx = x.clone().requires_grad_()
+            out = m(xx)[0]
+            out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(2)))
+            return [out.detach(), xx.grad] + [p.grad.clone() for p in m.parameters()]
 
-        old = torch.get_num_threads()
-        try:
-            results = []
-            for nt in THREADS:
-                torch.set_num_threads(nt)
-                m.zero_grad()
-                xx = x.clone().requires_grad_()
-                out = m(xx)[0]
-                out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(2)))
-                results.append([out.detach(), xx.grad] + [p.grad.clone() for p in params])
-            for r in results[1:]:
-                for a, b in zip(results[0], r):
-                    assert torch.equal(a, b)
-        finally:
-            torch.set_num_threads(old)
+        assert_same_on_threads(results)
 
 
 # Sizes past the register-tiled threshold (B*H*H > 2**17: the BLAS per-step
@@ -232,23 +229,15 @@ def test_second_order(op):
         fn = lambda p, w, h0, a, u: mts_kernels.deep_transition_rnn(  # noqa: E731
             p, w, h0, weight_shortcut=u, alpha=a, lengths=lengths)
 
-    def second(nt):
-        torch.set_num_threads(nt)
+    def second():
         xs = [t.clone().requires_grad_() for t in inputs]
         out = fn(*xs)
         g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
         first = torch.autograd.grad(out, xs, g, create_graph=True)
         vs = [torch.randn(x.shape, generator=torch.Generator().manual_seed(2 + i)) for i, x in enumerate(first)]
-        return torch.autograd.grad(first, xs, vs)
+        return list(torch.autograd.grad(first, xs, vs))
 
-    old = torch.get_num_threads()
-    try:
-        base = second(1)
-        for nt in THREADS[1:]:
-            for i, (a, b) in enumerate(zip(base, second(nt))):
-                assert torch.equal(a, b), f"input {i}: max |diff| {(a - b).abs().max().item()} at {nt} threads"
-    finally:
-        torch.set_num_threads(old)
+    assert_same_on_threads(second, what="second-order gradient of input")
 
 
 @pytest.mark.parametrize("name,case", [pytest.param(n, c, id=n) for n, c in _blas_cases()])
